@@ -1,0 +1,168 @@
+"""The experiment config: YAML, loaded safely and validated before any work starts.
+
+Validation errors name the file, the line and the key (e.g. `methods[1].replay.fraction`)
+and the CLI exits with code 2. Method options are checked against the registered parts'
+config dataclasses here, so a typo fails in a second, not after an hour of pretraining.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ckl.errors import InputError
+from ckl.facts import PROBE_KINDS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorldSpec(Strict):
+    seed: int = 0
+    people: int = Field(200, ge=2)
+    stages: int = Field(2, ge=1)
+    learn_per_stage: int = Field(40, ge=0)
+    update_per_stage: int = Field(40, ge=0)
+    forget_per_stage: int = Field(10, ge=0)
+    general_train: int = Field(400, ge=0)
+    general_heldout: int = Field(200, ge=0)
+
+
+class PretrainSpec(Strict):
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_head: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    block_size: int = Field(128, ge=8)
+    max_epochs: int = Field(300, ge=1)
+    max_seconds: float = Field(0.0, ge=0)
+    target: float = Field(0.97, gt=0, le=1)
+    eval_every: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class EvalSpec(Strict):
+    kinds: list[Literal["statement", "paraphrase", "question"]] = list(PROBE_KINDS)
+    batch_size: int = Field(256, ge=1)
+    max_candidates: int = Field(10, ge=2)
+    metric: Literal["em", "rank"] = "em"
+
+
+class MethodSpec(BaseModel):
+    """`name` is a method or a composition of parts ("lora+replay"); every other key is
+    an option block for a part (`replay: {fraction: 0.5}`) or `train: {...}`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    stream: str | None = None
+    world: WorldSpec | None = None
+    model: str | None = None
+    pretrain: PretrainSpec | None = None
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    eval: EvalSpec = EvalSpec()
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_labels(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+        seen: set[str] = set()
+        for m in methods:
+            if m.display in seen:
+                raise ValueError(f"two methods are labelled {m.display!r}; give one a distinct `label`")
+            seen.add(m.display)
+        return methods
+
+
+def _line_of(root: yaml.Node | None, path: tuple) -> int | None:
+    """The 1-based line of the YAML node at `path` (keys and list indices), or of its
+    deepest existing ancestor."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    child = v
+                    line = k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file (yaml.safe_load: no object tags).
+
+    Raises:
+        InputError: naming the file, line and key of the first problem.
+    """
+    from ckl.methods.base import build_method
+
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(file, None, None, "config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise InputError(file, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise InputError(file, 1, None, "expected a mapping of keys (name, stream/world, model/pretrain, methods, ...)")
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        raise InputError(file, _line_of(root, loc), _dotted(loc) or None, first["msg"]) from None
+    if (config.stream is None) == (config.world is None):
+        raise InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)")
+    if config.model is not None and config.pretrain is not None:
+        raise InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both")
+    base = path.parent
+    if config.stream is not None:
+        config.stream = str((base / config.stream).resolve())
+    if config.model is not None:
+        config.model = str((base / config.model).resolve())
+    for i, spec in enumerate(config.methods):
+        try:
+            build_method(spec.name, spec.options, where=f"methods[{i}]")
+        except ValueError as err:
+            key = str(err).split(":", 1)[0]
+            parts = tuple(int(p) if p.isdigit() else p for p in key.replace("[", ".").replace("]", "").split("."))
+            raise InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]) from None
+    return config

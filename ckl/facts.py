@@ -1,0 +1,295 @@
+"""Facts, relations and probes, and the native JSONL formats with validation.
+
+The formats are documented in docs/formats.md. Every reader validates as it goes and
+raises `InputError` naming file, line and field; readers never write anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckl.errors import InputError
+
+CHANGE_KINDS = ("learn", "update", "edit", "forget")
+PROBE_KINDS = ("statement", "paraphrase", "question")
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation and the text that expresses it.
+
+    `templates` are statement prefixes used in training text ("{subject} was born in");
+    `paraphrases` are held out of training and used only for paraphrase probes;
+    `questions` are question forms ("Where was {subject} born?"); `candidates` are the
+    objects used for candidate ranking.
+    """
+
+    name: str
+    templates: tuple[str, ...]
+    paraphrases: tuple[str, ...] = ()
+    questions: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fact:
+    """(subject, relation, object) with an id; objects may be several tokens long."""
+
+    id: str
+    subject: str
+    relation: str
+    object: str
+    valid_from: int = 0
+    valid_until: int | None = None
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One line of a change file: at `stage`, `kind` happens to fact `fact.id`.
+
+    For `update` and `edit`, `fact` carries the new object and `old_object` the one it
+    replaces; for `forget`, `fact` is the fact to unlearn as currently known.
+    """
+
+    stage: int
+    kind: str
+    fact: Fact
+    old_object: str | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt, the expected answer, candidates to rank, and what it tests."""
+
+    id: str
+    prompt: str
+    answer: str
+    candidates: tuple[str, ...]
+    kind: str  # statement | paraphrase | question
+    cohort: str  # invariant | stage1 | stale1 | forget1 | ...
+    fact_id: str
+    stage: int = 0  # the stage that created the cohort (0 for base knowledge)
+    change: str = "base"  # learn | update | edit | forget | base
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON is an InputError."""
+    path = str(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(path, None, None, "file not found") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise InputError(path, None, None, f"cannot read file: {err.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise InputError(path, number, None, "not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+            yield number, obj
+
+
+def _text(obj: dict, key: str, path: str, line: int, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InputError(path, line, key, "missing required field")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(path, line, key, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _int(obj: dict, key: str, path: str, line: int, default: int | None, minimum: int = 0) -> int | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(path, line, key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _texts(obj: dict, key: str, path: str, line: int, need_subject: bool, required: bool) -> tuple[str, ...]:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InputError(path, line, key, "missing required field")
+        value = []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(path, line, key, "must be a list of non-empty strings")
+    if required and not value:
+        raise InputError(path, line, key, "must not be empty")
+    if need_subject:
+        for v in value:
+            if "{subject}" not in v:
+                raise InputError(path, line, key, f"template {v!r} has no '{{subject}}' placeholder")
+    return tuple(v.strip() for v in value)
+
+
+def read_relations(path: str | Path) -> dict[str, Relation]:
+    """Read relations.jsonl: {name, templates, paraphrases?, questions?, candidates?}."""
+    path = str(path)
+    relations: dict[str, Relation] = {}
+    for line, obj in iter_jsonl(path):
+        name = _text(obj, "name", path, line)
+        if name in relations:
+            raise InputError(path, line, "name", f"duplicate relation {name!r}")
+        relations[name] = Relation(
+            name=name,
+            templates=_texts(obj, "templates", path, line, True, True),
+            paraphrases=_texts(obj, "paraphrases", path, line, True, False),
+            questions=_texts(obj, "questions", path, line, True, False),
+            candidates=_texts(obj, "candidates", path, line, False, False),
+        )
+    if not relations:
+        raise InputError(path, None, None, "no relations in file")
+    return relations
+
+
+def _fact(obj: dict, path: str, line: int, relations: dict[str, Relation]) -> Fact:
+    fid = _text(obj, "id", path, line)
+    relation = _text(obj, "relation", path, line)
+    if relation not in relations:
+        known = ", ".join(sorted(relations))
+        raise InputError(path, line, "relation", f"unknown relation {relation!r} (known: {known})")
+    valid_from = _int(obj, "valid_from", path, line, 0)
+    valid_until = _int(obj, "valid_until", path, line, None)
+    if valid_until is not None and valid_until <= valid_from:
+        raise InputError(path, line, "valid_until", f"must be after valid_from ({valid_from}), got {valid_until}")
+    return Fact(fid, _text(obj, "subject", path, line), relation, _text(obj, "object", path, line), valid_from, valid_until)
+
+
+def read_facts(path: str | Path, relations: dict[str, Relation]) -> list[Fact]:
+    """Read facts.jsonl: {id, subject, relation, object, valid_from?, valid_until?}."""
+    path = str(path)
+    facts: list[Fact] = []
+    seen: dict[str, int] = {}
+    for line, obj in iter_jsonl(path):
+        fact = _fact(obj, path, line, relations)
+        if fact.id in seen:
+            raise InputError(path, line, "id", f"duplicate id {fact.id!r} (first on line {seen[fact.id]})")
+        seen[fact.id] = line
+        facts.append(fact)
+    return facts
+
+
+def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Relation]) -> list[ChangeRecord]:
+    """Read changes.jsonl against the base facts, checking every reference.
+
+    Lines: {stage, kind: learn, id, subject, relation, object} |
+    {stage, kind: update|edit, id, object} | {stage, kind: forget, id}.
+    Stages must not decrease from one line to the next.
+    """
+    path = str(path)
+    current: dict[str, Fact] = {f.id: f for f in base}
+    gone: set[str] = set()
+    records: list[ChangeRecord] = []
+    last_stage = 1
+    touched: dict[tuple[int, str], int] = {}
+    for line, obj in iter_jsonl(path):
+        stage = _int(obj, "stage", path, line, None, minimum=1)
+        if stage is None:
+            raise InputError(path, line, "stage", "missing required field")
+        if stage < last_stage:
+            raise InputError(path, line, "stage", f"stages must not decrease (got {stage} after {last_stage})")
+        last_stage = stage
+        kind = _text(obj, "kind", path, line)
+        if kind not in CHANGE_KINDS:
+            raise InputError(path, line, "kind", f"must be one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
+        fid = _text(obj, "id", path, line)
+        key = (stage, fid)
+        if key in touched:
+            raise InputError(path, line, "id", f"fact {fid!r} already changed in stage {stage} (line {touched[key]})")
+        touched[key] = line
+        if kind == "learn":
+            if fid in current or fid in gone:
+                raise InputError(path, line, "id", f"duplicate id {fid!r}: learn needs a new fact id")
+            fact = _fact(obj, path, line, relations)
+            fact = Fact(fact.id, fact.subject, fact.relation, fact.object, stage, None)
+            current[fid] = fact
+            records.append(ChangeRecord(stage, kind, fact))
+            continue
+        if fid in gone:
+            raise InputError(path, line, "id", f"fact {fid!r} was already forgotten")
+        if fid not in current:
+            raise InputError(path, line, "id", f"unknown fact id {fid!r}")
+        old = current[fid]
+        for key_name in ("subject", "relation"):
+            given = obj.get(key_name)
+            if isinstance(given, str):
+                given = given.strip()
+            if given is not None and given != getattr(old, key_name):
+                raise InputError(path, line, key_name, f"{given!r} does not match fact {fid!r} ({getattr(old, key_name)!r})")
+        if kind == "forget":
+            gone.add(fid)
+            del current[fid]
+            records.append(ChangeRecord(stage, kind, old))
+            continue
+        new_object = _text(obj, "object", path, line)
+        if new_object == old.object:
+            raise InputError(path, line, "object", f"new object equals the current one ({new_object!r})")
+        fact = Fact(fid, old.subject, old.relation, new_object, stage, None)
+        current[fid] = fact
+        records.append(ChangeRecord(stage, kind, fact, old_object=old.object))
+    return records
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that readers see either the old or the whole new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def relation_row(r: Relation) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items()}
+
+
+def fact_row(f: Fact) -> dict[str, Any]:
+    row = asdict(f)
+    if row["valid_until"] is None:
+        del row["valid_until"]
+    return row
+
+
+def change_row(c: ChangeRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {"stage": c.stage, "kind": c.kind, "id": c.fact.id}
+    if c.kind == "learn":
+        row.update(subject=c.fact.subject, relation=c.fact.relation, object=c.fact.object)
+    elif c.kind in ("update", "edit"):
+        row.update(object=c.fact.object)
+    return row

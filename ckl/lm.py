@@ -1,0 +1,147 @@
+"""Loading, saving and making causal language models.
+
+Any Hugging Face causal LM in a local directory works (`load`). The embedded default is
+a tiny GPT-2-style model with a word-level tokenizer that ckl trains from scratch on its
+synthetic world (`make_tokenizer`, `tiny_model`); word-level tokens keep every name and
+object a short, fixed token sequence, which lets a sub-million-parameter model memorise
+hundreds of facts in minutes on a CPU.
+
+Security: weights load only from safetensors unless the caller passes
+`allow_pickle=True`; remote code runs only with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from ckl.errors import InputError
+
+EOS, PAD, UNK = "<|endoftext|>", "<pad>", "<unk>"
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the embedded default model (GPT-2 architecture, no dropout)."""
+
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_embd: int = field(default=128, metadata={"help": "hidden width"})
+    n_head: int = field(default=4, metadata={"help": "attention heads"})
+    n_positions: int = field(default=256, metadata={"help": "longest sequence in tokens"})
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+def make_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (words and punctuation runs) trained with `tokenizers`.
+
+    Train it on every text of the world, later stages included: the vocabulary must
+    contain the names of people the model will only meet in stage j. Knowing a token is
+    not knowing a fact: those embeddings stay untrained until the stage teaches them.
+    """
+    backend = Tokenizer(models.WordLevel(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=[EOS, PAD, UNK], min_frequency=1)
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=PAD, unk_token=UNK, bos_token=EOS)
+
+
+def tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2-style model sized for `tokenizer`'s vocabulary."""
+    gpt2 = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(gpt2)
+    return model.eval()
+
+
+def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
+    """Load (model, tokenizer) from a local Hugging Face directory, never from a hub.
+
+    Raises:
+        InputError: the directory is missing, has no weights, or has only pickle
+            weights and `allow_pickle` is False.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(str(d), None, None, "model directory not found")
+    if not (d / "config.json").exists():
+        raise InputError(str(d), None, None, "not a Hugging Face model directory (no config.json)")
+    safetensors = list(d.glob("*.safetensors"))
+    pickles = [p for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if not safetensors:
+        if pickles and not allow_pickle:
+            raise InputError(
+                str(d), None, None,
+                f"only pickle weights found ({pickles[0].name}); pickle files can run arbitrary code when loaded. "
+                "Convert them to safetensors, or pass --allow-pickle if you trust this file",
+            )
+        if not pickles:
+            raise InputError(str(d), None, None, "no model weights (*.safetensors) in directory")
+    tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        d,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=bool(safetensors) or not allow_pickle,
+        dtype=dtype,
+    )
+    return model.eval(), tokenizer
+
+
+def save(model, tokenizer, directory: str | Path) -> Path:
+    """Save as a standard Hugging Face directory (safetensors + tokenizer), atomically:
+    written to a temporary sibling and renamed, so a crash never leaves half a model."""
+    d = Path(directory)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if d.exists():
+            old = d.with_name(f".{d.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(d, old)
+            os.replace(tmp, d)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return d
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,245 @@
+"""Methods and the parts they are composed of.
+
+A method turns (model, stage change) into a new model. Training methods are a list of
+small parts around the one training loop (`ckl.train.loop.train`), so "lora+replay" is
+configuration, not code. The fixed order, for parts p1..pn of a method:
+
+    model = pn.prepare(...p1.prepare(model))    scope: freeze, add adapters / blocks
+    facts = change facts + p.extra_facts(...)    data: replay mixes earlier knowledge in
+    train(model, loss terms and gradient filters of p1..pn)
+    model = p1.finish(...pn.finish(model))       post-steps, innermost scope first
+    p.observe(change)                            update buffers / statistics
+
+Parts register themselves by name at the bottom of their module
+(`register_part("replay", ReplayConfig, Replay, ...)`); the CLI, `ckl methods`, the
+experiment config and the tests read the registry. Methods that do not train (editors,
+retrieval) register with `register_method` and implement `Method` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ckl.facts import Fact, Relation
+from ckl.lm import count_parameters
+from ckl.stream import Change, render_documents
+from ckl.train.loop import LossTerm, TrainConfig, rng_for, train
+
+TEACHING_KINDS = frozenset({"learn", "update", "edit"})
+
+
+@dataclass
+class StageContext:
+    """What a method may know while it applies one stage."""
+
+    relations: dict[str, Relation]
+    base: Sequence[Fact]  # the knowledge the base model was trained on (K0)
+    stage: int
+    seed: int
+    tokenizer: Any
+    accelerator: Any
+    change: Change | None = None  # the stage being applied
+    progress: Callable[[int, int, float], None] | None = None
+
+
+@dataclass
+class ApplyStats:
+    """Cost and coverage of applying one stage."""
+
+    seconds: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+    tokens_seen: int = 0
+    steps: int = 0
+    not_applied: dict[str, int] = field(default_factory=dict)  # change kind -> facts left unapplied
+
+
+class Method(Protocol):
+    name: str
+    kinds: frozenset[str]
+
+    def apply(self, model, change: Change, ctx: StageContext) -> tuple[Any, ApplyStats]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Part(LossTerm):
+    """A composable piece of a training method. Every hook is optional (no-op here)."""
+
+    name: str = ""
+    kinds: frozenset[str] = frozenset()  # change kinds this part adds to a method
+
+    def prepare(self, model, ctx: StageContext):
+        return model
+
+    def extra_facts(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
+        return []
+
+    def finish(self, model, ctx: StageContext):
+        return model
+
+    def observe(self, change: Change, ctx: StageContext) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    config: type
+    factory: Callable[[Any], Any]
+    help: str
+    kinds: frozenset[str]
+    family: str  # "part" or "method"
+
+
+REGISTRY: dict[str, Registered] = {}
+
+
+def register_part(name: str, config: type, factory: Callable[[Any], Part], help: str, kinds: Sequence[str] = ()) -> None:
+    """Make a part available by name (called once at the bottom of its module)."""
+    REGISTRY[name] = Registered(name, config, factory, help, frozenset(kinds), "part")
+
+
+def register_method(name: str, config: type, factory: Callable[[Any], Method], help: str, kinds: Sequence[str]) -> None:
+    """Make a non-training method available by name."""
+    REGISTRY[name] = Registered(name, config, factory, help, frozenset(kinds), "method")
+
+
+def load_builtin() -> dict[str, Registered]:
+    """Import the built-in method modules (each registers itself) and return the registry."""
+    import ckl.methods.lora  # noqa: F401
+    import ckl.methods.naive  # noqa: F401
+    import ckl.methods.replay  # noqa: F401
+
+    return REGISTRY
+
+
+def make_config(cls: type, values: dict[str, Any], where: str):
+    """Build a config dataclass, with errors naming `where.key`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ValueError(f"{where}.{key}: unknown option (known: {', '.join(sorted(names))})")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+# ------------------------------------------------------------------- training method
+
+
+class TrainingMethod:
+    """A composition of parts around the one training loop.
+
+    Supports learn / update / edit through next-token training on the new facts, plus
+    whatever change kinds its parts add (e.g. an unlearning objective adds `forget`).
+    """
+
+    def __init__(self, name: str, parts: Sequence[Part], train_config: TrainConfig, questions: bool = True):
+        self.name = name
+        self.parts = list(parts)
+        self.train_config = train_config
+        self.questions = questions
+        self.kinds = TEACHING_KINDS.union(*(p.kinds for p in self.parts))
+
+    def apply(self, model, change: Change, ctx: StageContext) -> tuple[Any, ApplyStats]:
+        start = time.perf_counter()
+        stats = ApplyStats(not_applied={k: change.count(k) for k in change.kinds if k not in self.kinds})
+        facts = [f for kind in ("learn", "update", "edit") if kind in self.kinds for f in _facts(change, kind)]
+        for part in self.parts:
+            model = part.prepare(model, ctx)
+        stats.trainable_params, stats.total_params = count_parameters(model)
+
+        def documents(epoch: int) -> list[str]:
+            rng = rng_for(ctx.seed, "docs", ctx.stage, epoch)
+            extra = [f for part in self.parts for f in part.extra_facts(facts, ctx, rng)]
+            return render_documents(facts + extra, ctx.relations, rng, questions=self.questions)
+
+        if facts or any(p.kinds for p in self.parts):
+            result = train(
+                model, ctx.tokenizer, documents, self.train_config, ctx.accelerator,
+                seed=rng_for(ctx.seed, "batches", ctx.stage).randrange(2**31),
+                terms=self.parts, progress=ctx.progress,
+            )
+            stats.tokens_seen, stats.steps = result.tokens_seen, result.steps
+        for part in reversed(self.parts):
+            model = part.finish(model, ctx)
+        for part in self.parts:
+            part.observe(change, ctx)
+        stats.total_params = count_parameters(model)[1]
+        stats.seconds = time.perf_counter() - start
+        return model, stats
+
+    def state_dict(self) -> dict:
+        return {p.name: p.state_dict() for p in self.parts}
+
+    def load_state_dict(self, state: dict) -> None:
+        for p in self.parts:
+            p.load_state_dict(state.get(p.name, {}))
+
+
+def _facts(change: Change, kind: str) -> list[Fact]:
+    if kind == "learn":
+        return list(change.learn)
+    return [r.fact for r in getattr(change, kind)]
+
+
+def build_method(expression: str, options: dict[str, Any] | None = None, where: str = "method") -> Method:
+    """Build a method from an expression such as "naive", "replay" or "lora+replay".
+
+    Args:
+        expression: part names joined by "+"; "naive" alone is plain full fine-tuning,
+            or the name of a registered non-training method.
+        options: {"train": {...TrainConfig}, "<part>": {...its config}}.
+        where: prefix for error messages (e.g. "methods[2]").
+
+    Raises:
+        ValueError: unknown part or option, or an invalid value; the message names it.
+    """
+    registry = load_builtin()
+    options = dict(options or {})
+    names = [n.strip() for n in expression.split("+") if n.strip()]
+    if not names:
+        raise ValueError(f"{where}.name: empty method name")
+    if len(names) == 1 and names[0] in registry and registry[names[0]].family == "method":
+        entry = registry[names[0]]
+        config = make_config(entry.config, options.pop(names[0], {}), f"{where}.{names[0]}")
+        _no_leftovers(options, where)
+        return entry.factory(config)
+    for n in names:
+        if n not in registry:
+            raise ValueError(f"{where}.name: unknown method or part {n!r} (known: {', '.join(sorted(registry))})")
+        if registry[n].family != "part":
+            raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
+    train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
+    questions = options.pop("questions", True)
+    parts = []
+    for n in names:
+        entry = registry[n]
+        parts.append(entry.factory(make_config(entry.config, options.pop(n, {}), f"{where}.{n}")))
+    _no_leftovers(options, where)
+    parts = [p for p in parts if p is not None]
+    return TrainingMethod("+".join(names), parts, train_config, questions=questions)
+
+
+def _no_leftovers(options: dict, where: str) -> None:
+    if options:
+        key = sorted(options)[0]
+        raise ValueError(f"{where}.{key}: option for a part that is not in this method")

@@ -1,0 +1,59 @@
+"""LoRA: train low-rank adapters instead of the full weights (Hu et al. 2021), via PEFT.
+
+A scope part: `prepare` wraps the model with PEFT adapters on every linear layer (the
+lm head excluded), only the adapters train, and `finish` merges them into the weights so
+the next stage, the store's checkpoints and `save_pretrained` see a plain model. A fresh
+adapter is trained for each stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+
+from ckl.methods.base import Part, StageContext, register_part
+from ckl.train.loop import rng_for
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=16, metadata={"help": "adapter rank"})
+    alpha: float = field(default=32.0, metadata={"help": "scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: str | list[str] = field(default="all-linear", metadata={"help": "PEFT target modules; 'all-linear' = every linear layer but the output head"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class Lora(Part):
+    name = "lora"
+
+    def __init__(self, config: LoraConfig):
+        self.config = config
+
+    def prepare(self, model, ctx: StageContext):
+        peft_config = PeftLoraConfig(
+            r=self.config.r,
+            lora_alpha=self.config.alpha,
+            lora_dropout=self.config.dropout,
+            target_modules=self.config.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng_for(ctx.seed, "lora", ctx.stage).randrange(2**31))
+            return get_peft_model(model, peft_config)
+
+    def finish(self, model, ctx: StageContext):
+        return model.merge_and_unload()
+
+
+register_part("lora", LoraConfig, Lora, "train low-rank adapters (PEFT) and merge them after the stage")

@@ -1,0 +1,120 @@
+"""Train the embedded default base model on the base knowledge K0.
+
+A word-level tokenizer and a small GPT-2-style model are trained from scratch on
+biographies and question-answer lines of every base fact (rendered anew each epoch with
+shuffled fact order and varied templates) plus general text, until the model answers the
+invariant statement probes with greedy exact match >= `target`, or the budget runs out.
+The result is a standard Hugging Face directory (safetensors + tokenizer).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ckl import lm
+from ckl.stream import Stream, render_documents
+from ckl.train.loop import TrainConfig, rng_for, train
+
+
+@dataclass
+class PretrainConfig:
+    """How to pretrain the default model (measured defaults: see README)."""
+
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_embd: int = field(default=128, metadata={"help": "hidden width"})
+    n_head: int = field(default=4, metadata={"help": "attention heads"})
+    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "blocks per step"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
+    max_epochs: int = field(default=300, metadata={"help": "epoch budget"})
+    max_seconds: float = field(default=0.0, metadata={"help": "wall-time budget in seconds (0 = none)"})
+    target: float = field(default=0.97, metadata={"help": "stop when invariant statement accuracy reaches this"})
+    eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
+    seed: int = field(default=0, metadata={"help": "initialisation and data order"})
+
+    def __post_init__(self) -> None:
+        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape
+        TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size)
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {self.target!r}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
+        if self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds!r}")
+
+
+@dataclass
+class PretrainResult:
+    epochs: int
+    accuracy: float
+    seconds: float
+    reached_target: bool
+    parameters: int
+    history: list[tuple[int, float]]
+
+
+def tokenizer_corpus(stream: Stream) -> list[str]:
+    """Every text the stream can show the model: training renderings of all facts of all
+    stages, every probe prompt and candidate, and the general text."""
+    facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
+    texts = render_documents(facts, stream.relations, random.Random(0))
+    for probe in stream.probes():
+        texts.append(probe.prompt)
+        texts.extend(probe.candidates)
+    return texts + list(stream.general_train) + list(stream.general_heldout)
+
+
+def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str | Path | None = None, progress=None):
+    """Pretrain a tiny model on `stream`'s base knowledge.
+
+    Returns:
+        (model, tokenizer, PretrainResult); the model is also saved to `out_dir` if given.
+    """
+    from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
+
+    start = time.perf_counter()
+    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream))
+    shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head)
+    model = lm.tiny_model(tokenizer, shape, seed=config.seed).to(accelerator.device)
+    probes = [p for p in stream.probes(kinds=("statement",)) if p.cohort == "invariant"]
+    general = list(stream.general_train)
+    history: list[tuple[int, float]] = []
+
+    def documents(epoch: int) -> list[str]:
+        rng = rng_for(config.seed, "pretrain", epoch)
+        return render_documents(stream.base, stream.relations, rng) + general
+
+    def check(epoch: int) -> bool:
+        done = epoch + 1
+        out_of_time = config.max_seconds and time.perf_counter() - start > config.max_seconds
+        if done % config.eval_every and done != config.max_epochs and not out_of_time:
+            return False
+        accuracy = float(score_probes(model, tokenizer, probes).em.mean()) if probes else 1.0
+        model.train()
+        history.append((done, accuracy))
+        if progress:
+            progress(done, accuracy)
+        return accuracy >= config.target or bool(out_of_time)
+
+    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check)
+    accuracy = history[-1][1] if history else 0.0
+    result = PretrainResult(
+        epochs=history[-1][0] if history else 0,
+        accuracy=accuracy,
+        seconds=time.perf_counter() - start,
+        reached_target=accuracy >= config.target,
+        parameters=lm.count_parameters(model)[1],
+        history=history,
+    )
+    model.config.ckl_pretrain = {"config": asdict(config), "epochs": result.epochs, "accuracy": accuracy}
+    if out_dir is not None:
+        lm.save(model, tokenizer, out_dir)
+    return model, tokenizer, result

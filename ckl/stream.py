@@ -1,0 +1,270 @@
+"""The knowledge stream: base knowledge K0, stages of changes, probes and training text.
+
+A stream lives in a directory (docs/formats.md):
+    relations.jsonl   the relations and their templates
+    facts.jsonl       base knowledge K0 (true before stage 1)
+    changes.jsonl     stage 1..T: learn / update / edit / forget records
+    general_train.txt general text mixed into pretraining (optional)
+    general_heldout.txt held-out general text for perplexity (optional)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckl.errors import InputError
+from ckl.facts import (
+    ChangeRecord,
+    Fact,
+    Probe,
+    Relation,
+    atomic_write_text,
+    change_row,
+    fact_row,
+    jsonl_text,
+    read_changes,
+    read_facts,
+    read_relations,
+    relation_row,
+)
+
+QUESTION_FORMAT = "Question: {question} Answer:"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one stage asks of the model."""
+
+    stage: int
+    learn: tuple[Fact, ...] = ()
+    update: tuple[ChangeRecord, ...] = ()
+    edit: tuple[ChangeRecord, ...] = ()
+    forget: tuple[Fact, ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The change kinds this stage actually contains, in canonical order."""
+        return tuple(k for k in ("learn", "update", "edit", "forget") if getattr(self, k))
+
+    def taught(self) -> list[Fact]:
+        """Facts the model should know after this stage (new objects for updates/edits)."""
+        return list(self.learn) + [r.fact for r in self.update] + [r.fact for r in self.edit]
+
+    def count(self, kind: str) -> int:
+        return len(getattr(self, kind))
+
+    def touched(self) -> set[str]:
+        """Ids of every fact this stage learns, updates, edits or forgets."""
+        return {f.id for f in self.learn} | {f.id for f in self.forget} | {r.fact.id for r in self.update + self.edit}
+
+
+@dataclass
+class Stream:
+    """Base knowledge plus T stages of changes, with the text resources around them."""
+
+    relations: dict[str, Relation]
+    base: tuple[Fact, ...]
+    stages: tuple[Change, ...]
+    general_train: tuple[str, ...] = ()
+    general_heldout: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def load(cls, directory: str | Path) -> Stream:
+        """Load and validate a stream directory; errors name file, line and field."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise InputError(str(d), None, None, "stream directory not found")
+        relations = read_relations(d / "relations.jsonl")
+        base = read_facts(d / "facts.jsonl", relations)
+        changes_path = d / "changes.jsonl"
+        records = read_changes(changes_path, base, relations) if changes_path.exists() else []
+        meta_path = d / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(str(meta_path), None, None, f"invalid JSON: {err}") from None
+        meta = meta if isinstance(meta, dict) else {}
+        stages = meta.get("stages")
+        meta = meta.get("meta", {}) if isinstance(meta.get("meta", {}), dict) else {}
+        return cls(
+            relations=relations,
+            base=tuple(base),
+            stages=group_stages(records, stages if isinstance(stages, int) else 0),
+            general_train=_read_lines(d / "general_train.txt"),
+            general_heldout=_read_lines(d / "general_heldout.txt"),
+            meta=meta,
+        )
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / "relations.jsonl", jsonl_text(relation_row(r) for r in self.relations.values()))
+        atomic_write_text(d / "facts.jsonl", jsonl_text(fact_row(f) for f in self.base))
+        atomic_write_text(d / "changes.jsonl", jsonl_text(change_row(r) for r in self.records()))
+        atomic_write_text(d / "general_train.txt", "".join(s + "\n" for s in self.general_train))
+        atomic_write_text(d / "general_heldout.txt", "".join(s + "\n" for s in self.general_heldout))
+        # the stage count survives empty trailing stages, which changes.jsonl cannot show
+        meta = {"stages": self.T, "meta": self.meta}
+        atomic_write_text(d / "meta.json", json.dumps(meta, sort_keys=True, indent=2) + "\n")
+
+    def records(self) -> list[ChangeRecord]:
+        out: list[ChangeRecord] = []
+        for ch in self.stages:
+            out += [ChangeRecord(ch.stage, "learn", f) for f in ch.learn]
+            out += list(ch.update) + list(ch.edit)
+            out += [ChangeRecord(ch.stage, "forget", f) for f in ch.forget]
+        return out
+
+    # ------------------------------------------------------------------ views
+    @property
+    def T(self) -> int:
+        return len(self.stages)
+
+    def touched_ids(self) -> set[str]:
+        return {r.fact.id for r in self.records()}
+
+    def invariant(self) -> list[Fact]:
+        """Base facts that no stage touches: the knowledge that must stay."""
+        touched = self.touched_ids()
+        return [f for f in self.base if f.id not in touched]
+
+    def known_after(self, stage: int) -> dict[str, Fact]:
+        """The facts true after `stage` (0 = base knowledge), keyed by id."""
+        state = {f.id: f for f in self.base}
+        for ch in self.stages[:stage]:
+            for f in ch.taught():
+                state[f.id] = f
+            for f in ch.forget:
+                state.pop(f.id, None)
+        return state
+
+    def subjects(self) -> set[str]:
+        return {f.subject for f in self.base} | {f.subject for ch in self.stages for f in ch.learn}
+
+    # ------------------------------------------------------------------ probes
+    def probes(self, kinds: Sequence[str] = ("statement", "paraphrase", "question"), max_candidates: int = 10) -> list[Probe]:
+        """All probe sets, by cohort. See docs/formats.md for the cohort names."""
+        out: list[Probe] = []
+        out += make_probes(self.invariant(), self.relations, "invariant", 0, "base", kinds, max_candidates)
+        for ch in self.stages:
+            j = ch.stage
+            out += make_probes(ch.learn, self.relations, f"stage{j}", j, "learn", kinds, max_candidates)
+            for kind in ("update", "edit"):
+                recs = getattr(ch, kind)
+                olds = {r.fact.id: r.old_object for r in recs}
+                out += make_probes([r.fact for r in recs], self.relations, f"stage{j}", j, kind, kinds, max_candidates, olds)
+                stale = [Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object) for r in recs]
+                news = {r.fact.id: r.fact.object for r in recs}
+                out += make_probes(stale, self.relations, f"stale{j}", j, kind, kinds, max_candidates, news)
+            out += make_probes(ch.forget, self.relations, f"forget{j}", j, "forget", kinds, max_candidates)
+        return out
+
+
+def group_stages(records: Iterable[ChangeRecord], at_least: int = 0) -> tuple[Change, ...]:
+    """Group change records by stage; stages 1..max(last stage, at_least), empty ones included."""
+    by_stage: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_stage[r.stage][r.kind].append(r.fact if r.kind in ("learn", "forget") else r)
+    last = max([at_least, *by_stage])
+    return tuple(
+        Change(
+            stage=s,
+            learn=tuple(by_stage[s]["learn"]),
+            update=tuple(by_stage[s]["update"]),
+            edit=tuple(by_stage[s]["edit"]),
+            forget=tuple(by_stage[s]["forget"]),
+        )
+        for s in range(1, last + 1)
+    )
+
+
+def _read_lines(path: Path) -> tuple[str, ...]:
+    if not path.exists():
+        return ()
+    return tuple(line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def stable_hash(*parts: str) -> int:
+    """A process-independent hash (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha1("\x1f".join(parts).encode()).digest()[:8], "big")
+
+
+def pick(options: Sequence[str], *key: str) -> str:
+    return options[stable_hash(*key) % len(options)]
+
+
+def candidates_for(fact: Fact, relation: Relation, max_candidates: int, also: str | None = None) -> tuple[str, ...]:
+    """The gold object, `also` (e.g. the old or new object) and deterministic distractors."""
+    must = [fact.object] + ([also] if also and also != fact.object else [])
+    pool = sorted(c for c in relation.candidates if c not in must)
+    rng = random.Random(stable_hash("cand", fact.id, fact.object))
+    rng.shuffle(pool)
+    return tuple(sorted(must + pool[: max(0, max_candidates - len(must))]))
+
+
+def make_probes(
+    facts: Iterable[Fact],
+    relations: dict[str, Relation],
+    cohort: str,
+    stage: int,
+    change: str,
+    kinds: Sequence[str],
+    max_candidates: int,
+    also: dict[str, str] | None = None,
+) -> list[Probe]:
+    """Probes for each fact: a statement (a training template), a paraphrase (a held-out
+    template) and a question, each with its candidate answers."""
+    out = []
+    for f in facts:
+        rel = relations[f.relation]
+        cands = candidates_for(f, rel, max_candidates, (also or {}).get(f.id))
+        prompts = {}
+        if "statement" in kinds:
+            prompts["statement"] = pick(rel.templates, "statement", f.id).format(subject=f.subject)
+        if "paraphrase" in kinds and rel.paraphrases:
+            prompts["paraphrase"] = pick(rel.paraphrases, "paraphrase", f.id).format(subject=f.subject)
+        if "question" in kinds and rel.questions:
+            q = pick(rel.questions, "question", f.id).format(subject=f.subject)
+            prompts["question"] = QUESTION_FORMAT.format(question=q)
+        for kind, prompt in prompts.items():
+            out.append(Probe(f"{cohort}/{f.id}/{kind}", prompt, f.object, cands, kind, cohort, f.id, stage, change))
+    return out
+
+
+# ---------------------------------------------------------------------- training text
+
+
+def statement(fact: Fact, relation: Relation, rng: random.Random) -> str:
+    return f"{rng.choice(relation.templates).format(subject=fact.subject)} {fact.object}."
+
+
+def qa_line(fact: Fact, relation: Relation, rng: random.Random) -> str:
+    q = rng.choice(relation.questions).format(subject=fact.subject)
+    return f"{QUESTION_FORMAT.format(question=q)} {fact.object}."
+
+
+def render_documents(facts: Iterable[Fact], relations: dict[str, Relation], rng: random.Random, questions: bool = True) -> list[str]:
+    """Training documents for `facts`: one biography per subject with its facts in
+    shuffled order and a random training template each, plus one question-answer line
+    per fact. Knowledge is only extractable when it is seen in varied forms (Allen-Zhu &
+    Li, "Physics of Language Models 3.1"), so call this again each epoch for fresh
+    orderings and templates. Held-out paraphrase templates never appear here."""
+    by_subject: dict[str, list[Fact]] = defaultdict(list)
+    for f in facts:
+        by_subject[f.subject].append(f)
+    docs = []
+    for subject in sorted(by_subject):
+        group = list(by_subject[subject])
+        rng.shuffle(group)
+        docs.append(" ".join(statement(f, relations[f.relation], rng) for f in group))
+        if questions:
+            docs += [qa_line(f, relations[f.relation], rng) for f in group if relations[f.relation].questions]
+    return docs

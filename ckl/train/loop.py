@@ -1,0 +1,153 @@
+"""The one training loop, on Hugging Face Accelerate.
+
+Read it top to bottom: every method that trains goes through `train`, and its parts are
+called at fixed points, in the order the method lists them:
+
+    1. loss   = next-token loss on the batch + sum(part.loss(...))     objective terms
+    2. backward
+    3. part.filter_gradients(...)                                       e.g. A-GEM projection
+    4. clip, optimizer step
+
+Scope (which parameters train) and post-steps (merging) happen around this loop in
+`ckl.methods.base.TrainingMethod`, not inside it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ckl.errors import DivergenceError
+from ckl.train.batching import pack, shard_batches
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training method."""
+
+    epochs: int = field(default=10, metadata={"help": "passes over the stage's training text"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "blocks per optimiser step (per process)"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "block_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0):
+            raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    tokens_seen: int = 0
+    seconds: float = 0.0
+    last_loss: float = float("nan")
+    epochs: int = 0
+
+
+class LossTerm:
+    """What the loop needs of a part: an extra loss and a gradient filter (both optional)."""
+
+    def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:  # pragma: no cover - default
+        return None
+
+    def filter_gradients(self, model, step: int) -> None:  # pragma: no cover - default
+        return None
+
+
+def train(
+    model,
+    tokenizer,
+    documents: Callable[[int], Sequence[str]],
+    config: TrainConfig,
+    accelerator,
+    seed: int,
+    terms: Sequence[LossTerm] = (),
+    on_epoch_end: Callable[[int], bool] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on freshly rendered documents each epoch.
+
+    Args:
+        documents: epoch -> training documents (rendered anew each epoch so templates and
+            fact order vary; see `ckl.stream.render_documents`).
+        accelerator: an `accelerate.Accelerator`; DDP / FSDP come from it.
+        seed: makes batch order reproducible.
+        terms: parts contributing loss terms and gradient filters, in order.
+        on_epoch_end: called with the epoch number; returning True stops training.
+        progress: called as progress(epoch, step, loss) after each optimiser step.
+
+    Raises:
+        DivergenceError: the loss or the gradients became NaN or infinite.
+    """
+    start = time.perf_counter()
+    result = TrainResult()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    try:
+        for epoch in range(config.epochs):
+            input_ids, mask, labels = pack(tokenizer, documents(epoch), config.block_size)
+            for index in shard_batches(len(input_ids), config.batch_size, rank, world, generator):
+                batch = {
+                    "input_ids": input_ids[index].to(accelerator.device),  # (B, L)
+                    "attention_mask": mask[index].to(accelerator.device),
+                    "labels": labels[index].to(accelerator.device),
+                }
+                outputs = model(**batch)
+                loss = outputs.loss
+                for term in terms:
+                    extra = term.loss(model, batch, outputs, result.steps)
+                    if extra is not None:
+                        loss = loss + extra
+                if not torch.isfinite(loss):
+                    raise DivergenceError(f"loss became {loss.item()} at step {result.steps} (epoch {epoch})")
+                accelerator.backward(loss)
+                for term in terms:
+                    term.filter_gradients(model, result.steps)
+                if config.max_grad_norm > 0:
+                    norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    if norm is not None and not math.isfinite(float(norm)):
+                        raise DivergenceError(f"gradient norm became {float(norm)} at step {result.steps} (epoch {epoch})")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.steps += 1
+                result.tokens_seen += int(batch["attention_mask"].sum())
+                result.last_loss = float(loss.detach())
+                if progress:
+                    progress(epoch, result.steps, result.last_loss)
+            result.epochs = epoch + 1
+            if on_epoch_end is not None and on_epoch_end(epoch):
+                break
+    finally:
+        model = accelerator.unwrap_model(model)
+        model.eval()
+        accelerator.free_memory()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def rng_for(seed: int, *parts: object) -> random.Random:
+    """A `random.Random` derived from a seed and names, the same in every process."""
+    from ckl.stream import stable_hash
+
+    return random.Random(stable_hash(str(seed), *map(str, parts)))

@@ -1,0 +1,205 @@
+"""The synthetic world: deterministic, sized as configured, and cleanly split into cohorts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ckl.stream import Stream, render_documents
+from ckl.world import MUTABLE_RELATIONS, WorldConfig, build_world
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = ("relations.jsonl", "facts.jsonl", "changes.jsonl", "general_train.txt", "general_heldout.txt")
+SMALL = dict(people=30, stages=3, learn_per_stage=5, update_per_stage=6, edit_per_stage=2, forget_per_stage=3,
+             general_train=50, general_heldout=20)
+
+
+def saved_bytes(stream: Stream, directory: Path) -> dict[str, bytes]:
+    stream.save(directory)
+    return {name: (directory / name).read_bytes() for name in FILES}
+
+
+@pytest.fixture(scope="module")
+def world() -> Stream:
+    return build_world(WorldConfig(seed=3, **SMALL))
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
+    first = saved_bytes(build_world(WorldConfig(seed=7)), tmp_path / "a")
+    second = saved_bytes(build_world(WorldConfig(seed=7)), tmp_path / "b")
+    assert first == second
+
+
+def test_same_seed_gives_identical_files_in_a_fresh_process(tmp_path: Path) -> None:
+    here = saved_bytes(build_world(WorldConfig(seed=7)), tmp_path / "here")
+    script = "import sys; from ckl.world import WorldConfig, build_world; build_world(WorldConfig(seed=7)).save(sys.argv[1])"
+    # A different hash seed would expose any dependence on set or dict-of-str hash order.
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONHASHSEED="12345")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "there")], check=True, cwd=REPO, env=env)
+    assert {name: (tmp_path / "there" / name).read_bytes() for name in FILES} == here
+
+
+def test_different_seed_gives_a_different_world(tmp_path: Path) -> None:
+    a = saved_bytes(build_world(WorldConfig(seed=1)), tmp_path / "a")
+    b = saved_bytes(build_world(WorldConfig(seed=2)), tmp_path / "b")
+    for name in ("facts.jsonl", "changes.jsonl", "general_train.txt"):
+        assert a[name] != b[name]
+
+
+def test_counts_match_the_config(world: Stream) -> None:
+    n_rel = len(world.relations)
+    assert len(world.base) == SMALL["people"] * n_rel
+    assert len({f.subject for f in world.base}) == SMALL["people"]
+    assert world.T == SMALL["stages"]
+    for change in world.stages:
+        assert len(change.learn) == SMALL["learn_per_stage"] * n_rel
+        assert len({f.subject for f in change.learn}) == SMALL["learn_per_stage"]
+        assert change.count("update") == SMALL["update_per_stage"]
+        assert change.count("edit") == SMALL["edit_per_stage"]
+        assert change.count("forget") == SMALL["forget_per_stage"]
+    assert len(world.general_train) == SMALL["general_train"]
+    assert len(world.general_heldout) == SMALL["general_heldout"]
+    assert world.meta == dataclasses.asdict(WorldConfig(seed=3, **SMALL))
+
+
+def test_every_person_has_every_relation_and_a_unique_name(world: Stream) -> None:
+    facts = list(world.base) + [f for ch in world.stages for f in ch.learn]
+    by_subject = Counter(f.subject for f in facts)
+    assert set(by_subject.values()) == {len(world.relations)}
+    for subject in by_subject:
+        assert {f.relation for f in facts if f.subject == subject} == set(world.relations)
+        assert len(subject.split()) == 2
+    assert len({f.id for f in facts}) == len(facts)
+
+
+def test_relations_have_enough_templates_questions_and_candidates(world: Stream) -> None:
+    assert len(world.relations) >= 6
+    for rel in world.relations.values():
+        assert len(rel.templates) >= 3 and len(rel.paraphrases) >= 1
+        assert len(rel.templates) + len(rel.paraphrases) >= 4
+        assert len(rel.questions) >= 2
+        assert not set(rel.templates) & set(rel.paraphrases)
+        assert 12 <= len(rel.candidates) <= 20
+        assert len(set(rel.candidates)) == len(rel.candidates)
+        assert any(" " in c for c in rel.candidates), f"{rel.name} has no multi-word object"
+
+
+def test_objects_are_unambiguous_for_exact_match(world: Stream) -> None:
+    for rel in world.relations.values():
+        for a in rel.candidates:
+            assert "." not in a and "?" not in a
+            for b in rel.candidates:
+                if a != b:
+                    assert b.split()[: len(a.split())] != a.split(), f"{a!r} is a prefix of {b!r}"
+
+
+def test_names_share_no_word_with_any_object(world: Stream) -> None:
+    object_words = {w for rel in world.relations.values() for c in rel.candidates for w in c.split()}
+    name_words = {w for s in world.subjects() for w in s.split()}
+    assert not object_words & name_words
+
+
+def test_updates_change_only_mutable_relations_to_a_new_object(world: Stream) -> None:
+    assert set(MUTABLE_RELATIONS) < set(world.relations)
+    base = {f.id: f for f in world.base}
+    for change in world.stages:
+        for record in change.update:
+            assert record.fact.relation in MUTABLE_RELATIONS
+            assert record.old_object == base[record.fact.id].object
+            assert record.fact.object != record.old_object
+            assert record.fact.object in world.relations[record.fact.relation].candidates
+        for record in change.edit:
+            assert record.fact.object != record.old_object
+
+
+def test_no_fact_changes_twice(world: Stream) -> None:
+    ids = [r.fact.id for r in world.records()]
+    assert len(ids) == len(set(ids))
+
+
+def test_forget_requests_reference_known_untouched_base_facts(world: Stream) -> None:
+    base = set(world.base)
+    for change in world.stages:
+        for fact in change.forget:
+            assert fact in base
+
+
+def test_saved_world_loads_back_equal(world: Stream, tmp_path: Path) -> None:
+    world.save(tmp_path)
+    loaded = Stream.load(tmp_path)
+    assert loaded == world
+
+
+def test_probes_cover_every_cohort(world: Stream) -> None:
+    probes = world.probes()
+    cohorts = {p.cohort for p in probes}
+    expected = {"invariant"} | {f"{c}{j}" for j in range(1, world.T + 1) for c in ("stage", "stale", "forget")}
+    assert cohorts == expected
+    for cohort in expected:
+        assert {p.kind for p in probes if p.cohort == cohort} == {"statement", "paraphrase", "question"}
+    for p in probes:
+        assert p.answer in p.candidates
+    assert len({p.id for p in probes}) == len(probes)
+
+
+def test_training_documents_never_contain_a_paraphrase(world: Stream) -> None:
+    facts = list(world.base) + [f for ch in world.stages for f in ch.taught()]
+    docs = render_documents(facts, world.relations, random.Random(0))
+    text = "\n".join(docs + list(world.general_train))
+    for fact in facts:
+        for paraphrase in world.relations[fact.relation].paraphrases:
+            assert paraphrase.format(subject=fact.subject) not in text
+
+
+def test_paraphrases_share_no_text_with_training_forms(world: Stream) -> None:
+    # Stronger than the document check: no rendering of any template or question could
+    # ever contain a paraphrase, whatever subject and ordering the renderer picks.
+    subject = "Alda Venmore"
+    trained = [t.format(subject=subject) for rel in world.relations.values() for t in rel.templates + rel.questions]
+    for rel in world.relations.values():
+        for paraphrase in rel.paraphrases:
+            assert not any(paraphrase.format(subject=subject) in t for t in trained)
+
+
+def test_general_text_is_distinct_and_names_no_person(world: Stream) -> None:
+    assert not set(world.general_train) & set(world.general_heldout)
+    assert len(set(world.general_train)) == len(world.general_train)
+    words = {w.strip(".,") for s in world.general_train + world.general_heldout for w in s.split()}
+    names = {w for s in world.subjects() for w in s.split()}
+    assert not words & names
+
+
+def test_general_text_does_not_depend_on_world_size() -> None:
+    small = build_world(WorldConfig(seed=5, people=10, stages=1, learn_per_stage=2, update_per_stage=2, forget_per_stage=1))
+    big = build_world(WorldConfig(seed=5, people=40, stages=1, learn_per_stage=2, update_per_stage=2, forget_per_stage=1))
+    assert small.general_train == big.general_train
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"people": 0}, "people"),
+        ({"stages": -1}, "stages"),
+        ({"learn_per_stage": 1.5}, "learn_per_stage"),
+        ({"seed": True}, "seed"),
+        ({"people": 2, "update_per_stage": 5}, "update_per_stage"),
+        ({"people": 2, "update_per_stage": 0, "forget_per_stage": 7}, "forget_per_stage"),
+        ({"learn_per_stage": 0, "update_per_stage": 0, "forget_per_stage": 0}, "stages"),
+        ({"general_train": 10**6}, "general_train"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"WorldConfig\.{name}"):
+        WorldConfig(**kwargs)
+
+
+def test_every_config_field_has_help() -> None:
+    for f in dataclasses.fields(WorldConfig):
+        assert f.metadata.get("help"), f.name
