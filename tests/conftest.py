@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny synthetic world and a tiny model pretrained on it (built once
+per test session, in a few seconds, with nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_WORLD = dict(seed=1, people=12, stages=2, learn_per_stage=4, update_per_stage=4, forget_per_stage=2, general_train=40, general_heldout=20)
+TINY_PRETRAIN = dict(n_layer=2, n_embd=64, n_head=2, lr=3e-3, batch_size=4, max_epochs=250, target=0.95, eval_every=10)
+
+
+@pytest.fixture(scope="session")
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_stream():
+    from ckl.world import WorldConfig, build_world
+
+    return build_world(WorldConfig(**TINY_WORLD))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_stream, accelerator):
+    """A model that knows the tiny world's base facts (the pretraining target is asserted
+    in tests/test_pretrain.py)."""
+    from ckl.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("model") / "base"
+    _, _, result = pretrain(tiny_stream, PretrainConfig(**TINY_PRETRAIN), accelerator, out)
+    out.joinpath("pretrain_result.txt").write_text(f"{result.accuracy} {result.epochs}")
+    return out
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    from ckl import lm
+
+    return lm.load(tiny_model_dir)

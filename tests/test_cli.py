@@ -1,0 +1,88 @@
+"""The `ckl` command end to end on a tiny world: world -> pretrain -> run -> show."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_PRETRAIN
+
+CKL = [sys.executable, "-m", "ckl"]
+
+
+def ckl(*args, cwd=None):
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([*CKL, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_world_pretrain_run_show_end_to_end(tmp_path):
+    r = ckl("world", "--out", tmp_path / "w", "--people", 12, "--learn", 4, "--update", 4, "--forget", 2, "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "w" / "facts.jsonl").exists()
+    p = TINY_PRETRAIN
+    r = ckl("pretrain", "--world", tmp_path / "w", "--out", tmp_path / "m", "--target", 0.9, "--max-epochs", p["max_epochs"],
+            "--n-layer", p["n_layer"], "--n-embd", p["n_embd"], "--n-head", p["n_head"])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "name: cli\nstream: w\nmodel: m\nmethods:\n  - name: naive\n    train: {epochs: 2}\n"
+        "  - name: lora+replay\n    train: {epochs: 2}\n    lora: {r: 4}\neval: {kinds: [statement]}\n"
+    )
+    r = ckl("run", exp, "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert "naive" in r.stdout and "lora+replay" in r.stdout and "retention" in r.stdout
+    assert "NOT applied" in r.stdout  # the forget requests are reported, not silently skipped
+    r = ckl("show", tmp_path / "run")
+    assert r.returncode == 0 and "invariant" in r.stdout and "FUAR" in r.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["methods"][1]["lora"] == {"r": 4}
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "missing.yaml"], "missing.yaml: config file not found"),
+        (["show", "nowhere"], "no results.sqlite"),
+        (["pretrain", "--world", "nowhere", "--out", "m"], "stream directory not found"),
+        (["world", "--out", "w", "--people", "0"], "people"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path, args, needle):
+    r = ckl(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in " ".join(r.stderr.split())
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_config_key_exits_2_naming_line_and_key_and_writes_nothing(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nworld: {people: 12}\nmethods:\n  - name: replay\n    replay: {fraction: 2}\n")
+    r = ckl("run", exp, "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert "exp.yaml:5: field 'methods[0].replay'" in " ".join(r.stderr.split())
+    assert not (tmp_path / "run").exists()
+
+
+def test_methods_lists_every_part_with_supported_kinds():
+    r = ckl("methods")
+    assert r.returncode == 0
+    for name in ("naive", "replay", "lora"):
+        assert name in r.stdout
+    assert "learn, update, edit" in r.stdout
+
+
+def test_bad_fact_file_exits_2_naming_file_line_and_field(tmp_path, tiny_stream):
+    tiny_stream.save(tmp_path / "w")
+    lines = (tmp_path / "w" / "facts.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["relation"] = "likes"
+    lines[2] = json.dumps(bad)
+    (tmp_path / "w" / "facts.jsonl").write_text("\n".join(lines) + "\n")
+    r = ckl("pretrain", "--world", tmp_path / "w", "--out", tmp_path / "m")
+    assert r.returncode == 2
+    assert "facts.jsonl:3: field 'relation': unknown relation 'likes'" in " ".join(r.stderr.split())
+    assert not (tmp_path / "m").exists()

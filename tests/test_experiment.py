@@ -1,0 +1,109 @@
+import pytest
+
+from ckl.config import ExperimentConfig
+from ckl.errors import DivergenceError, InputError
+from ckl.experiment import run_experiment
+from ckl.methods.base import TrainingMethod
+from ckl.store import Store
+
+
+@pytest.fixture(scope="module")
+def stream_dir(tmp_path_factory, tiny_stream):
+    d = tmp_path_factory.mktemp("stream")
+    tiny_stream.save(d)
+    return d
+
+
+def _config(stream_dir, model_dir, methods=None, **extra):
+    return ExperimentConfig.model_validate({
+        "name": "t",
+        "stream": str(stream_dir),
+        "model": str(model_dir),
+        "methods": methods or [{"name": "naive", "train": {"epochs": 3, "lr": 3e-3}}, {"name": "replay", "train": {"epochs": 3, "lr": 3e-3}}],
+        "eval": {"kinds": ["statement", "question"]},
+        **extra,
+    })
+
+
+def _all_outcomes(run_dir):
+    with Store(run_dir / "results.sqlite") as store:
+        return {
+            (m, s, row): [(o["probe_id"], o["em"], o["rank_ok"], round(o["logprob"], 4), o["predicted"]) for o in store.outcomes(m, s, row)]
+            for m, s in store.runs() for row in store.completed_rows(m, s)
+        }
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, stream_dir, tiny_model_dir):
+    run_dir = tmp_path_factory.mktemp("full")
+    run_experiment(_config(stream_dir, tiny_model_dir), run_dir, say=lambda m: None)
+    return run_dir
+
+
+def test_every_stage_of_every_method_is_stored_with_per_probe_outcomes(full_run, tiny_stream):
+    with Store(full_run / "results.sqlite") as store:
+        assert store.runs() == [("naive", 0), ("replay", 0)]
+        n_probes = len(store.probes())
+        for method, seed in store.runs():
+            assert store.completed_rows(method, seed) == [0, 1, 2]
+            assert len(store.outcomes(method, seed, 2)) == n_probes
+            infos = store.stage_infos(method, seed)
+            assert infos[1]["notes"] == {"not_applied": {"forget": len(tiny_stream.stages[0].forget)}}
+            assert infos[1]["tokens_seen"] > 0 and infos[1]["perplexity"] > 1
+        acc = store.accuracy("naive", 0)
+        assert acc[0]["invariant"] >= 0.9  # the base model knows K0
+        assert acc[1]["stage1"] > acc[0]["stage1"]  # stage 1 was learned
+
+
+def test_running_again_resumes_instead_of_recomputing(full_run, stream_dir, tiny_model_dir, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a completed run must not train again")
+
+    monkeypatch.setattr(TrainingMethod, "apply", boom)
+    before = _all_outcomes(full_run)
+    run_experiment(_config(stream_dir, tiny_model_dir), full_run, say=lambda m: None)
+    assert _all_outcomes(full_run) == before
+
+
+def test_interrupted_run_resumes_to_the_same_results(tmp_path, full_run, stream_dir, tiny_model_dir, monkeypatch):
+    real_apply = TrainingMethod.apply
+    calls = {"n": 0}
+
+    def crash_on_second_stage(self, model, change, ctx):
+        calls["n"] += 1
+        if self.name == "replay" and change.stage == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
+        return real_apply(self, model, change, ctx)
+
+    monkeypatch.setattr(TrainingMethod, "apply", crash_on_second_stage)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(_config(stream_dir, tiny_model_dir), tmp_path, say=lambda m: None)
+    with Store(tmp_path / "results.sqlite") as store:
+        assert store.completed_rows("replay", 0) == [0, 1]
+    monkeypatch.setattr(TrainingMethod, "apply", real_apply)
+    messages = []
+    run_experiment(_config(stream_dir, tiny_model_dir), tmp_path, say=messages.append)
+    assert any("resuming after stage 1" in m for m in messages)
+    assert _all_outcomes(tmp_path) == _all_outcomes(full_run)
+
+
+def test_a_different_config_cannot_reuse_a_run_directory(full_run, stream_dir, tiny_model_dir):
+    with pytest.raises(InputError, match="different experiment config"):
+        run_experiment(_config(stream_dir, tiny_model_dir, seeds=[5]), full_run, say=lambda m: None)
+
+
+def test_a_diverging_method_is_recorded_as_failed_and_the_others_go_on(tmp_path, stream_dir, tiny_model_dir, monkeypatch):
+    real_apply = TrainingMethod.apply
+
+    def diverge(self, model, change, ctx):
+        if self.name == "naive":
+            raise DivergenceError("loss became nan at step 3 (epoch 0)")
+        return real_apply(self, model, change, ctx)
+
+    monkeypatch.setattr(TrainingMethod, "apply", diverge)
+    messages = []
+    run_experiment(_config(stream_dir, tiny_model_dir), tmp_path, say=messages.append)
+    with Store(tmp_path / "results.sqlite") as store:
+        assert [i["status"] for i in store.stage_infos("naive", 0)] == ["ok", "failed"]
+        assert store.completed_rows("replay", 0) == [0, 1, 2]
+    assert any("FAILED" in m for m in messages)
