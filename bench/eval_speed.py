@@ -69,6 +69,10 @@ def main() -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpu_count={os.cpu_count()} "
           f"torch_threads={torch.get_num_threads()} load_avg={os.getloadavg()[0]:.2f}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}")
+    if torch.get_num_threads() > 1 and os.getloadavg()[0] > 0.5:
+        print("note: other processes are using the CPUs; with several intra-op threads, OpenMP threads that "
+              "wait for a descheduled sibling can slow every forward pass many times over. "
+              "Compare with --threads 1.")
     cfg = model.config
     print(f"model: {cfg.model_type} n_layer={cfg.n_layer} n_embd={cfg.n_embd} vocab={cfg.vocab_size} "
           f"params={total:,} attn={cfg._attn_implementation}")

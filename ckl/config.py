@@ -43,6 +43,7 @@ class PretrainSpec(Strict):
     max_seconds: float = Field(0.0, ge=0)
     target: float = Field(0.97, gt=0, le=1)
     eval_every: int = Field(5, ge=1)
+    schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = 0
 
 

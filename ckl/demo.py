@@ -19,14 +19,14 @@ from ckl.facts import atomic_write_text
 
 DEMO = {
     "name": "demo",
-    "world": {"seed": 0, "people": 100, "stages": 2, "learn_per_stage": 20, "update_per_stage": 20, "forget_per_stage": 5,
+    "world": {"seed": 0, "people": 80, "stages": 2, "learn_per_stage": 20, "update_per_stage": 20, "forget_per_stage": 5,
               "general_train": 200, "general_heldout": 100},
-    "pretrain": {"n_layer": 4, "n_embd": 128, "n_head": 4, "lr": 3e-3, "max_epochs": 200, "target": 0.97, "eval_every": 10},
+    "pretrain": {"n_layer": 4, "n_embd": 128, "n_head": 4, "lr": 3e-3, "max_epochs": 150, "target": 0.95, "eval_every": 10},
     "methods": [
-        {"name": "naive", "train": {"epochs": 15, "lr": 1e-3}},
-        {"name": "replay", "train": {"epochs": 15, "lr": 1e-3}, "replay": {"fraction": 0.5}},
-        {"name": "lora", "train": {"epochs": 15, "lr": 3e-3}, "lora": {"r": 16}},
-        {"name": "lora+replay", "train": {"epochs": 15, "lr": 3e-3}, "lora": {"r": 16}, "replay": {"fraction": 0.5}},
+        {"name": "naive", "train": {"epochs": 30, "lr": 1e-3}},
+        {"name": "replay", "train": {"epochs": 30, "lr": 1e-3}, "replay": {"fraction": 0.5}},
+        {"name": "lora", "train": {"epochs": 30, "lr": 3e-3}, "lora": {"r": 16}},
+        {"name": "lora+replay", "train": {"epochs": 30, "lr": 3e-3}, "lora": {"r": 16}, "replay": {"fraction": 0.5}},
     ],
     "seeds": [0],
     "eval": {"kinds": ["statement", "paraphrase", "question"]},

@@ -35,6 +35,7 @@ class PretrainConfig:
     max_seconds: float = field(default=0.0, metadata={"help": "wall-time budget in seconds (0 = none)"})
     target: float = field(default=0.97, metadata={"help": "stop when invariant statement accuracy reaches this"})
     eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
     seed: int = field(default=0, metadata={"help": "initialisation and data order"})
 
     def __post_init__(self) -> None:
@@ -101,7 +102,7 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
             progress(done, accuracy)
         return accuracy >= config.target or bool(out_of_time)
 
-    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size)
+    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check)

@@ -251,12 +251,18 @@ def qa_line(fact: Fact, relation: Relation, rng: random.Random) -> str:
     return f"{QUESTION_FORMAT.format(question=q)} {fact.object}."
 
 
-def render_documents(facts: Iterable[Fact], relations: dict[str, Relation], rng: random.Random, questions: bool = True) -> list[str]:
+def render_documents(
+    facts: Iterable[Fact], relations: dict[str, Relation], rng: random.Random, questions: int | None = 2
+) -> list[str]:
     """Training documents for `facts`: one biography per subject with its facts in
-    shuffled order and a random training template each, plus one question-answer line
-    per fact. Knowledge is only extractable when it is seen in varied forms (Allen-Zhu &
-    Li, "Physics of Language Models 3.1"), so call this again each epoch for fresh
-    orderings and templates. Held-out paraphrase templates never appear here."""
+    shuffled order and a random training template each, plus question-answer lines for
+    `questions` of the subject's facts (None = all of them; 0 = none), chosen at random.
+
+    Knowledge is only extractable when it is seen in varied forms (Allen-Zhu & Li,
+    "Physics of Language Models 3.1"), so call this again each epoch for fresh orderings,
+    templates and question choices: over many epochs every fact gets its questions, at a
+    fraction of the tokens of asking all of them every time. Held-out paraphrase
+    templates never appear here."""
     by_subject: dict[str, list[Fact]] = defaultdict(list)
     for f in facts:
         by_subject[f.subject].append(f)
@@ -265,6 +271,8 @@ def render_documents(facts: Iterable[Fact], relations: dict[str, Relation], rng:
         group = list(by_subject[subject])
         rng.shuffle(group)
         docs.append(" ".join(statement(f, relations[f.relation], rng) for f in group))
-        if questions:
-            docs += [qa_line(f, relations[f.relation], rng) for f in group if relations[f.relation].questions]
+        asked = [f for f in group if relations[f.relation].questions]
+        if questions is not None:
+            asked = asked[:questions]
+        docs += [qa_line(f, relations[f.relation], rng) for f in asked]
     return docs

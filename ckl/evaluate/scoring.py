@@ -32,21 +32,25 @@ ids concatenated, so every candidate of a probe sees exactly the same prompt tok
 
 The fast path (`score_probes`)
 ------------------------------
-For each probe the candidates' tokens are merged into a prefix tree (trie). Only the
-tokens whose *outputs* are needed are fed to the model: the proper prefixes of every
-candidate (the prompt's last position already gives every first-token distribution, so
-single-token distractors cost nothing) and the whole gold answer (its last output is the
-stop check). One row per probe holds the prompt followed by its trie nodes; a 4D
-attention mask lets each node see the prompt and its own ancestors only, and explicit
-``position_ids`` give node ``n`` the position it would have in ``prompt + candidate``.
-So one forward pass per batch scores every candidate of every probe, sharing the
-prompt's computation and each shared answer prefix ("Port ..."), with no KV-cache copy.
-Only the needed rows go through the LM head (``logits_to_keep`` as a boolean mask) and
-through ``log_softmax``. Probes are sorted by row length so batches carry little padding.
+Every token sequence whose next-token distribution is needed is a node of a prefix
+tree: each prompt, each proper prefix of each candidate after it (the prompt's last
+position already predicts every first token, so single-token distractors cost nothing)
+and the whole gold answer (its last output is the stop check). Nodes are packed into
+rows of about `ROW_TOKENS` columns, several probes to a row, and each node is fed once
+per row: probes in a row share common prompt prefixes (the same subject, "Question:")
+and a probe's candidates share the prompt and common answer prefixes ("Port ...").
+A 4D attention mask lets a column see only its ancestors and itself, and
+``position_ids`` give it its depth, so its output is exactly the output at that position
+of the plain sequence ``prompt + continuation``. One forward pass per batch scores every
+candidate of every probe, with no KV-cache copies and little padding (probes are sorted
+by prompt, so neighbours share prefixes). Only the needed columns go through the LM head
+(``logits_to_keep`` as a boolean mask), and log-probabilities are gathered as
+``logit - logsumexp`` without a full log-softmax.
 
-Attention implementations that ignore custom 4D masks (flash attention, flex) get the
-same computation laid out as one row per root-to-leaf path of the trie, with an ordinary
-2D padding mask (`_tree_masks_supported` decides).
+Attention kernels that ignore custom 4D masks (flash attention, flex attention) get the
+same computation laid out as one plain causal row per root-to-leaf path of each probe's
+tree, with a 2D padding mask. So does any model for which a one-time check on a few
+probes finds the two layouts disagree (e.g. one that derives positions from a 2D mask).
 
 The reference path (`reference_score`)
 --------------------------------------
@@ -54,11 +58,12 @@ The obvious slow way, for one probe: ``model.generate`` greedily for
 ``len(answer tokens) + 1`` new tokens, cut the continuation at its first stop token,
 decode, normalise (lowercase, collapse whitespace, strip surrounding punctuation and
 space) and compare with the normalised answer; and one forward pass per candidate for the
-ranking. The two paths agree on every probe whose answer contains no stop token (the
-synthetic world's objects never do). Where they can differ, the fast path is the stricter:
-it needs the gold *tokens*, so a greedy output that spells the answer with other tokens or
+ranking. The two can differ in two ways only, neither of which the synthetic world
+(objects without punctuation, a word-level tokenizer) can produce: the fast path needs
+the gold *tokens*, so a greedy output that spells the answer with other tokens or in
 another letter case matches only in the reference; and an answer that itself contains a
-stop token ("St. Ives") can only match in the fast path, since the reference cuts it.
+stop token ("St. Ives", or a byte-level BPE answer with a bare-space token "Ġ" before an
+unmerged word) can match only in the fast path, since the reference cuts it there.
 """
 
 from __future__ import annotations
@@ -67,9 +72,10 @@ import inspect
 import math
 import re
 import string
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -177,6 +183,8 @@ def _forward_rows(model, input_ids, position_ids, attention_mask, keep) -> torch
             ).logits
             if logits.ndim == 2 and logits.shape[0] == int(keep.sum()):
                 return logits  # (R, V)
+            if logits.shape[:2] == keep.shape:  # logits_to_keep ignored
+                return logits[keep]  # (R, V)
         except (TypeError, IndexError, RuntimeError):
             pass  # an older model whose logits_to_keep takes no boolean mask
     logits = model(
@@ -187,23 +195,27 @@ def _forward_rows(model, input_ids, position_ids, attention_mask, keep) -> torch
 
 # ------------------------------------------------------------------------ planning
 
+# Columns per packed row. Rows hold several probes' tries side by side; longer rows share
+# more prompt prefixes and pad less, but attention cost grows with the row length. On
+# the default model (CPU) throughput is best, and nearly flat, from ~64 to ~128.
+ROW_TOKENS = 96
+
 
 @dataclass
 class _Plan:
-    """One probe's trie and what to read from it.
+    """One probe's answer trie and what to read from it.
 
     Node ``n`` stands for an answer prefix; it is fed token ``tokens[n]`` and its output
-    predicts the token after that prefix. Reference ``-1`` means the prompt's last
-    position (the empty prefix). Parents precede their children.
+    predicts the token after that prefix. Reference ``-1`` is the prompt's last token
+    (the empty prefix). Parents precede their children.
     """
 
     prompt: list[int]
     tokens: list[int]
     parents: list[int]
-    depths: list[int]
     score_ref: list[int]  # for every scored token: the node whose output predicts it
     score_tok: list[int]
-    score_slot: list[int]  # 0..K-1 candidates, K the gold
+    score_slot: list[int]  # 0..K-1 the candidates, K the gold
     n_slots: int
     gold_index: int  # first index of the gold in the candidates, -1 when absent
     stop_ref: int  # the node after the whole gold answer: its output is the stop check
@@ -214,7 +226,6 @@ def _plan(probe: Probe, prompt: list[int], ids: dict[str, list[int]]) -> _Plan:
         raise ValueError(f"probe {probe.id!r}: the prompt {probe.prompt!r} has no tokens")
     tokens: list[int] = []
     parents: list[int] = []
-    depths: list[int] = []
     children: dict[tuple[int, int], int] = {}
     score_ref: list[int] = []
     score_tok: list[int] = []
@@ -223,13 +234,11 @@ def _plan(probe: Probe, prompt: list[int], ids: dict[str, list[int]]) -> _Plan:
     def walk(seq: list[int], n_nodes: int) -> list[int]:
         refs = [-1]
         for tok in seq[:n_nodes]:
-            key = (refs[-1], tok)
-            node = children.get(key)
+            node = children.get((refs[-1], tok))
             if node is None:
-                node = children[key] = len(tokens)
+                node = children[(refs[-1], tok)] = len(tokens)
                 tokens.append(tok)
                 parents.append(refs[-1])
-                depths.append(len(refs))
             refs.append(node)
         return refs
 
@@ -247,97 +256,134 @@ def _plan(probe: Probe, prompt: list[int], ids: dict[str, list[int]]) -> _Plan:
         score_slot += [slot] * len(seq)
         stop_ref = refs[-1]
     gold_index = probe.candidates.index(probe.answer) if probe.answer in probe.candidates else -1
-    return _Plan(prompt, tokens, parents, depths, score_ref, score_tok, score_slot, len(texts), gold_index, stop_ref)
+    return _Plan(prompt, tokens, parents, score_ref, score_tok, score_slot, len(texts), gold_index, stop_ref)
+
+
+# ------------------------------------------------------------------------ row layout
 
 
 @dataclass
-class _Rows:
-    """A batch laid out for one forward pass: rows of prompt + trie nodes."""
+class _Row:
+    """One row of a forward pass: a forest of token prefixes, each fed once.
 
-    input_ids: torch.Tensor  # (B, T)
-    position_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, 1, T, T) float, or (B, T) long for path rows
-    keep: torch.Tensor  # (B, T) bool: positions whose logits are read
-    out_row: list[np.ndarray]  # per probe: output row of ref -1, 0, 1, ... (index ref + 1)
-
-
-def _layout(plans: Sequence[_Plan], pad_id: int, tree: bool, dtype: torch.dtype, device) -> _Rows:
-    """Lay out a batch of plans as rows.
-
-    tree=True: one row per probe, prompt then all its nodes, under a 4D mask in which a
-    node sees the prompt and its ancestors. tree=False: one row per root-to-leaf path,
-    a plain causal row under a 2D padding mask; a node on several paths is read once.
+    A column stands for a token sequence (its ancestors' tokens, then its own); two probes
+    that need the same sequence (a shared prompt prefix, a shared answer prefix) share
+    the column, whose output is the same for both.
     """
-    # Each row: (probe index in batch, prompt, node ids of the plan in row order).
-    rows: list[tuple[int, list[int], list[int]]] = []
-    for p, plan in enumerate(plans):
-        if tree:
-            rows.append((p, plan.prompt, list(range(len(plan.tokens)))))
-            continue
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)  # column of the parent, -1 for a first token
+    positions: list[int] = field(default_factory=list)
+    children: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def add(self, parent: int, token: int) -> int:
+        col = self.children.get((parent, token))
+        if col is None:
+            col = self.children[(parent, token)] = len(self.tokens)
+            self.tokens.append(token)
+            self.parents.append(parent)
+            self.positions.append(self.positions[parent] + 1 if parent >= 0 else 0)
+        return col
+
+    def missing(self, plan: _Plan) -> int:
+        """How many columns `insert(plan)` would add."""
+        cur = -1
+        for k, tok in enumerate(plan.prompt):
+            nxt = self.children.get((cur, tok))
+            if nxt is None:
+                return len(plan.prompt) - k + len(plan.tokens)
+            cur = nxt
+        cols: list[int | None] = [cur]
+        for tok, parent in zip(plan.tokens, plan.parents):
+            col = cols[parent + 1]
+            cols.append(None if col is None else self.children.get((col, tok)))
+        return sum(c is None for c in cols)
+
+    def insert(self, plan: _Plan, nodes: Sequence[int] | None = None) -> list[int]:
+        """Add the prompt and answer nodes (all, or only `nodes`, a root-to-leaf path);
+        returns the column of each reference -1, 0, 1, ... (-1 where not inserted)."""
+        cur = -1
+        for tok in plan.prompt:
+            cur = self.add(cur, tok)
+        cols = [cur] + [-1] * len(plan.tokens)
+        for n in range(len(plan.tokens)) if nodes is None else nodes:
+            cols[n + 1] = self.add(cols[plan.parents[n] + 1], plan.tokens[n])
+        return cols
+
+
+def _tree_rows(plans: Sequence[_Plan]) -> tuple[list[_Row], list[tuple[np.ndarray, np.ndarray]]]:
+    """Pack whole probes into rows of about ROW_TOKENS columns (next fit, in the given order)."""
+    rows = [_Row()]
+    where = []
+    for plan in plans:
+        if rows[-1].tokens and len(rows[-1].tokens) + rows[-1].missing(plan) > ROW_TOKENS:
+            rows.append(_Row())
+        cols = rows[-1].insert(plan)
+        where.append((np.full(len(cols), len(rows) - 1), np.asarray(cols)))
+    return rows, where
+
+
+def _path_rows(plans: Sequence[_Plan]) -> tuple[list[_Row], list[tuple[np.ndarray, np.ndarray]]]:
+    """One plain causal row per root-to-leaf path of each probe's trie."""
+    rows: list[_Row] = []
+    where = []
+    for plan in plans:
+        row_of = np.full(len(plan.tokens) + 1, -1)
+        col_of = np.full(len(plan.tokens) + 1, -1)
         is_parent = set(plan.parents)
-        for leaf in range(len(plan.tokens)):
-            if leaf in is_parent:
-                continue
+        for leaf in (n for n in range(len(plan.tokens)) if n not in is_parent):
             path = [leaf]
             while plan.parents[path[-1]] >= 0:
                 path.append(plan.parents[path[-1]])
-            rows.append((p, plan.prompt, path[::-1]))
+            rows.append(_Row())
+            cols = np.asarray(rows[-1].insert(plan, path[::-1]))
+            new = (row_of < 0) & (cols >= 0)  # a node on several paths is read from the first
+            row_of[new], col_of[new] = len(rows) - 1, cols[new]
+        where.append((row_of, col_of))
+    return rows, where
 
-    B = len(rows)
-    P = np.array([len(r[1]) for r in rows])  # (B,)
-    N = np.array([len(r[2]) for r in rows])  # (B,)
-    T = int((P + N).max())
+
+@dataclass
+class _Batch:
+    """Rows as tensors for one forward pass."""
+
+    input_ids: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, 1, T, T) float for tree rows, (B, T) long for path rows
+    keep: torch.Tensor  # (B, T) bool: the columns whose logits are read
+    out_row: list[np.ndarray]  # per probe: the logits row of each reference -1, 0, 1, ...
+
+
+def _tensors(rows: Sequence[_Row], where, tree: bool, pad_id: int, dtype: torch.dtype, device) -> _Batch:
+    B, T = len(rows), max(len(r.tokens) for r in rows)
     ids = np.full((B, T), pad_id, dtype=np.int64)
     pos = np.zeros((B, T), dtype=np.int64)
+    parents = np.full((B, T), -1, dtype=np.int64)  # padding is its own root
+    for r, row in enumerate(rows):
+        ids[r, : len(row.tokens)] = row.tokens
+        pos[r, : len(row.tokens)] = row.positions
+        parents[r, : len(row.tokens)] = row.parents
     keep = np.zeros((B, T), dtype=bool)
-    out_col: list[np.ndarray] = [np.full(len(pl.tokens) + 1, -1) for pl in plans]
-    out_rowidx: list[np.ndarray] = [np.full(len(pl.tokens) + 1, -1) for pl in plans]
-    parents = np.full((B, max(int(N.max()), 1)), -1, dtype=np.int64)  # (B, Nmax) row-local parents
-    for r, (p, prompt, nodes) in enumerate(rows):
-        plan, n_p = plans[p], len(prompt)
-        ids[r, :n_p] = prompt
-        pos[r, :n_p] = np.arange(n_p)
-        if out_col[p][0] < 0:
-            out_col[p][0], out_rowidx[p][0] = n_p - 1, r
-            keep[r, n_p - 1] = True
-        local = {node: i for i, node in enumerate(nodes)}
-        for i, node in enumerate(nodes):
-            ids[r, n_p + i] = plan.tokens[node]
-            pos[r, n_p + i] = n_p - 1 + plan.depths[node]
-            parents[r, i] = local.get(plan.parents[node], -1)
-            if out_col[p][node + 1] < 0:
-                out_col[p][node + 1], out_rowidx[p][node + 1] = n_p + i, r
-                keep[r, n_p + i] = True
-    flat = np.cumsum(keep.ravel()).reshape(B, T) - 1  # (B, T) output row of each kept position
-    out_row = [flat[out_rowidx[p], out_col[p]] for p in range(len(plans))]
+    for row_of, col_of in where:
+        keep[row_of, col_of] = True
+    flat = np.cumsum(keep.ravel()) - 1  # (B*T,) logits row of each kept column
+    out_row = [flat[row_of * T + col_of] for row_of, col_of in where]
 
-    cols = np.arange(T)
     if tree:
-        in_prompt = cols[None, :] < P[:, None]  # (B, T)
-        causal = cols[None, :, None] >= cols[None, None, :]  # (1, T, T) query >= key
-        visible = causal & in_prompt[:, None, :]  # (B, T, T) every query sees earlier prompt keys
-        # Ancestor closure of the row-local parents: at most max-depth hops.
-        n_max = parents.shape[1]
-        anc = np.broadcast_to(np.eye(n_max, dtype=bool), (B, n_max, n_max)).copy()  # (B, N, N)
-        cur = np.broadcast_to(np.arange(n_max), (B, n_max)).copy()  # (B, N)
-        b_idx, n_idx = np.indices((B, n_max))
-        while True:
-            cur = np.where(cur >= 0, np.take_along_axis(parents, np.maximum(cur, 0), axis=1), -1)
-            if (cur < 0).all():
-                break
-            hit = cur >= 0
-            anc[b_idx[hit], n_idx[hit], cur[hit]] = True
-        real = np.arange(n_max)[None, :] < N[:, None]  # (B, N)
-        b, q, k = np.nonzero(anc & real[:, :, None] & real[:, None, :])
-        visible[b, P[b] + q, P[b] + k] = True
-        visible[:, cols, cols] = True  # padding attends to itself: no all-masked softmax rows
-        blocked = torch.finfo(dtype).min
+        # A column sees itself and its ancestors: closure of `parents`, one hop per depth.
+        visible = np.broadcast_to(np.eye(T, dtype=bool), (B, T, T)).copy()  # (B, T, T) query, key
+        b_idx, q_idx = np.indices((B, T))
+        cur = parents
+        while (hit := cur >= 0).any():
+            visible[b_idx[hit], q_idx[hit], cur[hit]] = True
+            cur = np.where(hit, np.take_along_axis(parents, np.maximum(cur, 0), axis=1), -1)
         mask = torch.zeros((B, 1, T, T), dtype=dtype)
-        mask.masked_fill_(~torch.from_numpy(visible)[:, None], blocked)  # (B, 1, T, T)
+        mask.masked_fill_(~torch.from_numpy(visible)[:, None], torch.finfo(dtype).min)  # (B, 1, T, T)
     else:
-        mask = torch.from_numpy((cols[None, :] < (P + N)[:, None]).astype(np.int64))  # (B, T)
+        lengths = np.array([len(r.tokens) for r in rows])
+        mask = torch.from_numpy((np.arange(T)[None, :] < lengths[:, None]).astype(np.int64))  # (B, T)
 
-    return _Rows(
+    return _Batch(
         input_ids=torch.from_numpy(ids).to(device),
         position_ids=torch.from_numpy(pos).to(device),
         attention_mask=mask.to(device),
@@ -347,6 +393,62 @@ def _layout(plans: Sequence[_Plan], pad_id: int, tree: bool, dtype: torch.dtype,
 
 
 # ------------------------------------------------------------------------ fast path
+
+
+def _score_batch(model, plans: Sequence[_Plan], tree: bool, pad_id: int, stop: torch.Tensor):
+    """One forward pass over `plans`. Returns (slot_score, slot_miss, stops, slot_base):
+    per slot the summed log-probability and the number of tokens greedy decoding misses,
+    per probe whether the greedy token after the gold is a stop token, and each probe's
+    first slot."""
+    device, dtype = _device_dtype(model)
+    rows, where = (_tree_rows if tree else _path_rows)(plans)
+    batch = _tensors(rows, where, tree, pad_id, dtype, device)
+    logits = _forward_rows(model, batch.input_ids, batch.position_ids, batch.attention_mask, batch.keep)  # (R, V)
+    greedy = logits.argmax(-1)  # (R,)
+    log_z = torch.logsumexp(logits.float(), -1)  # (R,) log-softmax is logits - log_z; only gathered entries are needed
+
+    # Every scored token of the batch, flattened: (logits row, token, slot).
+    slot_base = np.cumsum([0] + [pl.n_slots for pl in plans])
+    e_row = np.concatenate([batch.out_row[j][np.asarray(pl.score_ref) + 1] for j, pl in enumerate(plans)])
+    e_tok = np.concatenate([pl.score_tok for pl in plans])
+    e_slot = np.concatenate([np.asarray(pl.score_slot) + slot_base[j] for j, pl in enumerate(plans)])
+    row_t = torch.from_numpy(e_row).to(device)
+    tok_t = torch.from_numpy(e_tok).to(device)
+    token_logp = (logits[row_t, tok_t].float() - log_z[row_t]).double().cpu().numpy()  # (E,)
+    token_miss = (greedy[row_t] != tok_t).cpu().numpy()  # (E,)
+    slot_score = np.bincount(e_slot, weights=token_logp, minlength=int(slot_base[-1]))  # (S,)
+    slot_miss = np.bincount(e_slot, weights=token_miss, minlength=int(slot_base[-1]))  # (S,)
+    stop_rows = torch.from_numpy(np.array([batch.out_row[j][pl.stop_ref + 1] for j, pl in enumerate(plans)])).to(device)
+    stops = stop[greedy[stop_rows]].cpu().numpy()  # (b,)
+    return slot_score, slot_miss, stops, slot_base
+
+
+_TREE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tree_layout_works(model, plans: Sequence[_Plan], pad_id: int, stop: torch.Tensor) -> bool:
+    """Whether tree rows give this model's plain causal results, checked once per model.
+
+    Tree rows need a model whose attention honours a custom 4D mask and whose positions
+    come from ``position_ids``; an architecture that derives them from a 2D mask (ALiBi
+    models such as BLOOM) would silently score wrong, so a few probes are scored both
+    ways first and the plain path rows are used if the two disagree.
+    """
+    if not _tree_masks_supported(model):
+        return False
+    if model not in _TREE_CHECKED:
+        sample = list(plans[:4])
+        tree = _score_batch(model, sample, True, pad_id, stop)[0]
+        path = _score_batch(model, sample, False, pad_id, stop)[0]
+        tol = 1e-3 if _device_dtype(model)[1] in (torch.float32, torch.float64) else 5e-2
+        ok = bool(np.allclose(tree, path, atol=tol, rtol=tol))
+        if not ok:
+            warnings.warn(
+                f"{type(model).__name__}: packed tree rows disagree with plain rows; scoring with plain rows (slower)",
+                RuntimeWarning, stacklevel=3,
+            )
+        _TREE_CHECKED[model] = ok
+    return _TREE_CHECKED[model]
 
 
 @torch.inference_mode()
@@ -387,39 +489,24 @@ def score_probes(
     if n == 0:
         return Scores(em, rank_ok, logprob, predicted)
 
-    device, dtype = _device_dtype(model)
+    device, _ = _device_dtype(model)
     stop = stop_token_mask(tokenizer, _vocab_size(model)).to(device)  # (V,)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    tree = _tree_masks_supported(model)
 
     answers = sorted({a for pr in probes for a in (*pr.candidates, pr.answer)})
     ids = dict(zip(answers, _encode(tokenizer, [" " + a for a in answers])))
     prompts = _encode(tokenizer, [pr.prompt for pr in probes])
     plans = [_plan(pr, prompt, ids) for pr, prompt in zip(probes, prompts)]
-    order = sorted(range(n), key=lambda i: len(plans[i].prompt) + len(plans[i].tokens))
+    tree = _tree_layout_works(model, plans, pad_id, stop)
+    if tree:  # neighbours in prompt order share prompt prefixes
+        order = sorted(range(n), key=lambda i: plans[i].prompt)
+    else:  # rows of similar length pad little
+        order = sorted(range(n), key=lambda i: len(plans[i].prompt) + len(plans[i].tokens))
 
     for start in range(0, n, batch_size):
         batch = order[start : start + batch_size]
         bplans = [plans[i] for i in batch]
-        rows = _layout(bplans, pad_id, tree, dtype, device)
-        logits = _forward_rows(model, rows.input_ids, rows.position_ids, rows.attention_mask, rows.keep)  # (R, V)
-        greedy = logits.argmax(-1)  # (R,)
-        logp = logits.float().log_softmax(-1)  # (R, V)
-
-        # Flatten every scored token of the batch: (output row, token, slot).
-        slot_base = np.cumsum([0] + [pl.n_slots for pl in bplans])
-        e_row = np.concatenate([rows.out_row[j][np.asarray(pl.score_ref) + 1] for j, pl in enumerate(bplans)])
-        e_tok = np.concatenate([pl.score_tok for pl in bplans])
-        e_slot = np.concatenate([np.asarray(pl.score_slot) + slot_base[j] for j, pl in enumerate(bplans)])
-        row_t = torch.from_numpy(e_row).to(device)
-        tok_t = torch.from_numpy(e_tok).to(device)
-        token_logp = logp[row_t, tok_t].double().cpu().numpy()  # (E,)
-        token_hit = (greedy[row_t] == tok_t).cpu().numpy()  # (E,)
-        slot_score = np.bincount(e_slot, weights=token_logp, minlength=int(slot_base[-1]))  # (S,)
-        slot_miss = np.bincount(e_slot, weights=~token_hit, minlength=int(slot_base[-1]))  # (S,)
-        stop_rows = torch.from_numpy(np.array([rows.out_row[j][pl.stop_ref + 1] for j, pl in enumerate(bplans)])).to(device)
-        stops = stop[greedy[stop_rows]].cpu().numpy()  # (b,)
-
+        slot_score, slot_miss, stops, slot_base = _score_batch(model, bplans, tree, pad_id, stop)
         for j, (i, pl) in enumerate(zip(batch, bplans)):
             gold_slot = slot_base[j] + pl.n_slots - 1
             logprob[i] = slot_score[gold_slot]
@@ -443,7 +530,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
 
     Each text is tokenised without special tokens; when the tokenizer has a BOS token it
     is prepended, so every token of the text is predicted (otherwise the first is only
-    context). Texts are batched by length with right padding, padding masked out.
+    context). Texts are batched by length with right padding, padding masked out; each
+    must fit the model's context window (no striding).
 
     Raises:
         ValueError: ``batch_size`` < 1, or no text has a token to predict.

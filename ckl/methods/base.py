@@ -152,7 +152,7 @@ class TrainingMethod:
     whatever change kinds its parts add (e.g. an unlearning objective adds `forget`).
     """
 
-    def __init__(self, name: str, parts: Sequence[Part], train_config: TrainConfig, questions: bool = True):
+    def __init__(self, name: str, parts: Sequence[Part], train_config: TrainConfig, questions: int | None = 2):
         self.name = name
         self.parts = list(parts)
         self.train_config = train_config
@@ -229,7 +229,7 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         if registry[n].family != "part":
             raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
     train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
-    questions = options.pop("questions", True)
+    questions = options.pop("questions", 2)
     parts = []
     for n in names:
         entry = registry[n]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
+from transformers.pytorch_utils import Conv1D
 
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.train.loop import rng_for
@@ -41,7 +42,10 @@ class Lora(Part):
         self.config = config
 
     def prepare(self, model, ctx: StageContext):
+        # GPT-2-style models store linear layers as Conv1D (transposed weights)
+        transposed = any(isinstance(m, Conv1D) for m in model.modules())
         peft_config = PeftLoraConfig(
+            fan_in_fan_out=transposed,
             r=self.config.r,
             lora_alpha=self.config.alpha,
             lora_dropout=self.config.dropout,

@@ -36,6 +36,7 @@ class TrainConfig:
     block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant | cosine (to 10% of lr over all epochs)"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
@@ -48,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0):
             raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 @dataclass
@@ -104,10 +107,16 @@ def train(
     model.train()
     generator = torch.Generator().manual_seed(seed)
     rank, world = accelerator.process_index, accelerator.num_processes
+    scheduler = None
     try:
         for epoch in range(config.epochs):
             input_ids, mask, labels = pack(tokenizer, documents(epoch), config.block_size)
-            for index in shard_batches(len(input_ids), config.batch_size, rank, world, generator):
+            batches = shard_batches(len(input_ids), config.batch_size, rank, world, generator)
+            if scheduler is None and config.schedule == "cosine":
+                # the step count is estimated from the first epoch (documents vary a little)
+                total = max(1, len(batches) * config.epochs)
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total)))
+            for index in batches:
                 batch = {
                     "input_ids": input_ids[index].to(accelerator.device),  # (B, L)
                     "attention_mask": mask[index].to(accelerator.device),
@@ -130,6 +139,8 @@ def train(
                         raise DivergenceError(f"gradient norm became {float(norm)} at step {result.steps} (epoch {epoch})")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
                 result.steps += 1
                 result.tokens_seen += int(batch["attention_mask"].sum())
                 result.last_loss = float(loss.detach())

@@ -156,7 +156,8 @@ def test_batched_scoring_matches_one_probe_generation(word_model):
     # The data must exercise both outcomes of both checks, and multi-token answers.
     assert scores.em.any() and not scores.em.all()
     assert scores.rank_ok.any() and not scores.rank_ok.all()
-    assert any(len(tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"]) == 3 for p in np.array(probes)[scores.em])
+    right = [p for p, ok in zip(probes, scores.em) if ok]
+    assert any(len(tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"]) == 3 for p in right)
 
 
 def test_byte_level_bpe_tokenizer_matches_one_probe_generation(bpe_model):
@@ -178,6 +179,29 @@ def test_batch_size_does_not_change_scores(word_model, batch_size):
     np.testing.assert_allclose(scores.logprob, base.logprob, atol=1e-5)
 
 
+@pytest.mark.parametrize("row_tokens", [1, 16, 10_000])
+def test_row_packing_does_not_change_scores(word_model, monkeypatch, row_tokens):
+    model, tokenizer, probes = word_model
+    base = score_probes(model, tokenizer, probes)
+    monkeypatch.setattr(scoring, "ROW_TOKENS", row_tokens)
+    scores = score_probes(model, tokenizer, probes)
+    np.testing.assert_array_equal(scores.em, base.em)
+    assert scores.predicted == base.predicted
+    np.testing.assert_allclose(scores.logprob, base.logprob, atol=1e-5)
+
+
+def test_probes_in_one_row_share_prompt_and_answer_prefixes(word_model):
+    _, tokenizer, _ = word_model
+    probes = [_probe(0, "Alda Venn", "was born in", "Port Elmira"), _probe(1, "Alda Venn", "works at", "Kestrel")]
+    ids = {a: tokenizer(" " + a, add_special_tokens=False)["input_ids"] for a in CITIES + EMPLOYERS}
+    plans = [scoring._plan(p, tokenizer(p.prompt, add_special_tokens=False)["input_ids"], ids) for p in probes]
+    rows, _ = scoring._tree_rows(plans)
+    # "Alda Venn" once; "Port" once for three "Port ..." cities; "Port Elmira" fed for the stop check.
+    assert len(rows) == 1
+    assert len(rows[0].tokens) == sum(len(p.prompt) + len(p.tokens) for p in plans) - 2
+    assert [len(p.tokens) for p in plans] == [4, 4]  # Port, Port Elmira, New, New Harrow | Brightwave, Ironleaf, Ironleaf Mining, Kestrel
+
+
 def test_path_rows_give_the_same_scores_as_tree_rows(word_model, monkeypatch):
     """The layout for attention kernels without custom 4D masks (flash attention)."""
     model, tokenizer, probes = word_model
@@ -188,6 +212,31 @@ def test_path_rows_give_the_same_scores_as_tree_rows(word_model, monkeypatch):
     np.testing.assert_array_equal(paths.rank_ok, tree.rank_ok)
     assert paths.predicted == tree.predicted
     np.testing.assert_allclose(paths.logprob, tree.logprob, atol=1e-5)
+
+
+class _IgnoresPositionIds(torch.nn.Module):
+    """A causal LM that derives positions itself, as ALiBi models do from their mask."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids=None, position_ids=None, attention_mask=None, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def test_model_that_ignores_position_ids_falls_back_to_plain_rows(word_model):
+    model, tokenizer, probes = word_model
+    expected = score_probes(model, tokenizer, probes)
+    with pytest.warns(RuntimeWarning, match="plain rows"):
+        scores = score_probes(_IgnoresPositionIds(model), tokenizer, probes)
+    np.testing.assert_array_equal(scores.em, expected.em)
+    assert scores.predicted == expected.predicted
+    np.testing.assert_allclose(scores.logprob, expected.logprob, atol=1e-4)
 
 
 def test_eager_attention_gives_the_same_scores_as_sdpa(word_model):
