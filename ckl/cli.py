@@ -6,8 +6,8 @@ import time of the library. User mistakes become one message and exit code 2.
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -17,13 +17,13 @@ from rich.console import Console
 from ckl.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot.")
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets a wide console so tables are not squeezed to 80 columns.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160")))
 
 
 def _quiet_libraries() -> None:
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ckl never downloads at run time
     from transformers.utils import logging as hf_logging
@@ -162,7 +162,6 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="output direct
     _quiet_libraries()
     from ckl.demo import run_demo
 
-    start = time.perf_counter()
     summary = _guard(lambda: run_demo(out, console))
     console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
 

@@ -64,3 +64,12 @@ def test_invalid_yaml_and_unsafe_tags_are_input_errors(tmp_path):
 def test_duplicate_labels_are_rejected(tmp_path):
     with pytest.raises(InputError, match="label"):
         load_config(_write(tmp_path, GOOD.replace("lora+replay", "naive").replace("    lora: {r: 4}\n    replay: {fraction: 0.5}\n", "")))
+
+
+def test_shipped_examples_are_valid():
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        load_config(path)
