@@ -32,7 +32,11 @@ DEMO = {
     "eval": {"kinds": ["statement", "paraphrase", "question"]},
 }
 
-SUMMARY_KEYS = ("retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "forgetting", "trainable_params", "seconds")
+SUMMARY_KEYS = (
+    "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "forgetting", "plasticity",
+    "paraphrase_acquisition", "question_acquisition", "perplexity_before", "perplexity_after",
+    "trainable_params", "tokens_seen", "seconds",
+)
 
 
 def run_demo(out: str | Path, console: Console) -> dict:

@@ -52,7 +52,7 @@ def prepare_stream(config: ExperimentConfig, run_dir: Path) -> Stream:
     return Stream.load(world_dir)
 
 
-def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, accelerator, say: Reporter) -> Path:
+def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, accelerator, say: Reporter, progress=None) -> Path:
     """The base model directory: the configured one, or a tiny model pretrained on K0
     (cached in run_dir/base_model)."""
     if config.model is not None:
@@ -65,7 +65,13 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
     spec = config.pretrain.model_dump() if config.pretrain else {}
     pcfg = PretrainConfig(**spec)
     say(f"pretraining the base model ({pcfg.n_layer} layers, width {pcfg.n_embd}) on {len(stream.base)} base facts")
-    _, _, result = pretrain(stream, pcfg, accelerator, out, progress=lambda e, a: say(f"  epoch {e}: invariant accuracy {a:.3f}"))
+    if progress:
+        progress.start("pretraining (epochs)", pcfg.max_epochs)
+    _, _, result = pretrain(
+        stream, pcfg, accelerator, out,
+        progress=lambda e, a: say(f"  epoch {e}: invariant accuracy {a:.3f}"),
+        step_progress=(lambda e, s, loss: progress.epoch(e + 1, s, loss)) if progress else None,
+    )
     atomic_write_text(run_dir / "pretrain.json", json.dumps(asdict(result), indent=2))
     verdict = "reached" if result.reached_target else "did NOT reach"
     say(f"pretrained in {result.seconds:.0f}s, {result.epochs} epochs: accuracy {result.accuracy:.3f} ({verdict} target {pcfg.target})")
@@ -110,7 +116,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
         atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         accelerator = make_accelerator()
         stream = prepare_stream(config, run_dir)
-        model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say)
+        model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say, progress)
         probes = stream.probes(kinds=config.eval.kinds, max_candidates=config.eval.max_candidates)
         store.add_probes(probes)
         store.set_meta("T", stream.T)

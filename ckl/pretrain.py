@@ -70,8 +70,11 @@ def tokenizer_corpus(stream: Stream) -> list[str]:
     return texts + list(stream.general_train) + list(stream.general_heldout)
 
 
-def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str | Path | None = None, progress=None):
+def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str | Path | None = None, progress=None, step_progress=None):
     """Pretrain a tiny model on `stream`'s base knowledge.
+
+    `progress(epoch, accuracy)` is called after each accuracy check and
+    `step_progress(epoch, step, loss)` after each optimiser step.
 
     Returns:
         (model, tokenizer, PretrainResult); the model is also saved to `out_dir` if given.
@@ -105,7 +108,7 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
     train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check)
+        train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check, progress=step_progress)
     accuracy = history[-1][1] if history else 0.0
     result = PretrainResult(
         epochs=history[-1][0] if history else 0,

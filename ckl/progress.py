@@ -34,6 +34,11 @@ class RunProgress:
         if self.task is not None:
             self.progress.advance(self.task)
 
+    def epoch(self, epoch: int, step: int, loss: float) -> None:
+        """For epoch-counted work (pretraining): the bar shows epochs done."""
+        if self.task is not None:
+            self.progress.update(self.task, completed=epoch - 1, status=f"step {step}  loss {loss:.3f}")
+
     def train_step(self, step: int, loss: float) -> None:
         if self.task is not None:
             self.progress.update(self.task, status=f"step {step}  loss {loss:.3f}")
