@@ -33,7 +33,9 @@ def _quiet_libraries() -> None:
 
 
 def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -102,6 +104,7 @@ def pretrain(
 def run(
     config_path: Path = typer.Argument(..., metavar="EXPERIMENT.yaml", help="experiment config"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM to use instead of the config's model/pretrain"),
 ) -> None:
     """Run every method x seed of an experiment; resumes if run again."""
     _quiet_libraries()
@@ -110,6 +113,10 @@ def run(
     from ckl.progress import RunProgress
 
     config = _guard(lambda: load_config(config_path))
+    if model is not None:
+        if not (model / "config.json").exists():
+            _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
+        config.model, config.pretrain = str(model.resolve()), None
     run_dir = out or Path("runs") / config.name
     with RunProgress(console) as progress:
         _guard(lambda: run_experiment(config, run_dir, say=console.print, progress=progress))
@@ -157,12 +164,17 @@ def methods() -> None:
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="output directory")) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="output directory"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM instead of pretraining the tiny default"),
+) -> None:
     """World -> pretrain -> naive, replay, lora, lora+replay -> the table and summary.json."""
     _quiet_libraries()
     from ckl.demo import run_demo
 
-    summary = _guard(lambda: run_demo(out, console))
+    if model is not None and not (model / "config.json").exists():
+        _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
+    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None))
     console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
 
 

@@ -34,12 +34,13 @@ DEMO = {
 
 SUMMARY_KEYS = (
     "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "forgetting", "plasticity",
-    "paraphrase_acquisition", "question_acquisition", "perplexity_before", "perplexity_after",
+    "paraphrase_acquisition", "question_acquisition", "perplexity_before", "perplexity_after", "perplexity_delta",
     "trainable_params", "tokens_seen", "seconds",
 )
 
 
-def run_demo(out: str | Path, console: Console) -> dict:
+def run_demo(out: str | Path, console: Console, model: str | None = None) -> dict:
+    """Run the demo into `out`; `model` (a local HF directory) replaces the pretrained default."""
     from ckl.experiment import run_experiment
     from ckl.progress import RunProgress
     from ckl.store import Store
@@ -48,7 +49,11 @@ def run_demo(out: str | Path, console: Console) -> dict:
 
     start = time.perf_counter()
     out = Path(out)
-    config = ExperimentConfig.model_validate(DEMO)
+    spec = dict(DEMO)
+    if model is not None:
+        spec.pop("pretrain")
+        spec["model"] = str(Path(model).resolve())
+    config = ExperimentConfig.model_validate(spec)
     with RunProgress(console) as progress:
         run_experiment(config, out, say=console.print, progress=progress)
     with Store(out / "results.sqlite") as store:

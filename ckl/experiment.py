@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ckl import lm
 from ckl.config import ExperimentConfig
@@ -146,7 +147,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
     if state_path.exists():
         state = json.loads(state_path.read_text())
         model, tokenizer = lm.load(ckpt)
-        method.load_state_dict(state["method"])
+        method.load_state_dict(_join_state(state["method"], ckpt / "ckl_state.safetensors"))
         start_row = state["stage"]
         if start_row not in done:  # checkpoint written, row not yet: evaluate it now
             _record(store, label, seed, start_row, model, tokenizer, probes, stream, config, StageInfo(**state["info"]))
@@ -200,7 +201,10 @@ def _save_checkpoint(ckpt: Path, model, tokenizer, stage: int, method_state: dic
     tmp = ckpt.with_name(ckpt.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save(model, tokenizer, tmp)
-    state = {"stage": stage, "method": method_state, "info": asdict(info)}
+    data, tensors = _split_state(method_state)
+    if tensors:
+        save_file(tensors, str(tmp / "ckl_state.safetensors"))
+    state = {"stage": stage, "method": data, "info": asdict(info)}
     atomic_write_text(tmp / "ckl_state.json", json.dumps(state))
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -208,6 +212,29 @@ def _save_checkpoint(ckpt: Path, model, tokenizer, stage: int, method_state: dic
         ckpt.rename(old)
     tmp.rename(ckpt)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Method state -> (JSON part, tensors keyed "part/key") for checkpointing."""
+    data: dict = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for part, values in state.items():
+        data[part] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{part}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                data[part][key] = value
+    return data, tensors
+
+
+def _join_state(data: dict, tensor_file: Path) -> dict:
+    state = {part: dict(values) for part, values in data.items()}
+    if tensor_file.exists():
+        for name, tensor in load_file(str(tensor_file)).items():
+            part, key = name.split("/", 1)
+            state.setdefault(part, {})[key] = tensor
+    return state
 
 
 def _check_finite(model) -> None:

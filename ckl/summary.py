@@ -69,6 +69,9 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     out["fuar"] = M.fuar_stages(gains)
     ppl = [i["perplexity"] for i in infos]
     out["perplexity_before"], out["perplexity_after"] = ppl[0], ppl[-1]
+    if ppl[0] and ppl[-1]:
+        change = M.perplexity_change(ppl[0], ppl[-1])
+        out["perplexity_delta"], out["perplexity_ratio"] = change["delta"], change["ratio"]
     out["trainable_params"] = max(i["trainable_params"] for i in infos)
     out["seconds"] = sum(i["seconds"] for i in infos)
     out["tokens_seen"] = sum(i["tokens_seen"] for i in infos)
@@ -82,7 +85,8 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
 NUMERIC = (
     "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "fwt", "forgetting", "plasticity",
     "invariant_before", "invariant_after", "paraphrase_acquisition", "paraphrase_invariant", "question_acquisition",
-    "forget_kept", "perplexity_before", "perplexity_after", "trainable_params", "seconds", "tokens_seen",
+    "forget_kept", "perplexity_before", "perplexity_after", "perplexity_delta", "perplexity_ratio",
+    "trainable_params", "seconds", "tokens_seen",
 )
 
 

@@ -86,3 +86,16 @@ def test_bad_fact_file_exits_2_naming_file_line_and_field(tmp_path, tiny_stream)
     assert r.returncode == 2
     assert "facts.jsonl:3: field 'relation': unknown relation 'likes'" in " ".join(r.stderr.split())
     assert not (tmp_path / "m").exists()
+
+
+def test_run_with_model_flag_uses_that_model_instead_of_pretraining(tmp_path, tiny_stream, tiny_model_dir):
+    tiny_stream.save(tmp_path / "w")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: m\nstream: w\npretrain: {max_epochs: 500}\nmethods:\n  - name: naive\n    train: {epochs: 1}\neval: {kinds: [statement]}\n")
+    r = ckl("run", exp, "--out", tmp_path / "run", "--model", tiny_model_dir)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "run" / "base_model").exists()  # nothing was pretrained
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == str(tiny_model_dir) and config["pretrain"] is None
+    r = ckl("run", exp, "--out", tmp_path / "run2", "--model", tmp_path / "nope")
+    assert r.returncode == 2 and "no config.json" in r.stderr

@@ -107,3 +107,18 @@ def test_a_diverging_method_is_recorded_as_failed_and_the_others_go_on(tmp_path,
         assert [i["status"] for i in store.stage_infos("naive", 0)] == ["ok", "failed"]
         assert store.completed_rows("replay", 0) == [0, 1, 2]
     assert any("FAILED" in m for m in messages)
+
+
+def test_method_state_with_tensors_round_trips_through_a_checkpoint(tmp_path):
+    import torch
+
+    from ckl.experiment import _join_state, _split_state
+    from safetensors.torch import save_file
+
+    state = {"ewc": {"fisher.w": torch.arange(6.0).reshape(2, 3), "stages": 2}, "replay": {"seen": 5, "facts": []}}
+    data, tensors = _split_state(state)
+    assert set(tensors) == {"ewc/fisher.w"}
+    save_file(tensors, str(tmp_path / "s.safetensors"))
+    back = _join_state(data, tmp_path / "s.safetensors")
+    assert back["replay"] == {"seen": 5, "facts": []} and back["ewc"]["stages"] == 2
+    assert torch.equal(back["ewc"]["fisher.w"], state["ewc"]["fisher.w"])

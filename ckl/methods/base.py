@@ -8,7 +8,7 @@ configuration, not code. The fixed order, for parts p1..pn of a method:
     facts = change facts + p.extra_facts(...)    data: replay mixes earlier knowledge in
     train(model, loss terms and gradient filters of p1..pn)
     model = p1.finish(...pn.finish(model))       post-steps, innermost scope first
-    p.observe(change)                            update buffers / statistics
+    p.observe(model, change)                     update buffers / statistics (e.g. Fisher)
 
 Parts register themselves by name at the bottom of their module
 (`register_part("replay", ReplayConfig, Replay, ...)`); the CLI, `ckl methods`, the
@@ -85,10 +85,13 @@ class Part(LossTerm):
     def finish(self, model, ctx: StageContext):
         return model
 
-    def observe(self, change: Change, ctx: StageContext) -> None:
+    def observe(self, model, change: Change, ctx: StageContext) -> None:
+        """After the stage, with the finished model (adapters merged)."""
         return None
 
     def state_dict(self) -> dict:
+        """What the part must remember across stages; values may be JSON-able data or
+        torch tensors (tensors are checkpointed as safetensors)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -122,11 +125,15 @@ def register_method(name: str, config: type, factory: Callable[[Any], Method], h
 
 
 def load_builtin() -> dict[str, Registered]:
-    """Import the built-in method modules (each registers itself) and return the registry."""
-    import ckl.methods.lora  # noqa: F401
-    import ckl.methods.naive  # noqa: F401
-    import ckl.methods.replay  # noqa: F401
+    """Import every module of the `ckl.methods` package (each registers itself at its
+    bottom) and return the registry. Adding a method is adding a file: no central list."""
+    import importlib
+    import pkgutil
 
+    import ckl.methods
+
+    for info in pkgutil.walk_packages(ckl.methods.__path__, prefix="ckl.methods."):
+        importlib.import_module(info.name)
     return REGISTRY
 
 
@@ -182,7 +189,7 @@ class TrainingMethod:
         for part in reversed(self.parts):
             model = part.finish(model, ctx)
         for part in self.parts:
-            part.observe(change, ctx)
+            part.observe(model, change, ctx)
         stats.total_params = count_parameters(model)[1]
         stats.seconds = time.perf_counter() - start
         return model, stats

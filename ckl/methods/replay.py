@@ -80,7 +80,7 @@ class Replay(Part):
         wanted = round(self.config.fraction / (1 - self.config.fraction) * len(facts))
         return rng.sample(pool, min(wanted, len(pool)))
 
-    def observe(self, change: Change, ctx: StageContext) -> None:
+    def observe(self, model, change: Change, ctx: StageContext) -> None:
         buffer = self._ensure(ctx)
         rng = rng_for(ctx.seed, "reservoir", change.stage)
         for record in list(change.update) + list(change.edit):

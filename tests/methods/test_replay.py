@@ -35,7 +35,7 @@ def test_buffer_keeps_the_truth_when_facts_are_updated_or_forgotten():
     part = Replay(ReplayConfig(buffer_size=100))
     updated = Fact("f3", "Person 3", "employer", "New Corp", 1)
     change = Change(stage=1, update=(ChangeRecord(1, "update", updated, "Company 3"),), forget=(base[4],), learn=(Fact("n1", "New Person", "employer", "Company 1", 1),))
-    part.observe(change, _ctx(base, change))
+    part.observe(None, change, _ctx(base, change))
     held = {f.id: f for f in part.buffer.facts}
     assert held["f3"].object == "New Corp"
     assert "f4" not in held
@@ -62,7 +62,7 @@ def test_replay_fraction_sets_the_share_of_replayed_facts(fraction, expected):
 def test_buffer_state_round_trips():
     base = _facts(30)
     part = Replay(ReplayConfig(buffer_size=8))
-    part.observe(Change(stage=1, learn=tuple(_facts(5, "n"))), _ctx(base))
+    part.observe(None, Change(stage=1, learn=tuple(_facts(5, "n"))), _ctx(base))
     clone = Replay(ReplayConfig(buffer_size=8))
     clone.load_state_dict(part.state_dict())
     assert clone.buffer.facts == part.buffer.facts and clone.buffer.seen == part.buffer.seen == 35
