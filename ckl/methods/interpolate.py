@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckl.methods.base import Part, StageContext, register_part
-from ckl.methods.task_arithmetic import StageStart, rescale_update
+from ckl.methods.base import register_part
+from ckl.methods.task_arithmetic import RescaleUpdate
 
 
 @dataclass
@@ -27,22 +27,11 @@ class InterpolateConfig:
             raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
 
 
-class Interpolate(Part):
+class Interpolate(RescaleUpdate):
     name = "interpolate"
 
-    def __init__(self, config: InterpolateConfig):
-        self.config = config
-        self.start: StageStart | None = None
-
-    def prepare(self, model, ctx: StageContext):
-        self.start = StageStart(model)
-        return model
-
-    def finish(self, model, ctx: StageContext):
-        if self.start is not None:
-            rescale_update(model, self.start, lambda name: float(self.config.alpha))
-        self.start = None
-        return model
+    def scale_of(self, model):
+        return lambda name: float(self.config.alpha)
 
 
 register_part("interpolate", InterpolateConfig, Interpolate, "WiSE-FT: interpolate between the stage-start and trained weights")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import parameter_depths
-from ckl.methods.task_arithmetic import StageStart, rescale_update
+from ckl.methods.task_arithmetic import RescaleUpdate
 
 
 @dataclass
@@ -35,17 +35,12 @@ class LinesConfig:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
-class Lines(Part):
+class Lines(RescaleUpdate):
     name = "lines"
-
-    def __init__(self, config: LinesConfig):
-        self.config = config
-        self.start: StageStart | None = None
 
     def prepare(self, model, ctx: StageContext):
         parameter_depths(model)  # fail before training on a model whose blocks cannot be found
-        self.start = StageStart(model)
-        return model
+        return super().prepare(model, ctx)
 
     def scale(self, depth: int, layers: int) -> float:
         """lambda for a parameter at `depth` (-1 before the blocks, `layers` after them)."""
@@ -55,12 +50,9 @@ class Lines(Part):
             return self.config.alpha + self.config.beta
         return self.config.alpha + self.config.beta * depth / (layers - 1)
 
-    def finish(self, model, ctx: StageContext):
-        if self.start is not None:
-            depths, layers = parameter_depths(model)
-            rescale_update(model, self.start, lambda name: self.scale(depths[name], layers))
-        self.start = None
-        return model
+    def scale_of(self, model):
+        depths, layers = parameter_depths(model)
+        return lambda name: self.scale(depths[name], layers)
 
 
 register_part("lines", LinesConfig, Lines, "LiNeS: scale each block's update linearly with depth (shallow layers stay close)")

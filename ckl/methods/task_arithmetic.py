@@ -67,10 +67,11 @@ class TaskArithmeticConfig:
             raise ValueError(f"scale must be a finite number, got {self.scale!r}")
 
 
-class TaskArithmetic(Part):
-    name = "task_arithmetic"
+class RescaleUpdate(Part):
+    """Shared shape of the update-rescaling post-steps: remember the stage-start weights
+    in `prepare`, rescale each parameter's update by `scale_of(model)(name)` in `finish`."""
 
-    def __init__(self, config: TaskArithmeticConfig):
+    def __init__(self, config):
         self.config = config
         self.start: StageStart | None = None
 
@@ -78,11 +79,21 @@ class TaskArithmetic(Part):
         self.start = StageStart(model)
         return model
 
+    def scale_of(self, model) -> Callable[[str], float]:
+        raise NotImplementedError
+
     def finish(self, model, ctx: StageContext):
         if self.start is not None:
-            rescale_update(model, self.start, lambda name: float(self.config.scale))
+            rescale_update(model, self.start, self.scale_of(model))
         self.start = None  # free the copy
         return model
+
+
+class TaskArithmetic(RescaleUpdate):
+    name = "task_arithmetic"
+
+    def scale_of(self, model) -> Callable[[str], float]:
+        return lambda name: float(self.config.scale)
 
 
 register_part("task_arithmetic", TaskArithmeticConfig, TaskArithmetic, "scale the stage's task vector: theta_start + scale * (theta_end - theta_start)")
