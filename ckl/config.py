@@ -27,6 +27,7 @@ class WorldSpec(Strict):
     stages: int = Field(2, ge=1)
     learn_per_stage: int = Field(40, ge=0)
     update_per_stage: int = Field(40, ge=0)
+    edit_per_stage: int = Field(0, ge=0)
     forget_per_stage: int = Field(10, ge=0)
     general_train: int = Field(400, ge=0)
     general_heldout: int = Field(200, ge=0)
@@ -61,6 +62,9 @@ class MethodSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     label: str | None = None
+    # Change kinds the user accepts this method leaving unapplied (e.g. [forget] for a
+    # method without an unlearning part). Without it the run refuses to start.
+    skip: list[Literal["learn", "update", "edit", "forget"]] = []
 
     @property
     def display(self) -> str:
@@ -166,4 +170,46 @@ def load_config(path: str | Path) -> ExperimentConfig:
             key = str(err).split(":", 1)[0]
             parts = tuple(int(p) if p.isdigit() else p for p in key.replace("[", ".").replace("]", "").split("."))
             raise InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]) from None
+    for i, message in unsupported_methods(config):
+        raise InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message)
     return config
+
+
+def stream_kinds(config: ExperimentConfig) -> dict[str, int]:
+    """Change kinds the configured stream contains -> number of requests (over all stages)."""
+    if config.world is not None:
+        w = config.world
+        counts = {"learn": w.learn_per_stage, "update": w.update_per_stage, "edit": w.edit_per_stage, "forget": w.forget_per_stage}
+        return {k: n * w.stages for k, n in counts.items() if n}
+    from ckl.stream import Stream
+
+    stream = Stream.load(config.stream)
+    counts: dict[str, int] = {}
+    for change in stream.stages:
+        for kind in change.kinds:
+            counts[kind] = counts.get(kind, 0) + change.count(kind)
+    return counts
+
+
+def unsupported_methods(config: ExperimentConfig) -> list[tuple[int, str]]:
+    """(index, message) for each method that cannot apply a change kind the stream contains
+    and whose spec does not accept leaving it unapplied (`skip: [kind]`). The runner refuses
+    such a run rather than silently skipping requests."""
+    from ckl.methods.base import REGISTRY, build_method
+
+    present = stream_kinds(config)
+    problems = []
+    for i, spec in enumerate(config.methods):
+        method = build_method(spec.name, spec.options, where=f"methods[{i}]")
+        missing = [k for k in present if k not in method.kinds and k not in spec.skip]
+        if not missing:
+            continue
+        supporters = sorted(n for n, r in REGISTRY.items() if set(missing) & r.kinds)
+        hint = f"compose a part that supports it ({', '.join(supporters)}) or " if supporters else ""
+        counts = ", ".join(f"{present[k]} {k}" for k in missing)
+        problems.append((i, (
+            f"method {spec.display!r} does not support {', '.join(repr(k) for k in missing)} but the stream has "
+            f"{counts} request(s); {hint}add `skip: [{', '.join(missing)}]` to this method to run it with "
+            f"those requests reported as not applied"
+        )))
+    return problems

@@ -106,13 +106,15 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     Raises:
         InputError: the run directory holds results of a different config.
     """
+    from ckl.config import unsupported_methods
+
+    for i, message in unsupported_methods(config):
+        raise InputError("<config>", None, f"methods[{i}]", message)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config.model_dump(mode="json")
     with Store(run_dir / "results.sqlite") as store:
-        previous = store.get_meta("config")
-        if previous is not None and previous != resolved:
-            raise InputError(str(run_dir), None, None, "holds results of a different experiment config; choose another output directory")
+        _check_same_experiment(store, resolved, run_dir)
         store.set_meta("config", resolved)
         atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         accelerator = make_accelerator()
@@ -126,6 +128,27 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
             for seed in config.seeds:
                 _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress)
     return run_dir
+
+
+def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
+    """A run directory holds one experiment: the same stream, model, evaluation. Methods
+    and seeds may be added later (finished rows are kept and reused), but a method whose
+    options changed under the same label would mix two protocols in one table: refused.
+    Every method spec ever run here is remembered in the store's `methods` meta."""
+    fixed = lambda c: {k: v for k, v in c.items() if k not in ("name", "methods", "seeds")}  # noqa: E731
+    previous = store.get_meta("config")
+    if previous is not None and fixed(previous) != fixed(resolved):
+        changed = sorted(k for k in fixed(resolved) if fixed(previous).get(k) != resolved[k])
+        raise InputError(str(run_dir), None, ", ".join(changed) or None,
+                         "holds results of a different experiment (stream, model or evaluation differ); choose another output directory")
+    known = store.get_meta("methods") or {m.get("label") or m["name"]: m for m in (previous or {}).get("methods", [])}
+    for i, spec in enumerate(resolved["methods"]):
+        label = spec.get("label") or spec["name"]
+        if label in known and known[label] != spec:
+            raise InputError(str(run_dir), None, f"methods[{i}]",
+                             f"method {label!r} already ran here with other options; give the new variant its own `label`")
+        known[label] = spec
+    store.set_meta("methods", known)
 
 
 def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress) -> None:

@@ -29,8 +29,8 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
     assert (tmp_path / "m" / "model.safetensors").exists()
     exp = tmp_path / "exp.yaml"
     exp.write_text(
-        "name: cli\nstream: w\nmodel: m\nmethods:\n  - name: naive\n    train: {epochs: 2}\n"
-        "  - name: lora+replay\n    train: {epochs: 2}\n    lora: {r: 4}\neval: {kinds: [statement]}\n"
+        "name: cli\nstream: w\nmodel: m\nmethods:\n  - name: naive\n    skip: [forget]\n    train: {epochs: 2}\n"
+        "  - name: lora+replay\n    skip: [forget]\n    train: {epochs: 2}\n    lora: {r: 4}\neval: {kinds: [statement]}\n"
     )
     r = ckl("run", exp, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
@@ -91,7 +91,7 @@ def test_bad_fact_file_exits_2_naming_file_line_and_field(tmp_path, tiny_stream)
 def test_run_with_model_flag_uses_that_model_instead_of_pretraining(tmp_path, tiny_stream, tiny_model_dir):
     tiny_stream.save(tmp_path / "w")
     exp = tmp_path / "exp.yaml"
-    exp.write_text("name: m\nstream: w\npretrain: {max_epochs: 500}\nmethods:\n  - name: naive\n    train: {epochs: 1}\neval: {kinds: [statement]}\n")
+    exp.write_text("name: m\nstream: w\npretrain: {max_epochs: 500}\nmethods:\n  - name: naive\n    skip: [forget]\n    train: {epochs: 1}\neval: {kinds: [statement]}\n")
     r = ckl("run", exp, "--out", tmp_path / "run", "--model", tiny_model_dir)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "run" / "base_model").exists()  # nothing was pretrained

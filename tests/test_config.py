@@ -5,7 +5,7 @@ from ckl.errors import InputError
 
 GOOD = """\
 name: tiny
-world: {people: 12}
+world: {people: 12, forget_per_stage: 0}
 methods:
   - name: naive
     train: {epochs: 2}
@@ -38,7 +38,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
         (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train", "epochs"),
         (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
         (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "Extra inputs"),
-        (GOOD.replace("world: {people: 12}", "world: {people: 1}"), 2, "world.people", "greater than"),
+        (GOOD.replace("people: 12", "people: 1"), 2, "world.people", "greater than"),
     ],
 )
 def test_config_errors_name_the_line_and_key(tmp_path, text, line, field, message):
@@ -51,7 +51,7 @@ def test_config_errors_name_the_line_and_key(tmp_path, text, line, field, messag
 
 def test_stream_and_world_are_mutually_exclusive(tmp_path):
     with pytest.raises(InputError, match="exactly one"):
-        load_config(_write(tmp_path, GOOD.replace("world: {people: 12}\n", "")))
+        load_config(_write(tmp_path, GOOD.replace("world: {people: 12, forget_per_stage: 0}\n", "")))
 
 
 def test_invalid_yaml_and_unsafe_tags_are_input_errors(tmp_path):
@@ -59,6 +59,29 @@ def test_invalid_yaml_and_unsafe_tags_are_input_errors(tmp_path):
         load_config(_write(tmp_path, "methods: [\n"))
     with pytest.raises(InputError, match="invalid YAML"):
         load_config(_write(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\n"))
+
+
+def test_method_without_support_for_a_requested_kind_is_refused_unless_skipped(tmp_path):
+    text = GOOD.replace("forget_per_stage: 0", "forget_per_stage: 2")
+    with pytest.raises(InputError) as info:
+        load_config(_write(tmp_path, text))
+    err = info.value
+    assert (err.line, err.field) == (4, "methods[0]")
+    assert "'forget'" in err.message and "skip: [forget]" in err.message and "4 forget" in err.message
+    text = text.replace("  - name: naive\n", "  - name: naive\n    skip: [forget]\n").replace(
+        "  - name: lora+replay\n", "  - name: lora+replay\n    skip: [forget]\n")
+    config = load_config(_write(tmp_path, text))
+    assert config.methods[0].skip == ["forget"] and "skip" not in config.methods[0].options
+
+
+def test_run_experiment_refuses_unsupported_kinds_before_writing(tmp_path):
+    from ckl.config import ExperimentConfig
+    from ckl.experiment import run_experiment
+
+    config = ExperimentConfig.model_validate({"world": {"people": 12}, "methods": [{"name": "naive"}]})
+    with pytest.raises(InputError, match="does not support 'forget'"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_duplicate_labels_are_rejected(tmp_path):

@@ -15,11 +15,13 @@ def stream_dir(tmp_path_factory, tiny_stream):
 
 
 def _config(stream_dir, model_dir, methods=None, **extra):
+    methods = methods or [{"name": "naive", "train": {"epochs": 3, "lr": 3e-3}}, {"name": "replay", "train": {"epochs": 3, "lr": 3e-3}}]
+    methods = [{"skip": ["forget"], **m} for m in methods]
     return ExperimentConfig.model_validate({
         "name": "t",
         "stream": str(stream_dir),
         "model": str(model_dir),
-        "methods": methods or [{"name": "naive", "train": {"epochs": 3, "lr": 3e-3}}, {"name": "replay", "train": {"epochs": 3, "lr": 3e-3}}],
+        "methods": methods,
         "eval": {"kinds": ["statement", "question"]},
         **extra,
     })
@@ -87,9 +89,35 @@ def test_interrupted_run_resumes_to_the_same_results(tmp_path, full_run, stream_
     assert _all_outcomes(tmp_path) == _all_outcomes(full_run)
 
 
-def test_a_different_config_cannot_reuse_a_run_directory(full_run, stream_dir, tiny_model_dir):
-    with pytest.raises(InputError, match="different experiment config"):
-        run_experiment(_config(stream_dir, tiny_model_dir, seeds=[5]), full_run, say=lambda m: None)
+def test_a_different_experiment_cannot_reuse_a_run_directory(full_run, stream_dir, tiny_model_dir):
+    with pytest.raises(InputError, match="different experiment") as info:
+        run_experiment(_config(stream_dir, tiny_model_dir, eval={"kinds": ["statement"]}), full_run, say=lambda m: None)
+    assert info.value.field == "eval"
+    changed = [{"name": "naive", "train": {"epochs": 4, "lr": 3e-3}}]
+    with pytest.raises(InputError, match="already ran here with other options"):
+        run_experiment(_config(stream_dir, tiny_model_dir, methods=changed), full_run, say=lambda m: None)
+
+
+def test_methods_can_be_added_to_a_run_and_finished_rows_are_reused(tmp_path, full_run, stream_dir, tiny_model_dir, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    before = _all_outcomes(run)
+    trained = []
+    real_apply = TrainingMethod.apply
+
+    def record(self, model, change, ctx):
+        trained.append(self.name)
+        return real_apply(self, model, change, ctx)
+
+    monkeypatch.setattr(TrainingMethod, "apply", record)
+    methods = [{"name": "naive", "train": {"epochs": 3, "lr": 3e-3}}, {"name": "lora", "train": {"epochs": 1, "lr": 3e-3}}]
+    run_experiment(_config(stream_dir, tiny_model_dir, methods=methods), run, say=lambda m: None)
+    assert trained == ["lora", "lora"]  # naive was finished already; replay's rows stay
+    after = _all_outcomes(run)
+    assert {k: v for k, v in after.items() if k[0] != "lora"} == before
+    assert any(k[0] == "lora" for k in after)
 
 
 def test_a_diverging_method_is_recorded_as_failed_and_the_others_go_on(tmp_path, stream_dir, tiny_model_dir, monkeypatch):
