@@ -148,6 +148,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise InputError(file, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
         raise InputError(file, 1, None, "expected a mapping of keys (name, stream/world, model/pretrain, methods, ...)")
+    # Top-level keys starting with "x-" are free for YAML anchors (shared method settings),
+    # as in docker compose; they are not part of the experiment.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:

@@ -96,3 +96,9 @@ def test_shipped_examples_are_valid():
     assert examples
     for path in examples:
         load_config(path)
+
+
+def test_x_keys_hold_yaml_anchors_for_shared_settings(tmp_path):
+    text = "x-train: &t {epochs: 3, lr: 0.01}\n" + GOOD.replace("train: {epochs: 2}", "train: *t")
+    config = load_config(_write(tmp_path, text))
+    assert config.methods[0].options["train"] == {"epochs": 3, "lr": 0.01}
