@@ -124,16 +124,23 @@ def run(
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., metavar="RUN", help="run directory"), matrix: bool = typer.Option(True, help="print each method's matrix")) -> None:
+def show(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="run directory"),
+    matrix: bool = typer.Option(True, help="print each method's matrix"),
+    markdown: bool = typer.Option(False, "--markdown", help="print only the metrics table, as Markdown (mean ± std over seeds)"),
+) -> None:
     """Print a run's metrics table (and each method's results matrix)."""
     from ckl.store import Store
     from ckl.summary import summarize
-    from ckl.table import matrix_table, summary_table
+    from ckl.table import markdown_table, matrix_table, summary_table
 
     if not (run_dir / "results.sqlite").exists():
         _fail(InputError(str(run_dir), None, None, "no results.sqlite here; is this a run directory?"))
     with Store(run_dir / "results.sqlite") as store:
         summary = summarize(store)
+    if markdown:
+        print(markdown_table(summary))
+        return
     if matrix:
         for method, entry in summary.items():
             for s in entry["per_seed"][:1]:

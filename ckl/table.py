@@ -51,6 +51,18 @@ def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
     return table
 
 
+def markdown_table(summary: dict[str, dict[str, Any]], columns=COLUMNS) -> str:
+    """The summary as a Markdown table (mean ± std over seeds), for docs and issues."""
+    lines = ["| method | seeds | " + " | ".join(h for _, h, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for method, entry in summary.items():
+        if not entry["seeds"]:
+            lines.append(f"| {method} | 0 | " + " | ".join("-" for _ in columns) + " |")
+            continue
+        cells = (cell(entry, key, fmt) for key, _, fmt in columns)
+        lines.append(f"| {method} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def matrix_table(method: str, R: list[list[float | None]]) -> Table:
     T = len(R) - 1
     table = Table(title=f"{method}: accuracy by cohort (rows: after stage i)", header_style="bold")

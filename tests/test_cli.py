@@ -38,6 +38,10 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
     assert "NOT applied" in r.stdout  # the forget requests are reported, not silently skipped
     r = ckl("show", tmp_path / "run")
     assert r.returncode == 0 and "invariant" in r.stdout and "FUAR" in r.stdout
+    r = ckl("show", tmp_path / "run", "--markdown")
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 0 and lines[0].startswith("| method | seeds | retention")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| naive", "| lora+replay"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["methods"][1]["lora"] == {"r": 4}
 
