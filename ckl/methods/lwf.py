@@ -69,7 +69,7 @@ class Lwf(Part):
         return model
 
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:
-        if self.teacher is None or self.config.weight == 0:
+        if self.teacher is None or self.config.weight == 0 or batch is None:  # None: a step without teaching text
             return None
         device = batch["input_ids"].device
         if next(self.teacher.parameters()).device != device:  # the loop moves the student, not the copy

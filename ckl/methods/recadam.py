@@ -67,7 +67,7 @@ class RecAdam(Part):
         if self.anchor is None:
             return None
         lam = task_weight(step, self.config.k, self.config.t0)
-        total = (lam - 1.0) * outputs.loss
+        total = (lam - 1.0) * outputs.loss if outputs is not None else 0.0  # None: a step without teaching text
         distance = squared_distance(model, self.anchor)
         if distance is not None:
             total = total + (1.0 - lam) * 0.5 * self.config.gamma * distance

@@ -23,7 +23,7 @@ def pack(tokenizer, docs: Sequence[str], block_size: int) -> tuple[torch.Tensor,
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    encoded = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(list(docs), add_special_tokens=False)["input_ids"] if docs else []  # a stage may have no text (only forget requests)
     blocks: list[list[int]] = []
     current: list[int] = []
     for ids in encoded:
@@ -51,12 +51,15 @@ def pack(tokenizer, docs: Sequence[str], block_size: int) -> tuple[torch.Tensor,
 
 
 def shard_batches(n: int, batch_size: int, rank: int, world: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled batch indices for this rank. Every rank gets the same number of batches
-    (a short shard wraps around), because data-parallel ranks must step together."""
+    """Shuffled batch indices of this rank, `batch_size` items per rank and step.
+
+    The shuffled order is cut into global batches of `batch_size * world` items and rank
+    r takes the r-th contiguous part of each, so step k of `world` processes sees exactly
+    the items of step k of one process with `batch_size * world` (the same order: every
+    rank draws it from the same seed). Every rank gets the same number of batches, since
+    data-parallel ranks must step together; in a short last global batch a rank may get
+    an empty tensor, and the training loop lets it step with a zero-weight stand-in.
+    """
     order = torch.randperm(n, generator=generator)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if world == 1:
-        return batches
-    per_rank = -(-len(batches) // world)
-    padded = [batches[i % len(batches)] for i in range(per_rank * world)]
-    return padded[rank::world]
+    step = batch_size * world
+    return [torch.tensor_split(order[i : i + step], world)[rank] for i in range(0, n, step)]

@@ -3,6 +3,7 @@
 Read it top to bottom: every method that trains goes through `train`, and its parts are
 called at fixed points, in the order the method lists them:
 
+    0. stop if any part.should_stop(...)                                e.g. forget set forgotten
     1. loss   = next-token loss on the batch + sum(part.loss(...))     objective terms
     2. backward
     3. part.filter_gradients(...)                                       e.g. A-GEM projection
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ckl.errors import DivergenceError
-from ckl.train.batching import pack, shard_batches
+from ckl.train.batching import IGNORE, pack, shard_batches
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainResult:
     seconds: float = 0.0
     last_loss: float = float("nan")
     epochs: int = 0
+    stopped_early: bool = False  # a term's `should_stop` ended training
 
 
 class LossTerm:
@@ -70,6 +72,18 @@ class LossTerm:
 
     def filter_gradients(self, model, step: int) -> None:  # pragma: no cover - default
         return None
+
+    def steps(self, epoch: int, epochs: int) -> int:
+        """Optimiser steps this term needs in `epoch` (of `epochs`) for data of its own (an
+        unlearning part's forget set). The loop runs max(teaching batches, this) steps; the
+        steps past the teaching batches have no next-token batch: `loss` gets batch=None,
+        outputs=None, and a step where no term returns a loss is skipped."""
+        return 0
+
+    def should_stop(self, model, step: int) -> bool:
+        """Checked before every optimiser step; True ends training (e.g. an unlearning
+        part's forget set reached its threshold)."""
+        return False
 
 
 def train(
@@ -112,24 +126,37 @@ def train(
         for epoch in range(config.epochs):
             input_ids, mask, labels = pack(tokenizer, documents(epoch), config.block_size)
             batches = shard_batches(len(input_ids), config.batch_size, rank, world, generator)
+            wanted = max((term.steps(epoch, config.epochs) for term in terms), default=0)
+            slots = list(batches) + [None] * (wanted - len(batches))  # None: a step without teaching text
             if scheduler is None and config.schedule == "cosine":
                 # the step count is estimated from the first epoch (documents vary a little)
-                total = max(1, len(batches) * config.epochs)
+                total = max(1, len(slots) * config.epochs)
                 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total)))
-            for index in batches:
-                batch = {
+            for index in slots:
+                if any(term.should_stop(model, result.steps) for term in terms):
+                    result.stopped_early = True
+                    break
+                own = index is None  # only the terms' own losses (e.g. unlearning on a forget set)
+                real = not own and index.numel() > 0
+                if not real and not own:  # a short last global batch left this rank nothing: step on a stand-in of weight 0
+                    index = torch.zeros(1, dtype=torch.long)
+                batch = None if own else {
                     "input_ids": input_ids[index].to(accelerator.device),  # (B, L)
                     "attention_mask": mask[index].to(accelerator.device),
                     "labels": labels[index].to(accelerator.device),
                 }
-                outputs = model(**batch)
-                loss = outputs.loss
-                for term in terms:
-                    extra = term.loss(model, batch, outputs, result.steps)
-                    if extra is not None:
-                        loss = loss + extra
-                if not torch.isfinite(loss):
-                    raise DivergenceError(f"loss became {loss.item()} at step {result.steps} (epoch {epoch})")
+                outputs = None if own else model(**batch)
+                loss = torch.zeros((), device=accelerator.device) if own else outputs.loss
+                extras = [e for e in (term.loss(model, batch, outputs, result.steps) for term in terms) if e is not None]
+                if own and not extras:
+                    continue  # no term has anything to learn from in this step
+                if world > 1:
+                    loss, tokens = _global_token_mean(accelerator, loss, extras, batch, real, result.steps, epoch)
+                else:
+                    loss = sum(extras, loss)
+                    tokens = 0 if own else int(batch["attention_mask"].sum())
+                    if not torch.isfinite(loss):
+                        raise DivergenceError(f"loss became {loss.item()} at step {result.steps} (epoch {epoch})")
                 accelerator.backward(loss)
                 for term in terms:
                     term.filter_gradients(model, result.steps)
@@ -142,12 +169,12 @@ def train(
                 if scheduler is not None:
                     scheduler.step()
                 result.steps += 1
-                result.tokens_seen += int(batch["attention_mask"].sum())
+                result.tokens_seen += tokens
                 result.last_loss = float(loss.detach())
                 if progress:
                     progress(epoch, result.steps, result.last_loss)
             result.epochs = epoch + 1
-            if on_epoch_end is not None and on_epoch_end(epoch):
+            if result.stopped_early or (on_epoch_end is not None and on_epoch_end(epoch)):
                 break
     finally:
         model = accelerator.unwrap_model(model)
@@ -155,6 +182,32 @@ def train(
         _release(accelerator)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _global_token_mean(accelerator, loss: torch.Tensor, extras: list, batch: dict, real: bool, step: int, epoch: int) -> tuple[torch.Tensor, int]:
+    """The loss to back-propagate on this rank so that DDP's mean over ranks is the loss of
+    the whole global batch, as one process would compute it.
+
+    The model's loss is a mean over this rank's label tokens; DDP averages gradients over
+    ranks. Weighting it by world * (this rank's tokens / all ranks' tokens) turns the
+    average of per-rank means into the token mean over the global batch (ranks' blocks
+    hold different numbers of tokens). Extra terms (penalties) are added unweighted: they
+    are the same on every rank, so their average is themselves. One all-reduce also
+    tells every rank whether any rank's loss is not finite, so that all stop together.
+
+    Returns:
+        (loss to back-propagate, tokens of the whole global batch).
+    """
+    labelled = (batch["labels"][:, 1:] != IGNORE).sum() if real else torch.zeros((), dtype=torch.long, device=loss.device)
+    seen = batch["attention_mask"].sum() if real else torch.zeros_like(labelled)
+    total = sum(extras, loss)
+    bad = ~torch.isfinite(total.detach())
+    counts = torch.stack([labelled.float(), seen.float(), bad.float()]).to(accelerator.device)
+    counts = accelerator.reduce(counts, reduction="sum")  # (3,): label tokens, tokens, ranks with a bad loss
+    if counts[2] > 0:
+        raise DivergenceError(f"loss became {float(total.detach())} at step {step} (epoch {epoch}) on {int(counts[2])} process(es)")
+    weight = labelled.float() * accelerator.num_processes / counts[0].clamp(min=1)
+    return sum(extras, loss * weight), int(counts[1])
 
 
 def _release(accelerator) -> None:

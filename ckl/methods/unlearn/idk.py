@@ -1,0 +1,121 @@
+""""I don't know" targets: train the forget facts' prompts to answer with a refusal
+instead of the fact (the "IDK" / preference-optimisation baseline of Maini et al. 2024,
+"TOFU: A Task of Fictitious Unlearning for LLMs", with TOFU's own refusal sentences,
+../shared/data/tofu/idontknow.jsonl by default).
+
+Each forget fact is rendered with the training templates with its object replaced by a
+refusal (chosen per fact, deterministically), and the part minimises the next-token loss
+of that text; retain_weight (default 1, as in TOFU) adds the next-token loss on retained
+facts. Positive training only: nothing is pushed down directly, the refusal displaces
+the answer. Like every method that changes answers rather than weights it only hides
+knowledge: the relearning attack in the unlearning metrics shows how much comes back.
+
+The refusal file holds one sentence per line (a JSON string per line is accepted too).
+Sentences with words the model's tokenizer does not know would teach it to emit unknown
+tokens: they are left out, and if none is left a warning says so and all are used (the
+tiny word-level default model knows none of TOFU's refusals; give `file:` with refusals
+in its vocabulary for that model).
+
+Deviations: TOFU pairs a forget question with a refusal; here the statement templates
+get one too ("Ada was born in I don't know"), since the model is probed with both.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import ckl
+from ckl.errors import InputError
+from ckl.facts import Fact
+from ckl.methods.base import StageContext, register_part
+from ckl.methods.unlearn.part import UnlearnConfig, Unlearning, substitute
+from ckl.stream import stable_hash
+
+DEFAULT_FILE = Path(ckl.__file__).resolve().parents[1].parent / "shared" / "data" / "tofu" / "idontknow.jsonl"
+
+
+@dataclass
+class IdkConfig(UnlearnConfig):
+    file: str | None = field(default=None, metadata={"help": "refusal sentences, one per line (null = TOFU's idontknow.jsonl in ../shared/data/tofu next to the repository)"})
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the next-token loss on the retain set"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.file is not None and (not isinstance(self.file, str) or not self.file.strip()):
+            raise ValueError(f"file must be a path, got {self.file!r}")
+        if self.file is not None and not Path(self.file).is_file():  # caught with the config, before any work
+            raise ValueError(f"file {self.file!r} not found (one refusal sentence per line)")
+
+
+def read_refusals(path: Path) -> list[str]:
+    """The refusal sentences of `path`, final full stop removed (the templates add one).
+
+    Raises:
+        InputError: the file is missing, unreadable, not UTF-8, has a bad JSON line or no sentence.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(str(path), None, "idk.file", "refusal file not found; give `idk: {file: PATH}` with one refusal sentence per line") from None
+    except OSError as err:
+        raise InputError(str(path), None, "idk.file", f"cannot read the refusal file: {err.strerror}") from None
+    sentences = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InputError(str(path), number, None, "not valid UTF-8") from None
+        if text.startswith('"'):
+            try:
+                text = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise InputError(str(path), number, None, f"invalid JSON string ({err.msg})") from None
+            if not isinstance(text, str):
+                raise InputError(str(path), number, None, "expected a sentence")
+            text = text.strip()
+        text = text.rstrip(".").strip()
+        if text:
+            sentences.append(text)
+    if not sentences:
+        raise InputError(str(path), None, "idk.file", "no refusal sentences in the file")
+    return sentences
+
+
+def expressible(sentences: list[str], tokenizer) -> list[str]:
+    """The sentences the tokenizer writes without its unknown token."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return sentences
+    encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    return [s for s, ids in zip(sentences, encoded) if unk not in ids]
+
+
+class IdontKnow(Unlearning):
+    name = "idk"
+
+    def __init__(self, config: IdkConfig):
+        super().__init__(config)
+        self.refusals: list[str] | None = None
+
+    def targets(self, facts: list[Fact], ctx: StageContext) -> list[Fact]:
+        if self.refusals is None:
+            path = Path(self.config.file) if self.config.file is not None else DEFAULT_FILE
+            sentences = read_refusals(path)
+            usable = expressible(sentences, ctx.tokenizer)
+            if not usable:
+                warnings.warn(f"idk: the tokenizer has unknown words in every refusal of {path}; training on them anyway (the model will answer with unknown tokens)", stacklevel=2)
+                usable = sentences
+            self.refusals = usable
+        chosen = [self.refusals[stable_hash("idk", f.id) % len(self.refusals)] for f in facts]
+        return substitute(facts, chosen)
+
+    def objective(self, model, batch: dict) -> torch.Tensor:
+        return model(**batch).loss
+
+
+register_part("idk", IdkConfig, IdontKnow, "answer forgotten facts' prompts with an \"I don't know\" refusal (TOFU's IDK targets)", kinds=("forget",))
