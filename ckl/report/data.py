@@ -1,0 +1,200 @@
+"""Everything a report shows, gathered from run directories (their SQLite stores).
+
+Reads only: the store (`ckl.store`), the per-method numbers (`ckl.summary`) and the
+matrix helpers (`ckl.evaluate.metrics`). Nothing here renders; `html.py` and `plots.py`
+turn a `ReportData` into a page.
+
+Conventions: the run's own metric (exact match unless the run configured `rank`) on
+statement probes, as in `ckl show`. Matrices and cohort curves are means over a method's
+complete seeds; the drill-down lists the probes of its first complete seed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckl.errors import InputError
+from ckl.store import FILENAME, Store
+from ckl.summary import summarize
+
+KINDS = ("statement",)
+DRILL_LIMIT = 200  # probes listed per method and list; the count says how many there are
+
+
+@dataclass
+class RunInfo:
+    """One run directory as the report names it."""
+
+    path: str
+    name: str
+    stages: int
+    metric: str
+    probes: int
+
+
+@dataclass
+class MethodReport:
+    """One method of one run: its numbers, matrix, cohort curves and drill-down."""
+
+    run: str
+    method: str
+    label: str  # unique across the report: "method", or "run: method" with several runs
+    summary: dict[str, Any]  # ckl.summary.summarize entry: means, *_std, seeds, ...
+    matrix: list[list[float | None]] | None  # mean over complete seeds, rows 0..T
+    curves: dict[str, list[float | None]]  # cohort -> accuracy after each row 0..T
+    drill_seed: int | None = None
+    forgotten: list[dict[str, Any]] = field(default_factory=list)
+    forgotten_total: int = 0
+    not_learned: list[dict[str, Any]] = field(default_factory=list)
+    not_learned_total: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.matrix is not None
+
+
+@dataclass
+class ReportData:
+    runs: list[RunInfo]
+    methods: list[MethodReport]
+    pareto: list[str]  # labels on the retention/acquisition Pareto front
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Labels of the points no other point dominates (higher is better on both axes).
+
+    A point is dominated when another is at least as good on both axes and strictly
+    better on one. Ties (identical points) are all on the front. Returned in the order
+    of increasing first coordinate.
+    """
+    front = []
+    for label, (x, y) in points.items():
+        dominated = any(
+            (ox >= x and oy >= y) and (ox > x or oy > y) for other, (ox, oy) in points.items() if other != label
+        )
+        if not dominated:
+            front.append(label)
+    return sorted(front, key=lambda k: (points[k][0], -points[k][1]))
+
+
+def run_store(run_dir: str | Path) -> Path:
+    """The results file of a run directory, or an InputError naming the directory."""
+    path = Path(run_dir)
+    db = path / FILENAME if path.is_dir() else path
+    if not db.is_file():
+        raise InputError(str(run_dir), None, None, f"no {FILENAME} here; is this a run directory?")
+    return db
+
+
+def _run_names(run_dirs: list[str | Path]) -> list[str]:
+    names = [Path(d).resolve().name for d in run_dirs]
+    if len(set(names)) < len(names):  # two runs called "out": name them by the path given
+        names = [str(d) for d in run_dirs]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):  # the same run given twice
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name} ({seen[name]})"
+    return names
+
+
+def _mean_matrix(matrices: list[list[list[float | None]]]) -> list[list[float | None]]:
+    n = len(matrices[0])
+    return [
+        [_mean([m[i][j] for m in matrices]) for j in range(n)]
+        for i in range(n)
+    ]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _curves(store: Store, method: str, seeds: list[int], metric: str, T: int) -> dict[str, list[float | None]]:
+    """Cohort -> accuracy at rows 0..T, averaged over seeds (every cohort, stale and
+    forget included, unlike the matrix)."""
+    per_seed = [store.accuracy(method, s, metric=metric, kinds=KINDS) for s in seeds]
+    cohorts = sorted({c for acc in per_seed for row in acc.values() for c in row}, key=_cohort_order)
+    return {c: [_mean([acc.get(r, {}).get(c) for acc in per_seed]) for r in range(T + 1)] for c in cohorts}
+
+
+def _cohort_order(cohort: str) -> tuple[int, int, str]:
+    for rank, prefix in enumerate(("invariant", "stage", "stale", "forget")):
+        if cohort.startswith(prefix):
+            digits = cohort[len(prefix):]
+            return (int(digits) if digits.isdigit() else 0, rank, cohort)
+    return (10**6, 9, cohort)
+
+
+def _probe_row(o: dict[str, Any], when: str) -> dict[str, Any]:
+    return {
+        "fact_id": o["fact_id"], "cohort": o["cohort"], "change": o["change"], "prompt": o["prompt"],
+        "answer": o["answer"], "predicted": o["predicted"], "rank_ok": o["rank_ok"], "when": when,
+    }
+
+
+def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[list[dict], list[dict]]:
+    """(forgotten, not learned) statement probes of one seed.
+
+    Forgotten: right when it was last taught (row 0 for base knowledge, row j for what
+    stage j taught) and wrong after the last stage. Not learned: a stage's new or changed
+    fact still wrong right after that stage.
+    """
+    key = "em" if metric == "em" else "rank_ok"
+    forgotten = [_probe_row(o, "known before any stage") for o in store.forgotten(method, seed, "invariant", 0, T, metric, KINDS)]
+    not_learned = []
+    for j in range(1, T + 1):
+        if j < T:
+            forgotten += [_probe_row(o, f"known after stage {j}") for o in store.forgotten(method, seed, f"stage{j}", j, T, metric, KINDS)]
+        not_learned += [
+            _probe_row(o, f"after stage {j}")
+            for o in store.outcomes(method, seed, j, cohort=f"stage{j}")
+            if o["kind"] in KINDS and not o[key]
+        ]
+    return forgotten, not_learned
+
+
+def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
+    """Read every run directory; methods keep the order they ran in. `drill=False`
+    skips the per-probe drill-down (the terminal table does not need it).
+
+    Raises:
+        InputError: a directory has no results store, or no stage count (an empty run).
+    """
+    if not run_dirs:
+        raise InputError("<runs>", None, None, "give at least one run directory")
+    dbs = [run_store(d) for d in run_dirs]
+    names = _run_names(list(run_dirs))
+    runs, methods = [], []
+    for run_dir, db, name in zip(run_dirs, dbs, names):
+        with Store(db) as store:
+            T = store.get_meta("T")
+            if T is None:
+                raise InputError(str(run_dir), None, None, "the run has not recorded anything yet")
+            metric = store.get_meta("metric", "em")
+            runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes())))
+            for method, entry in summarize(store, metric=metric, kinds=KINDS).items():
+                label = method if len(dbs) == 1 else f"{name}: {method}"
+                done = [s for s in entry["per_seed"] if s["complete"]]
+                report = MethodReport(name, method, label, entry, None, {})
+                if done:
+                    seeds = [s["seed"] for s in done]
+                    report.matrix = _mean_matrix([s["matrix"] for s in done])
+                    report.curves = _curves(store, method, seeds, metric, int(T))
+                    report.drill_seed = seeds[0]
+                if done and drill:
+                    forgotten, not_learned = _drill(store, method, seeds[0], metric, int(T))
+                    report.forgotten, report.forgotten_total = forgotten[:DRILL_LIMIT], len(forgotten)
+                    report.not_learned, report.not_learned_total = not_learned[:DRILL_LIMIT], len(not_learned)
+                methods.append(report)
+    points = {
+        m.label: (m.summary["retention"], m.summary["acquisition"])
+        for m in methods
+        if m.complete and m.summary.get("retention") is not None and m.summary.get("acquisition") is not None
+    }
+    return ReportData(runs, methods, pareto_front(points))
+

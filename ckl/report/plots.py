@@ -1,0 +1,170 @@
+"""Plots as inline SVG (matplotlib Figure objects without pyplot: no GUI backend, no
+global state, no display needed).
+
+Each function returns one `<svg>` element ready to paste into an HTML page: text stays
+text (svg.fonttype none, so it is selectable and small), element ids carry a per-figure
+prefix (several figures share one page), and the output is byte-identical for the same
+input (fixed hash salt, no date). User-supplied strings (method names, cohorts) are
+written by matplotlib's SVG writer, which escapes `<`, `>` and `&`; `$` is escaped here
+so a label is never read as mathtext.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Sequence
+
+import matplotlib
+from matplotlib.figure import Figure
+
+_RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "ckl",
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_ID = re.compile(r'\bid="([^"]+)"')
+_REF = re.compile(r'(url\(#|href="#)([^")]+)')
+_MAX_LABEL = 40
+
+
+def label_text(text: str) -> str:
+    """A user string as matplotlib should draw it: literal `$`, bounded length."""
+    text = text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def to_svg(fig: Figure, prefix: str) -> str:
+    """Render `fig` as an inline `<svg>` element whose ids start with `prefix`."""
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]  # drop the XML declaration and DOCTYPE: inline SVG has neither
+    svg = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', svg)
+    svg = _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg)
+    return svg
+
+
+def _figure(n: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, list]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(cell[0] * ncols, cell[1] * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def row_names(T: int) -> list[str]:
+    return ["before"] + [f"after {i}" for i in range(1, T + 1)]
+
+
+def heatmaps(matrices: Sequence[tuple[str, list[list[float | None]]]], prefix: str = "heat") -> str:
+    """One results-matrix heatmap per method: rows = after stage i, columns = cohorts."""
+    import numpy as np
+
+    fig, axes = _figure(len(matrices), 4, (3.1, 2.6))
+    with matplotlib.rc_context(_RC):
+        image = None
+        for ax, (label, R) in zip(axes, matrices):
+            T = len(R) - 1
+            data = np.array([[np.nan if v is None else v for v in row] for row in R], dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(data), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            for i in range(T + 1):
+                for j in range(T + 1):
+                    v = data[i, j]
+                    text = "–" if np.isnan(v) else f"{v:.2f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if not np.isnan(v) and v > 0.6 else "white")
+            ax.set_xticks(range(T + 1), ["invariant"] + [f"stage{j}" for j in range(1, T + 1)], rotation=30, ha="right")
+            ax.set_yticks(range(T + 1), row_names(T))
+            ax.set_title(label_text(label))
+            ax.spines[:].set_visible(False)
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
+    return to_svg(fig, prefix)
+
+
+def _cohort_style(cohort: str, palette: Sequence) -> dict:
+    for prefix, dash in (("stage", "-"), ("stale", "--"), ("forget", ":")):
+        if cohort.startswith(prefix) and cohort[len(prefix):].isdigit():
+            return {"color": palette[int(cohort[len(prefix):]) % len(palette)], "linestyle": dash}
+    return {"color": "black", "linestyle": "-", "linewidth": 2.2}
+
+
+def cohort_curves(methods: Sequence[tuple[str, dict[str, list[float | None]]]], prefix: str = "cohorts") -> str:
+    """Accuracy of every cohort after each stage, one panel per method.
+
+    Solid: invariant (black, thick) and what stage j taught; dashed: stage j's outdated
+    objects (should fall); dotted: facts stage j asked to forget (should fall)."""
+    import matplotlib.colors as mcolors
+
+    palette = list(mcolors.TABLEAU_COLORS.values())
+    fig, axes = _figure(len(methods), 3, (3.6, 3.1))
+    with matplotlib.rc_context(_RC):
+        for ax, (label, curves) in zip(axes, methods):
+            T = max((len(v) for v in curves.values()), default=1) - 1
+            for cohort, values in curves.items():
+                xs = [i for i, v in enumerate(values) if v is not None]
+                ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label_text(cohort), **_cohort_style(cohort, palette))
+            ax.set_xticks(range(T + 1), row_names(T))
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_ylabel("accuracy")
+            ax.set_title(label_text(label))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6.5, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    return to_svg(fig, prefix)
+
+
+def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[float, float]], front: Sequence[str], prefix: str = "pareto") -> str:
+    """Retention (x) against acquisition (y), one point per method; the Pareto front
+    (no other method is better on both) in red, joined by a line."""
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(6.4, 4.6))
+        ax = fig.subplots()
+        for label, (x, y) in points.items():
+            on = label in front
+            sx, sy = spreads.get(label, (0.0, 0.0))
+            if sx or sy:
+                ax.errorbar(x, y, xerr=sx or None, yerr=sy or None, color="#c0392b" if on else "#7f8c8d", alpha=0.5, linewidth=1, capsize=2)
+            ax.scatter([x], [y], s=60 if on else 36, marker="D" if on else "o", color="#c0392b" if on else "#7f8c8d", zorder=3, edgecolor="black", linewidth=0.5)
+            ax.annotate(label_text(label), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if front:
+            fx, fy = zip(*(points[k] for k in front))
+            ax.plot(fx, fy, color="#c0392b", linewidth=1.2, linestyle="--", label="Pareto front", zorder=2)
+            ax.legend(loc="lower left", frameon=False)
+        top = max([1.05] + [x + 0.05 for x, _ in points.values()])
+        ax.set_xlim(-0.02, top)
+        ax.set_ylim(-0.02, max([1.05] + [y + 0.05 for _, y in points.values()]))
+        ax.set_xlabel("retention of base knowledge (after / before)")
+        ax.set_ylabel("acquisition (new facts known at the end)")
+        ax.grid(alpha=0.3)
+    return to_svg(fig, prefix)
+
+
+def before_after(rows: Sequence[tuple[str, float | None, float | None]], prefix: str = "bars") -> str:
+    """Grouped bars: accuracy before and after, per probe set (for `ckl update`)."""
+    import numpy as np
+
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(1.2 * max(3, len(rows)) + 1.5, 3.2))
+        ax = fig.subplots()
+        xs = np.arange(len(rows))
+        before = [np.nan if b is None else b for _, b, _ in rows]
+        after = [np.nan if a is None else a for _, _, a in rows]
+        ax.bar(xs - 0.2, before, width=0.4, label="before", color="#95a5a6")
+        ax.bar(xs + 0.2, after, width=0.4, label="after", color="#2e86c1")
+        for x, b, a in zip(xs, before, after):
+            for dx, v in ((-0.2, b), (0.2, a)):
+                if not np.isnan(v):
+                    ax.text(x + dx, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(xs, [label_text(name) for name, _, _ in rows])
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel("accuracy")
+        ax.legend(frameon=False, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return to_svg(fig, prefix)

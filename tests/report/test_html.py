@@ -1,0 +1,72 @@
+"""The report file: self-contained, escaped, deterministic; `ckl report` and `ckl compare`."""
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from ckl.cli import app
+from ckl.report import write_report
+from ckl.report.plots import heatmaps
+from tests.report.fakerun import HOSTILE_METHOD, make_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def html(run_dir, tmp_path_factory):
+    return write_report([run_dir], tmp_path_factory.mktemp("out") / "r.html").read_text(encoding="utf-8")
+
+
+def test_report_is_one_self_contained_file(html):
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)  # no CDN, nothing fetched
+    assert "@import" not in html and "url(http" not in html
+    assert "<script" not in html.lower()
+    assert "default-src 'none'" in html  # the CSP forbids scripts and external loads
+    assert html.count("<svg") == 3  # Pareto, heatmaps, cohort curves
+
+
+def test_every_section_is_there(html):
+    for heading in ("Methods at a glance", "Retention against acquisition", "Results matrix per method",
+                    "Every cohort across stages", "Forgetting and transfer", "Cost", "What each method forgot"):
+        assert heading in html
+    assert "1,000" in html and "1,500" in html  # trainable parameters and tokens seen of naive
+
+
+def test_user_strings_are_escaped_in_tables_and_in_svg_text(html):
+    assert "<b>" not in html and "&lt;b&gt;+&lt;/b&gt;" in html  # the method name, as text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    svg_text = " ".join(re.findall(r"<text[^>]*>(.*?)</text>", html, flags=re.S))
+    assert "lora&lt;b&gt;+&lt;/b&gt;$x$" in svg_text  # a literal "$", not mathtext
+
+
+def test_plots_are_deterministic_and_their_ids_do_not_collide():
+    a = heatmaps([("m", [[1.0, 0.0], [0.5, 1.0]])], prefix="one")
+    assert a == heatmaps([("m", [[1.0, 0.0], [0.5, 1.0]])], prefix="one")
+    ids = re.findall(r'id="([^"]+)"', a)
+    assert ids and all(i.startswith("one-") for i in ids)
+    assert not re.findall(r'url\(#(?!one-)', a)
+
+
+def test_report_command_writes_the_file_and_refuses_a_non_run(run_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(run_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8").count("<svg") == 3
+    bad = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")])
+    assert bad.exit_code == 2 and "no results.sqlite" in bad.output
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_compare_prints_the_key_table_of_several_runs(run_dir, tmp_path):
+    other = make_run(tmp_path / "other", methods={"replay": {0: (1,) * 8, 1: (1,) * 8, 2: (1,) * 8}})
+    result = CliRunner().invoke(app, ["compare", str(run_dir), str(other)], env={"COLUMNS": "220"})
+    assert result.exit_code == 0, result.output
+    assert "other: replay" in result.output and f"{run_dir.name}: naive" in result.output
+    assert HOSTILE_METHOD in result.output  # "[...]"-free names print literally; markup is escaped
+    assert "Pareto front of retention and acquisition: other: replay" in result.output

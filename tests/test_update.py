@@ -1,0 +1,155 @@
+"""`ckl update` end to end on the tiny pretrained model: gates pass and fail as configured,
+the written model loads with plain transformers and answers the updated facts, and the
+input model directory is never modified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckl.cli import app
+from ckl.errors import InputError
+from ckl.facts import fact_row, jsonl_text, relation_row
+from ckl.update.gates import parse_gate
+
+TRAIN = ["--epochs", "40", "--lr", "3e-3", "--method", "replay", "--keep-size", "20"]
+LEARNED = lambda stage: stage.learn[:6]  # noqa: E731  one new person: what the tiny model learns in a second
+
+
+def tree_hash(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_stream):
+    d = tmp_path_factory.mktemp("update_inputs")
+    stage = tiny_stream.stages[0]
+    (d / "relations.jsonl").write_text(jsonl_text(relation_row(r) for r in tiny_stream.relations.values()))
+    (d / "facts.jsonl").write_text(jsonl_text(fact_row(f) for f in tiny_stream.base))
+    (d / "learn.jsonl").write_text(jsonl_text(
+        {"id": f.id, "subject": f.subject, "relation": f.relation, "object": f.object} for f in LEARNED(stage)))
+    (d / "update.jsonl").write_text(jsonl_text({"id": r.fact.id, "object": r.fact.object} for r in stage.update))
+    (d / "forget.jsonl").write_text(jsonl_text({"id": f.id} for f in stage.forget))
+    return d
+
+
+@pytest.fixture(scope="module")
+def model_hash(tiny_model_dir):
+    return tree_hash(tiny_model_dir)
+
+
+def run(files: Path, model: Path, out: Path, *extra: str):
+    args = ["update", "--model", str(model), "--out", str(out), "--relations", str(files / "relations.jsonl"),
+            "--facts", str(files / "facts.jsonl"), "--learn", str(files / "learn.jsonl"),
+            "--update", str(files / "update.jsonl"), *extra]
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def passed(files, tiny_model_dir, model_hash, tmp_path_factory):
+    out = tmp_path_factory.mktemp("passed") / "out"
+    # The tiny 2-layer model keeps few of the held-out keep-set facts (replay never sees
+    # them; measured 0.25 here), so the retention gate is set low; the others are real.
+    result = run(files, tiny_model_dir, out, *TRAIN, "--gate", "retention>=0.2", "--gate", "acquisition>=0.8", "--gate", "update>=0.75")
+    return result, out
+
+
+def test_gates_that_hold_pass_and_the_model_is_written(passed):
+    result, out = passed
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and all(g["passed"] for g in report["gates"])
+    assert report["model_written"] == str(out / "model")
+    assert (out / "model" / "model.safetensors").exists() and (out / "report.html").exists()
+    assert report["measures"]["acquisition"]["after"] > report["measures"]["acquisition"]["before"]
+    assert "all gates passed" in result.output
+
+
+def test_written_model_loads_with_transformers_and_answers_the_updated_facts(passed, tiny_stream):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ckl.stream import pick
+
+    _, out = passed
+    model = AutoModelForCausalLM.from_pretrained(out / "model", local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model", local_files_only=True)
+    stage = tiny_stream.stages[0]
+    changed = [r.fact for r in stage.update] + list(LEARNED(stage))
+    right = 0
+    for fact in changed:
+        prompt = pick(tiny_stream.relations[fact.relation].templates, "statement", fact.id).format(subject=fact.subject)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        n = len(tokenizer(" " + fact.object, add_special_tokens=False).input_ids)
+        generated = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        right += tokenizer.decode(generated[0, ids.shape[1]:]).strip() == fact.object
+    assert right / len(changed) >= 0.75  # what the gates enforced, checked independently of ckl
+
+
+def test_a_failing_gate_exits_1_names_the_gate_and_writes_no_model(files, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run(files, tiny_model_dir, out, "--epochs", "1", "--lr", "1e-4", "--gate", "acquisition>=0.9")
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text())
+    gate = report["gates"][0]
+    assert not report["passed"] and not gate["passed"] and gate["value"] < 0.9
+    assert f"acquisition>=0.9 (measured {gate['value']:.3f})" in result.output
+    assert "NOT to be shipped" in result.output and "NOT to be shipped" in (out / "report.html").read_text()
+    assert not (out / "model").exists() and report["model_written"] is None
+
+
+def test_save_rejected_keeps_a_failed_model_under_a_name_that_says_so(files, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run(files, tiny_model_dir, out, "--epochs", "1", "--lr", "1e-4", "--gate", "acquisition>=0.9", "--save-rejected")
+    assert result.exit_code == 1
+    assert (out / "rejected_model" / "model.safetensors").exists() and not (out / "model").exists()
+
+
+@pytest.mark.parametrize("gate, message", [
+    ("retention>>0.9", "expected NAME>=VALUE"),
+    ("happiness>=0.9", "unknown measure 'happiness'"),
+    ("forget<=0.1", "nothing measures 'forget'"),  # no --forget given
+])
+def test_a_bad_gate_is_exit_2_naming_the_gate_before_any_work(files, tiny_model_dir, tmp_path, gate, message):
+    out = tmp_path / "out"
+    result = run(files, tiny_model_dir, out, "--gate", gate)
+    assert result.exit_code == 2
+    assert f"--gate '{gate}'" in result.output and message in result.output
+    assert not out.exists()
+
+
+def test_forget_requests_are_refused_by_a_method_that_cannot_unlearn(files, tiny_model_dir, tmp_path):
+    result = run(files, tiny_model_dir, tmp_path / "out", "--method", "replay", "--forget", str(files / "forget.jsonl"))
+    assert result.exit_code == 2 and "cannot apply forget requests" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_are_exit_2_with_file_line_and_field(files, tiny_model_dir, tmp_path):
+    bad = tmp_path / "update.jsonl"
+    bad.write_text('{"id": "no-such-fact", "object": "Ostwick"}\n')
+    result = CliRunner().invoke(app, ["update", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"),
+                                      "--relations", str(files / "relations.jsonl"), "--update", str(bad), "--keep", str(files / "facts.jsonl")])
+    assert result.exit_code == 2 and f"{bad}:1: field 'subject': missing required field" in result.output
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("x")
+    result = run(files, tiny_model_dir, used)
+    assert result.exit_code == 2 and "new or empty directory" in result.output
+    result = run(files, tiny_model_dir, tiny_model_dir / "sub")
+    assert result.exit_code == 2 and "outside the input model directory" in result.output
+
+
+def test_the_input_model_directory_is_never_modified(passed, files, tiny_model_dir, model_hash, tmp_path):
+    run(files, tiny_model_dir, tmp_path / "fail", "--epochs", "1", "--gate", "acquisition>=0.99", "--save-rejected")
+    assert tree_hash(tiny_model_dir) == model_hash
+
+
+def test_gate_expressions_parse_with_spaces_and_compare_as_written():
+    gate = parse_gate(" stale <= 0.1 ")
+    assert (gate.name, gate.op, gate.threshold) == ("stale", "<=", 0.1)
+    assert gate.check(0.1) and not gate.check(0.2) and not gate.check(None)
+    with pytest.raises(InputError, match="finite"):
+        parse_gate("retention>=1e999")
