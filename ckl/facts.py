@@ -17,6 +17,7 @@ from typing import Any
 from ckl.errors import InputError
 
 CHANGE_KINDS = ("learn", "update", "edit", "forget")
+MAX_STAGE = 10_000  # a stage number beyond this is a typo, not a plan (every stage up to it is materialised)
 PROBE_KINDS = ("statement", "paraphrase", "question")
 
 
@@ -103,8 +104,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise InputError(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            except RecursionError:
+                raise InputError(path, number, None, "invalid JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
+            try:  # an escaped lone surrogate ("\ud800") parses, but no UTF-8 file or database can hold it
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(path, number, None, "a string holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
             yield number, obj
 
 
@@ -142,6 +149,12 @@ def _texts(obj: dict, key: str, path: str, line: int, need_subject: bool, requir
         for v in value:
             if "{subject}" not in v:
                 raise InputError(path, line, key, f"template {v!r} has no '{{subject}}' placeholder")
+            try:  # templates are filled with str.format: any other brace would fail mid-run
+                filled = v.format(subject="\x00")
+            except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+                filled = ""
+            if "\x00" not in filled:
+                raise InputError(path, line, key, f"template {v!r} may hold no braces but '{{subject}}' (write a literal brace as '{{{{' or '}}}}')")
     return tuple(v.strip() for v in value)
 
 
@@ -209,6 +222,8 @@ def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Re
         stage = _int(obj, "stage", path, line, None, minimum=1)
         if stage is None:
             raise InputError(path, line, "stage", "missing required field")
+        if stage > MAX_STAGE:
+            raise InputError(path, line, "stage", f"must be at most {MAX_STAGE}, got {stage}")
         if stage < last_stage:
             raise InputError(path, line, "stage", f"stages must not decrease (got {stage} after {last_stage})")
         last_stage = stage
@@ -256,6 +271,12 @@ def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Re
 # ---------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see either the old or the whole new content."""
     path = Path(path)
@@ -264,6 +285,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from ckl.evaluate.metrics import format_fuar
@@ -44,6 +45,7 @@ def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     for method, entry in summary.items():
+        method = escape(method)  # a label is user text, not rich markup
         if not entry["seeds"]:
             table.add_row(method, *["incomplete"] + [""] * (len(COLUMNS) - 1))
             continue
@@ -65,7 +67,7 @@ def markdown_table(summary: dict[str, dict[str, Any]], columns=COLUMNS) -> str:
 
 def matrix_table(method: str, R: list[list[float | None]]) -> Table:
     T = len(R) - 1
-    table = Table(title=f"{method}: accuracy by cohort (rows: after stage i)", header_style="bold")
+    table = Table(title=f"{escape(method)}: accuracy by cohort (rows: after stage i)", header_style="bold")
     table.add_column("row")
     table.add_column("invariant", justify="right")
     for j in range(1, T + 1):

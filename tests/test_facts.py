@@ -392,3 +392,17 @@ def test_stream_round_trip(tmp_path: Path) -> None:
     assert stream.general_train == ("It was sunny.", "The dog slept.")
     stream.save(tmp_path / "copy")
     assert Stream.load(tmp_path / "copy") == stream
+
+
+def test_atomic_writes_get_a_normal_file_mode(tmp_path):
+    import os
+    import stat
+
+    from ckl.facts import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<p>hi</p>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
