@@ -6,6 +6,7 @@ configuration, not code. The fixed order, for parts p1..pn of a method:
 
     model = pn.prepare(...p1.prepare(model))    scope: freeze, add adapters / blocks
     facts = change facts + p.extra_facts(...)    data: replay mixes earlier knowledge in
+    docs = render(facts) + p.extra_documents(...)  ready-made text (e.g. self-generated)
     train(model, loss terms and gradient filters of p1..pn)
     model = p1.finish(...pn.finish(model))       post-steps, innermost scope first
     p.observe(model, change)                     update buffers / statistics (e.g. Fisher)
@@ -45,6 +46,9 @@ class StageContext:
     accelerator: Any
     change: Change | None = None  # the stage being applied
     progress: Callable[[int, int, float], None] | None = None
+    model_dir: Any = None  # the base model's directory (editors cache key statistics next to it)
+    general_text: tuple[str, ...] = ()  # the stream's general training text (what the base model read)
+    epoch: int = 0  # the epoch whose documents are being rendered (set by TrainingMethod)
 
 
 @dataclass
@@ -82,7 +86,17 @@ class Part(LossTerm):
     def extra_facts(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         return []
 
+    def extra_documents(self, ctx: StageContext, rng: random.Random) -> list[str]:
+        """Ready-made training text for this epoch, beside the rendered facts (e.g. text
+        the stage-start model generated itself)."""
+        return []
+
     def finish(self, model, ctx: StageContext):
+        return model
+
+    def restore(self, model):
+        """Re-attach what the part keeps beside the model's own weights (modules held in
+        its state) to a model loaded from a checkpoint, after `load_state_dict`."""
         return model
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
@@ -140,6 +154,8 @@ def load_builtin() -> dict[str, Registered]:
 def make_config(cls: type, values: dict[str, Any], where: str):
     """Build a config dataclass, with errors naming `where.key`."""
     names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: must be a mapping of options (key: value), got {values!r}")
     for key in values:
         if key not in names:
             raise ValueError(f"{where}.{key}: unknown option (known: {', '.join(sorted(names))})")
@@ -175,9 +191,11 @@ class TrainingMethod:
         stats.trainable_params, stats.total_params = count_parameters(model)
 
         def documents(epoch: int) -> list[str]:
+            ctx.epoch = epoch
             rng = rng_for(ctx.seed, "docs", ctx.stage, epoch)
             extra = [f for part in self.parts for f in part.extra_facts(facts, ctx, rng)]
-            return render_documents(facts + extra, ctx.relations, rng, questions=self.questions)
+            rendered = render_documents(facts + extra, ctx.relations, rng, questions=self.questions)
+            return rendered + [d for part in self.parts for d in part.extra_documents(ctx, rng)]
 
         if facts or any(p.kinds for p in self.parts):
             result = train(
@@ -193,6 +211,12 @@ class TrainingMethod:
         stats.total_params = count_parameters(model)[1]
         stats.seconds = time.perf_counter() - start
         return model, stats
+
+    def restore(self, model):
+        """A model loaded from a checkpoint, with what the parts keep beside it re-attached."""
+        for part in self.parts:
+            model = part.restore(model)
+        return model
 
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.parts}

@@ -25,6 +25,8 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
             continue
+        if any(piece.startswith("ckl_") for piece in name.split(".")):
+            continue  # modules a part attached beside the model (ckl.methods.attached), not its blocks
         if len({type(m) for m in module}) != 1:
             continue
         size = sum(p.numel() for p in module.parameters())

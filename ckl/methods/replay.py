@@ -9,6 +9,11 @@ stored text would). Capacity is bounded; new facts enter by reservoir sampling (
 
 Reference: Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning";
 in knowledge learning, the "mix-review" baseline of Jang et al. 2022.
+
+Which held facts an epoch replays is the `policy` option: a uniform sample (`reservoir`,
+the default), spread evenly over relations or cohorts (`balanced`), spaced repetition
+(`spaced`) or a fixed budget of the least confident facts (`budget`); see
+`ckl.methods.replay_policies`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ckl.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.replay_policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, least_confident, recall
 from ckl.stream import Change
 from ckl.train.loop import rng_for
 
@@ -26,12 +32,25 @@ from ckl.train.loop import rng_for
 class ReplayConfig:
     fraction: float = field(default=0.5, metadata={"help": "share of replayed facts in each epoch's training facts, in [0, 1)"})
     buffer_size: int = field(default=1000, metadata={"help": "most facts the buffer holds"})
+    policy: str = field(default="reservoir", metadata={"help": "which held facts an epoch replays: reservoir (uniform) | balanced | spaced | budget"})
+    balance_by: str = field(default="relation", metadata={"help": "balanced: spread evenly over 'relation' or 'cohort' (the stage that made the fact true)"})
+    max_box: int = field(default=4, metadata={"help": "spaced: highest Leitner box (a recalled fact rests up to 2^max_box epochs)"})
+    budget: int = field(default=64, metadata={"help": "budget: facts replayed per epoch (the least confident ones), whatever the stage's size"})
+    rescore_every: int = field(default=1, metadata={"help": "budget: epochs between two scorings of the buffer"})
 
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {self.fraction!r}")
         if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) or self.buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive integer, got {self.buffer_size!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.balance_by not in ("relation", "cohort"):
+            raise ValueError(f"balance_by must be 'relation' or 'cohort', got {self.balance_by!r}")
+        for name in ("max_box", "budget", "rescore_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_box" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'max_box' else 1}, got {value!r}")
 
 
 class ReservoirBuffer:
@@ -64,6 +83,10 @@ class Replay(Part):
     def __init__(self, config: ReplayConfig):
         self.config = config
         self.buffer: ReservoirBuffer | None = None
+        self.schedule = LeitnerSchedule(config.max_box)  # spaced
+        self.clock = 0  # spaced: epochs of earlier stages
+        self.model = None  # spaced / budget: the model being trained, during a stage
+        self.chosen: list[Fact] = []  # budget: the facts of the latest scoring
 
     def _ensure(self, ctx: StageContext) -> ReservoirBuffer:
         if self.buffer is None:
@@ -73,12 +96,39 @@ class Replay(Part):
                 self.buffer.add(fact, rng)
         return self.buffer
 
+    def prepare(self, model, ctx: StageContext):
+        self.model = model if self.config.policy in ("spaced", "budget") else None
+        self.chosen = []
+        return model
+
     def extra_facts(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         buffer = self._ensure(ctx)
         busy = {f.id for f in facts} | (ctx.change.touched() if ctx.change else set())
         pool = [f for f in buffer.facts if f.id not in busy]  # never replay what this stage changes
         wanted = round(self.config.fraction / (1 - self.config.fraction) * len(facts))
-        return rng.sample(pool, min(wanted, len(pool)))
+        policy = self.config.policy
+        if policy == "reservoir":
+            return rng.sample(pool, min(wanted, len(pool)))
+        if policy == "balanced":
+            return balanced_sample(pool, wanted, rng, group_key(self.config.balance_by))
+        if self.model is None:
+            raise RuntimeError(f"replay policy {policy!r} scores facts with the model: call prepare first")
+        if policy == "spaced":
+            clock = self.clock + ctx.epoch
+            due = self.schedule.due(pool, clock)
+            recalled, _ = recall(self.model, ctx.tokenizer, due, ctx.relations)
+            failed = self.schedule.review(due, recalled, clock)
+            return rng.sample(failed, min(wanted, len(failed)))
+        if ctx.epoch % self.config.rescore_every == 0 or not self.chosen:  # budget
+            correct, logprob = recall(self.model, ctx.tokenizer, pool, ctx.relations)
+            self.chosen = least_confident(pool, correct, logprob, self.config.budget)
+        return list(self.chosen)
+
+    def finish(self, model, ctx: StageContext):
+        if self.model is not None:
+            self.clock += ctx.epoch + 1
+        self.model, self.chosen = None, []
+        return model
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         buffer = self._ensure(ctx)
@@ -89,11 +139,19 @@ class Replay(Part):
             buffer.remove(fact.id)
         for fact in change.learn:
             buffer.add(fact, rng)
+        held = {f.id for f in buffer.facts}
+        for fact_id in [i for i in self.schedule.box if i not in held]:
+            self.schedule.forget(fact_id)  # dropped from the buffer
+        for record in list(change.update) + list(change.edit):
+            self.schedule.forget(record.fact.id)  # a new object: recall starts over
 
     def state_dict(self) -> dict:
         if self.buffer is None:
             return {}
-        return {"facts": [fact_row(f) for f in self.buffer.facts], "seen": self.buffer.seen}
+        state = {"facts": [fact_row(f) for f in self.buffer.facts], "seen": self.buffer.seen}
+        if self.config.policy == "spaced":
+            state.update(schedule=self.schedule.state(), clock=self.clock)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -102,6 +160,8 @@ class Replay(Part):
         self.buffer = ReservoirBuffer(self.config.buffer_size)
         self.buffer.facts = [Fact(**row) for row in state["facts"]]
         self.buffer.seen = state["seen"]
+        self.schedule.load(state.get("schedule", {}))
+        self.clock = int(state.get("clock", 0))
 
 
-register_part("replay", ReplayConfig, Replay, "mix earlier facts into training from a bounded reservoir buffer kept true under updates")
+register_part("replay", ReplayConfig, Replay, "mix earlier facts into training from a bounded reservoir buffer kept true under updates; policy: reservoir | balanced | spaced | budget")
