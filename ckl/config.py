@@ -46,6 +46,8 @@ class PretrainSpec(Strict):
     eval_every: int = Field(5, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = 0
+    copy_fraction: float = Field(0.0, ge=0)
+    target_facts: Literal["invariant", "base"] = "invariant"
 
 
 class EvalSpec(Strict):
@@ -53,6 +55,22 @@ class EvalSpec(Strict):
     batch_size: int = Field(256, ge=1)
     max_candidates: int = Field(10, ge=2)
     metric: Literal["em", "rank"] = "em"
+    # Unlearning (docs/unlearning.md): text-target metrics on every row (options of
+    # ckl.evaluate.extraction.ExtractionConfig, {} for the defaults) and a relearning
+    # attack on each method's final model (ckl.evaluate.attack.AttackConfig).
+    unlearning: dict[str, Any] | None = None
+    attack: dict[str, Any] | None = None
+
+    @field_validator("unlearning", "attack")
+    @classmethod
+    def _unlearning_options(cls, value, info):
+        if value is not None:
+            from ckl.evaluate.attack import AttackConfig
+            from ckl.evaluate.extraction import ExtractionConfig
+            from ckl.methods.base import make_config
+
+            make_config(AttackConfig if info.field_name == "attack" else ExtractionConfig, value, info.field_name)
+        return value
 
 
 class MethodSpec(BaseModel):
@@ -140,12 +158,18 @@ def load_config(path: str | Path) -> ExperimentConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(file, None, None, "config file not found") from None
+    except UnicodeDecodeError as err:
+        raise InputError(file, path.read_bytes()[: err.start].count(b"\n") + 1, None, "not valid UTF-8") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise InputError(file, None, None, f"cannot read file: {err.strerror}") from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise InputError(file, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+    except RecursionError:
+        raise InputError(file, None, None, "invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise InputError(file, 1, None, "expected a mapping of keys (name, stream/world, model/pretrain, methods, ...)")
     # Top-level keys starting with "x-" are free for YAML anchors (shared method settings),

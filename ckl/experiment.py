@@ -6,14 +6,21 @@ For each method and seed:
 Each row is written to the store in one transaction as soon as it exists, after the
 model checkpoint and the method's state for that stage are saved (atomically). Running
 the same command again skips completed rows and continues from the last checkpoint, so
-an interrupted run finishes with the same results as an uninterrupted one.
+an interrupted run (even one killed with SIGKILL) finishes with the same results as an
+uninterrupted one.
+
+Under `accelerate launch` (several processes, data parallel) every process trains and
+evaluates its share, and only the main process writes the world, the base model,
+checkpoints and the store; decisions that depend on the disk are the main process's
+(`ckl.distributed`). See docs/scaling.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-import time
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,10 +28,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ckl import lm
+from ckl import lm, unlearning_run
 from ckl.config import ExperimentConfig
+from ckl.distributed import gather, is_main, on_main, shard
 from ckl.errors import DivergenceError, InputError
-from ckl.evaluate.scoring import perplexity, score_probes
+from ckl.evaluate.scoring import negative_log_likelihood, score_probes
 from ckl.facts import Probe, atomic_write_text
 from ckl.methods.base import StageContext, build_method
 from ckl.store import Outcome, StageInfo, Store
@@ -39,18 +47,52 @@ def make_accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-def prepare_stream(config: ExperimentConfig, run_dir: Path) -> Stream:
-    """Load the configured stream, or build the configured world into run_dir/world."""
+def is_main_process() -> bool:
+    """Whether this process reports and writes: always, unless started by `accelerate
+    launch` with several processes, where only rank 0 does."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
+def end_processes() -> None:
+    """Under `accelerate launch` with several processes: wait for all, then close the
+    process group (a process exiting with it open may abort in gloo's destructor)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
+def prepare_stream(config: ExperimentConfig, run_dir: Path, accelerator=None) -> Stream:
+    """Load the configured stream, or build the configured world into run_dir/world (on
+    the main process; the others load what it wrote)."""
     if config.stream is not None:
         return Stream.load(config.stream)
+    world_dir = run_dir / "world"
+    on_main(accelerator, lambda: _build_world(config, world_dir))
+    return Stream.load(world_dir)
+
+
+def _build_world(config: ExperimentConfig, world_dir: Path) -> None:
+    """Write the world to a private sibling and rename it, so that a crash never leaves
+    half a world and two runs starting at once in one directory cannot collide (the world
+    is deterministic: whichever rename wins, the content is the same)."""
     from ckl.world import WorldConfig, build_world
 
-    world_dir = run_dir / "world"
-    if (world_dir / "facts.jsonl").exists():
-        return Stream.load(world_dir)
-    stream = build_world(WorldConfig(**config.world.model_dump()))
-    stream.save(world_dir)
-    return Stream.load(world_dir)
+    if world_dir.exists():
+        return
+    tmp = Path(tempfile.mkdtemp(dir=world_dir.parent, prefix=f".{world_dir.name}."))
+    try:
+        build_world(WorldConfig(**config.world.model_dump())).save(tmp)
+        tmp.rename(world_dir)
+    except OSError:
+        if not world_dir.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, accelerator, say: Reporter, progress=None) -> Path:
@@ -61,33 +103,44 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
     from ckl.pretrain import PretrainConfig, pretrain
 
     out = run_dir / "base_model"
-    if (out / "config.json").exists():
+    if on_main(accelerator, lambda: (out / "config.json").exists(), share=True):
         return out
     spec = config.pretrain.model_dump() if config.pretrain else {}
     pcfg = PretrainConfig(**spec)
     say(f"pretraining the base model ({pcfg.n_layer} layers, width {pcfg.n_embd}) on {len(stream.base)} base facts")
     if progress:
         progress.start("pretraining (epochs)", pcfg.max_epochs)
-    _, _, result = pretrain(
+    _, _, result = pretrain(  # every process trains (data parallel); the main one saves
         stream, pcfg, accelerator, out,
         progress=lambda e, a: say(f"  epoch {e}: invariant accuracy {a:.3f}"),
         step_progress=(lambda e, s, loss: progress.epoch(e + 1, s, loss)) if progress else None,
     )
-    atomic_write_text(run_dir / "pretrain.json", json.dumps(asdict(result), indent=2))
+    on_main(accelerator, lambda: atomic_write_text(run_dir / "pretrain.json", json.dumps(asdict(result), indent=2)))
     verdict = "reached" if result.reached_target else "did NOT reach"
     say(f"pretrained in {result.seconds:.0f}s, {result.epochs} epochs: accuracy {result.accuracy:.3f} ({verdict} target {pcfg.target})")
     return out
 
 
-def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...], batch_size: int) -> tuple[list[Outcome], float | None]:
-    """Score every probe (batched) and the held-out perplexity."""
-    scores = score_probes(model, tokenizer, probes, batch_size=batch_size)
-    outcomes = [
-        Outcome(p.id, bool(e), bool(r), float(lp), pred)
-        for p, e, r, lp, pred in zip(probes, scores.em, scores.rank_ok, scores.logprob, scores.predicted)
-    ]
-    ppl = perplexity(model, tokenizer, list(heldout)) if heldout else None
-    return outcomes, ppl
+def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...], batch_size: int, accelerator=None) -> tuple[list[Outcome], float | None]:
+    """Score every probe (batched) and the held-out perplexity. Under data parallelism
+    each process scores a contiguous share of the probes and of the held-out texts, and
+    the outcomes (in probe order) and the log-likelihood sums are gathered on all."""
+    mine = shard(probes, accelerator)
+    outcomes = []
+    if mine:
+        scores = score_probes(model, tokenizer, mine, batch_size=batch_size)
+        outcomes = [
+            Outcome(p.id, bool(e), bool(r), float(lp), pred)
+            for p, e, r, lp, pred in zip(mine, scores.em, scores.rank_ok, scores.logprob, scores.predicted)
+        ]
+    outcomes = gather(outcomes, accelerator)
+    if not heldout:
+        return outcomes, None
+    sums = gather([negative_log_likelihood(model, tokenizer, shard(list(heldout), accelerator))], accelerator)
+    nll, tokens = sum(s[0] for s in sums), sum(s[1] for s in sums)
+    if not tokens:
+        raise ValueError("perplexity needs at least one held-out text with a token to predict")
+    return outcomes, math.exp(nll / tokens)
 
 
 def _checkpoint_dir(run_dir: Path, label: str, seed: int) -> Path:
@@ -111,23 +164,51 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     for i, message in unsupported_methods(config):
         raise InputError("<config>", None, f"methods[{i}]", message)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config.model_dump(mode="json")
-    with Store(run_dir / "results.sqlite") as store:
-        _check_same_experiment(store, resolved, run_dir)
-        store.set_meta("config", resolved)
-        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
-        accelerator = make_accelerator()
-        stream = prepare_stream(config, run_dir)
+    accelerator = make_accelerator()
+    if not is_main(accelerator):  # one voice: the main process reports
+        say, progress = (lambda message: None), None
+    # a bad stream or model directory stops the run here, before anything is written
+    stream = Stream.load(config.stream) if config.stream is not None else None
+    if config.model is not None:
+        lm.check_directory(Path(config.model), config.allow_pickle)
+    store = on_main(accelerator, lambda: _open_store(run_dir, resolved))  # None on the other processes
+    try:
+        if stream is None:
+            stream = prepare_stream(config, run_dir, accelerator)
         model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say, progress)
         probes = stream.probes(kinds=config.eval.kinds, max_candidates=config.eval.max_candidates)
-        store.add_probes(probes)
-        store.set_meta("T", stream.T)
-        store.set_meta("metric", config.eval.metric)
+        on_main(accelerator, lambda: _describe(store, probes, stream.T, config.eval.metric))
+        on_main(accelerator, lambda: unlearning_run.describe(store, stream))
         for spec in config.methods:
             for seed in config.seeds:
                 _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress)
+                if config.eval.attack is not None:
+                    unlearning_run.attack_final(config, spec.display, seed, stream, probes, store,
+                                                _checkpoint_dir(run_dir, spec.display, seed), accelerator, say)
+    finally:
+        if store is not None:
+            store.close()
     return run_dir
+
+
+def _open_store(run_dir: Path, resolved: dict) -> Store:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(run_dir / "results.sqlite")
+    try:
+        _check_same_experiment(store, resolved, run_dir)
+        store.set_meta("config", resolved)
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _describe(store: Store, probes: list[Probe], T: int, metric: str) -> None:
+    store.add_probes(probes)
+    store.set_meta("T", T)
+    store.set_meta("metric", metric)
 
 
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
@@ -141,46 +222,49 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
         changed = sorted(k for k in fixed(resolved) if fixed(previous).get(k) != resolved[k])
         raise InputError(str(run_dir), None, ", ".join(changed) or None,
                          "holds results of a different experiment (stream, model or evaluation differ); choose another output directory")
-    known = store.get_meta("methods") or {m.get("label") or m["name"]: m for m in (previous or {}).get("methods", [])}
-    for i, spec in enumerate(resolved["methods"]):
-        label = spec.get("label") or spec["name"]
-        if label in known and known[label] != spec:
-            raise InputError(str(run_dir), None, f"methods[{i}]",
-                             f"method {label!r} already ran here with other options; give the new variant its own `label`")
-        known[label] = spec
-    store.set_meta("methods", known)
+
+    def add_methods(known: dict | None) -> dict:  # in one transaction: two runs starting at once keep both
+        known = known or {m.get("label") or m["name"]: m for m in (previous or {}).get("methods", [])}
+        for i, spec in enumerate(resolved["methods"]):
+            label = spec.get("label") or spec["name"]
+            if label in known and known[label] != spec:
+                raise InputError(str(run_dir), None, f"methods[{i}]",
+                                 f"method {label!r} already ran here with other options; give the new variant its own `label`")
+            known[label] = spec
+        return known
+
+    store.update_meta("methods", add_methods)
 
 
 def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress) -> None:
     label, T = spec.display, stream.T
-    done = set(store.completed_rows(label, seed))
-    infos = {i["row"]: i for i in store.stage_infos(label, seed)}
-    if any(i["status"] == "failed" for i in infos.values()):
+    ckpt = _checkpoint_dir(run_dir, label, seed)
+    state_path = ckpt / "ckl_state.json"
+    # what is on disk, as the main process sees it (it alone writes; the others follow)
+    done, failed, resumable = on_main(accelerator, lambda: _progress_on_disk(store, label, seed, ckpt), share=True)
+    if failed:
         say(f"{label} seed {seed}: a stage failed earlier (see `ckl show`); not retried")
         return
     if done >= set(range(T + 1)):
         return
     method = build_method(spec.name, spec.options, where=label)
-    ckpt = _checkpoint_dir(run_dir, label, seed)
-    state_path = ckpt / "ckl_state.json"
-    pending = ckpt.with_name(ckpt.name + ".new")
-    if not state_path.exists() and (pending / "ckl_state.json").exists():
-        pending.rename(ckpt)  # a crash hit between writing a checkpoint and its rename
     start_row = 0
-    if state_path.exists():
+    if resumable:
         state = json.loads(state_path.read_text())
         model, tokenizer = lm.load(ckpt)
         method.load_state_dict(_join_state(state["method"], ckpt / "ckl_state.safetensors"))
+        if hasattr(method, "restore"):  # what a method keeps beside the saved weights (adapters, memories)
+            model = method.restore(model)
         start_row = state["stage"]
         if start_row not in done:  # checkpoint written, row not yet: evaluate it now
-            _record(store, label, seed, start_row, model, tokenizer, probes, stream, config, StageInfo(**state["info"]))
+            _record(store, label, seed, start_row, model, tokenizer, probes, stream, config, StageInfo(**state["info"]), accelerator, method)
             done.add(start_row)
         say(f"{label} seed {seed}: resuming after stage {start_row}")
     else:
         model, tokenizer = lm.load(model_dir, allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
         if 0 not in done:
             trainable, total = lm.count_parameters(model)
-            _record(store, label, seed, 0, model, tokenizer, probes, stream, config, StageInfo(total_params=total))
+            _record(store, label, seed, 0, model, tokenizer, probes, stream, config, StageInfo(total_params=total), accelerator, method)
     model.to(accelerator.device)
     if progress:
         progress.start(f"{label} (seed {seed})", T - start_row)
@@ -189,6 +273,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             relations=stream.relations, base=stream.base, stage=change.stage, seed=seed,
             tokenizer=tokenizer, accelerator=accelerator, change=change,
             progress=(lambda e, s, loss: progress.train_step(s, loss)) if progress else None,
+            model_dir=model_dir, general_text=stream.general_train,
         )
         try:
             with torch.random.fork_rng(devices=[]):
@@ -197,8 +282,9 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             _check_finite(model)
         except DivergenceError as err:
             info = StageInfo(status="failed", notes={"error": str(err)})
-            store.record_row(label, seed, change.stage, [], info)
-            say(f"{label} seed {seed}: stage {change.stage} FAILED ({err}); last good checkpoint kept in {ckpt}")
+            on_main(accelerator, lambda: store.record_row(label, seed, change.stage, [], info))
+            kept = f"last good checkpoint kept in {ckpt}" if change.stage > 1 else "the base model is the last good state"
+            say(f"{label} seed {seed}: stage {change.stage} FAILED ({err}); {kept}")
             return
         notes = {"not_applied": stats.not_applied} if stats.not_applied else {}
         for kind, n in stats.not_applied.items():
@@ -207,16 +293,31 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             seconds=stats.seconds, trainable_params=stats.trainable_params, total_params=stats.total_params,
             tokens_seen=stats.tokens_seen, notes=notes, peak_memory_mb=_peak_memory_mb(),
         )
-        _save_checkpoint(ckpt, model, tokenizer, change.stage, method.state_dict(), info)
-        _record(store, label, seed, change.stage, model, tokenizer, probes, stream, config, info)
+        on_main(accelerator, lambda: _save_checkpoint(ckpt, model, tokenizer, change.stage, method.state_dict(), info))
+        _record(store, label, seed, change.stage, model, tokenizer, probes, stream, config, info, accelerator, method)
         if progress:
             progress.advance()
 
 
-def _record(store, label, seed, row, model, tokenizer, probes, stream, config, info: StageInfo) -> None:
-    outcomes, ppl = evaluate_row(model, tokenizer, probes, stream.general_heldout, config.eval.batch_size)
+def _progress_on_disk(store: Store, label: str, seed: int, ckpt: Path) -> tuple[set[int], bool, bool]:
+    """(rows recorded, whether a stage failed, whether a checkpoint exists to resume from)."""
+    done = set(store.completed_rows(label, seed))
+    failed = any(i["status"] == "failed" for i in store.stage_infos(label, seed))
+    pending = ckpt.with_name(ckpt.name + ".new")
+    if not (ckpt / "ckl_state.json").exists() and (pending / "ckl_state.json").exists():
+        pending.rename(ckpt)  # a crash hit between writing a checkpoint and its rename
+    return done, failed, (ckpt / "ckl_state.json").exists()
+
+
+def _record(store, label, seed, row, model, tokenizer, probes, stream, config, info: StageInfo, accelerator=None, method=None) -> None:
+    if hasattr(method, "transform_probes"):  # in-context methods (IKE) rewrite prompts; ids stay
+        probes = method.transform_probes(probes)
+    outcomes, ppl = evaluate_row(model, tokenizer, probes, stream.general_heldout, config.eval.batch_size, accelerator)
     info.perplexity = ppl
-    store.record_row(label, seed, row, outcomes, info)
+    if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
+        on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
+            model, tokenizer, probes, config.eval.unlearning, config.model or store.path.parent / "base_model")))
+    on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
 
 
 def _save_checkpoint(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info: StageInfo) -> None:

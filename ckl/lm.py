@@ -86,10 +86,32 @@ def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: b
     """Load (model, tokenizer) from a local Hugging Face directory, never from a hub.
 
     Raises:
-        InputError: the directory is missing, has no weights, or has only pickle
-            weights and `allow_pickle` is False.
+        InputError: the directory is missing, has no weights, has only pickle weights
+            and `allow_pickle` is False, or needs its own Python code (`auto_map`) and
+            `trust_remote_code` is False.
     """
     d = Path(directory)
+    safetensors = check_directory(d, allow_pickle)
+    try:
+        return _load(d, safetensors, allow_pickle, trust_remote_code, dtype)
+    except ValueError as err:
+        if trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise InputError(  # transformers refused to import the directory's own Python files
+            str(d / "config.json"), None, "auto_map",
+            "this model needs Python code shipped with it, which ckl runs only when allowed: "
+            "set `trust_remote_code: true` in the experiment if you trust it",
+        ) from None
+
+
+def check_directory(d: Path, allow_pickle: bool = False) -> list[Path]:
+    """The checks `load` makes before reading anything, so that a run can refuse a bad
+    model directory before it writes anything. Returns the safetensors files.
+
+    Raises:
+        InputError: as `load`.
+    """
+    d = Path(d)
     if not d.is_dir():
         raise InputError(str(d), None, None, "model directory not found")
     if not (d / "config.json").exists():
@@ -105,6 +127,10 @@ def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: b
             )
         if not pickles:
             raise InputError(str(d), None, None, "no model weights (*.safetensors) in directory")
+    return safetensors
+
+
+def _load(d: Path, safetensors: list, allow_pickle: bool, trust_remote_code: bool, dtype):
     tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ckl import lm
-from ckl.stream import Stream, render_documents
+from ckl.copy_mix import copy_documents, demonstration
+from ckl.distributed import on_main
+from ckl.stream import Stream, make_probes, render_documents
 from ckl.train.loop import TrainConfig, rng_for, train
 
 
@@ -37,6 +40,8 @@ class PretrainConfig:
     eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
     seed: int = field(default=0, metadata={"help": "initialisation and data order"})
+    copy_fraction: float = field(default=0.0, metadata={"help": "copy-from-context documents per base fact per epoch (ckl.copy_mix; for in-context editing)"})
+    target_facts: str = field(default="invariant", metadata={"help": "facts the target is measured on: invariant | base (all of K0, e.g. for editing streams)"})
 
     def __post_init__(self) -> None:
         lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape
@@ -47,6 +52,10 @@ class PretrainConfig:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
         if self.max_seconds < 0:
             raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds!r}")
+        if self.copy_fraction < 0:
+            raise ValueError(f"copy_fraction must be >= 0, got {self.copy_fraction!r}")
+        if self.target_facts not in ("invariant", "base"):
+            raise ValueError(f"target_facts must be 'invariant' or 'base', got {self.target_facts!r}")
 
 
 @dataclass
@@ -59,11 +68,11 @@ class PretrainResult:
     history: list[tuple[int, float]]
 
 
-def tokenizer_corpus(stream: Stream) -> list[str]:
+def tokenizer_corpus(stream: Stream, extra: Sequence[str] = ()) -> list[str]:
     """Every text the stream can show the model: training renderings of all facts of all
-    stages, every probe prompt and candidate, and the general text."""
+    stages, every probe prompt and candidate, the general text and `extra`."""
     facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
-    texts = render_documents(facts, stream.relations, random.Random(0))
+    texts = render_documents(facts, stream.relations, random.Random(0)) + list(extra)
     for probe in stream.probes():
         texts.append(probe.prompt)
         texts.extend(probe.candidates)
@@ -82,20 +91,26 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
     from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
 
     start = time.perf_counter()
-    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream))
+    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream, [demonstration("", "")] if config.copy_fraction else []))
     shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head)
     model = lm.tiny_model(tokenizer, shape, seed=config.seed).to(accelerator.device)
-    probes = [p for p in stream.probes(kinds=("statement",)) if p.cohort == "invariant"]
+    if config.target_facts == "base":
+        probes = make_probes(stream.base, stream.relations, "base", 0, "base", ("statement",), 10)
+    else:
+        probes = [p for p in stream.probes(kinds=("statement",)) if p.cohort == "invariant"]
     general = list(stream.general_train)
     history: list[tuple[int, float]] = []
 
     def documents(epoch: int) -> list[str]:
         rng = rng_for(config.seed, "pretrain", epoch)
-        return render_documents(stream.base, stream.relations, rng) + general
+        copies = copy_documents(stream.base, stream.relations, rng, round(config.copy_fraction * len(stream.base)))
+        return render_documents(stream.base, stream.relations, rng) + general + copies
 
     def check(epoch: int) -> bool:
         done = epoch + 1
-        out_of_time = config.max_seconds and time.perf_counter() - start > config.max_seconds
+        out_of_time = bool(config.max_seconds) and time.perf_counter() - start > config.max_seconds
+        if config.max_seconds:  # clocks differ per process: all follow the main one's
+            out_of_time = bool(on_main(accelerator, lambda: out_of_time, share=True))
         if done % config.eval_every and done != config.max_epochs and not out_of_time:
             return False
         accuracy = float(score_probes(model, tokenizer, probes).em.mean()) if probes else 1.0
@@ -103,7 +118,8 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
         history.append((done, accuracy))
         if progress:
             progress(done, accuracy)
-        return accuracy >= config.target or bool(out_of_time)
+        stop = accuracy >= config.target or bool(out_of_time)
+        return bool(on_main(accelerator, lambda: stop, share=True))  # every process stops at the same epoch
 
     train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule)
     with torch.random.fork_rng(devices=[]):
@@ -120,5 +136,5 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
     )
     model.config.ckl_pretrain = {"config": asdict(config), "epochs": result.epochs, "accuracy": accuracy}
     if out_dir is not None:
-        lm.save(model, tokenizer, out_dir)
+        on_main(accelerator, lambda: lm.save(model, tokenizer, out_dir))  # one writer under data parallelism
     return model, tokenizer, result

@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS outcomes (
     PRIMARY KEY (method, seed, "row", probe_id)
 );
 CREATE INDEX IF NOT EXISTS probes_by_cohort ON probes (cohort, kind);
+CREATE TABLE IF NOT EXISTS attacks (
+    method TEXT NOT NULL,
+    seed   INTEGER NOT NULL,
+    "row"  INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (method, seed, "row")
+);
 """
 
 
@@ -245,6 +252,31 @@ class Store:
             )
         )
 
+    def update_meta(self, key: str, update: Callable[[Any], Any]) -> Any:
+        """Read, change and write the value under `key` in one write transaction, so that
+        two processes updating it at once each build on the other's change.
+
+        Args:
+            update: gets the current value (None when absent) and returns the new one; an
+                exception it raises leaves the value unchanged and propagates.
+
+        Returns:
+            The new value.
+        """
+        new: list[Any] = []
+
+        def write(cur: sqlite3.Cursor) -> None:
+            row = cur.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            value = update(json.loads(row[0]) if row else None)
+            cur.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, sort_keys=True)),
+            )
+            new[:] = [value]
+
+        self._write(write)
+        return new[0]
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default
@@ -328,6 +360,20 @@ class Store:
             )
 
         self._write(write)
+
+    def record_attack(self, method: str, seed: int, row: int, result: dict[str, Any]) -> None:
+        """Store a relearning attack's result (ckl.evaluate.attack) on the model of `row`."""
+        text = json.dumps(result, sort_keys=True)
+        self._write(lambda cur: cur.execute(
+            'INSERT INTO attacks (method, seed, "row", result) VALUES (?, ?, ?, ?) '
+            'ON CONFLICT (method, seed, "row") DO UPDATE SET result = excluded.result',
+            (method, int(seed), int(row), text),
+        ))
+
+    def attacks(self, method: str, seed: int) -> dict[int, dict[str, Any]]:
+        """row -> relearning attack result, for one method and seed."""
+        rows = self._read('SELECT "row", result FROM attacks WHERE method = ? AND seed = ? ORDER BY "row"', (method, int(seed)))
+        return {r["row"]: json.loads(r["result"]) for r in rows}
 
     # ------------------------------------------------------------------ reading runs
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ckl.errors import InputError
 from ckl.facts import (
+    MAX_STAGE,
     ChangeRecord,
     Fact,
     Probe,
@@ -27,6 +28,7 @@ from ckl.facts import (
     atomic_write_text,
     change_row,
     fact_row,
+    iter_jsonl,
     jsonl_text,
     read_changes,
     read_facts,
@@ -74,6 +76,8 @@ class Stream:
     general_train: tuple[str, ...] = ()
     general_heldout: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
+    # Facts no stage ever teaches (unseen.jsonl): the never-seen floor of forget efficacy.
+    unseen: tuple[Fact, ...] = ()
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -89,10 +93,12 @@ class Stream:
         meta_path = d / "meta.json"
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise InputError(str(meta_path), None, None, f"invalid JSON: {err}") from None
         meta = meta if isinstance(meta, dict) else {}
         stages = meta.get("stages")
+        if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= MAX_STAGE):
+            raise InputError(str(meta_path), None, "stages", f"must be an integer in [0, {MAX_STAGE}], got {stages!r}")
         meta = meta.get("meta", {}) if isinstance(meta.get("meta", {}), dict) else {}
         return cls(
             relations=relations,
@@ -101,6 +107,7 @@ class Stream:
             general_train=_read_lines(d / "general_train.txt"),
             general_heldout=_read_lines(d / "general_heldout.txt"),
             meta=meta,
+            unseen=_read_unseen(d / "unseen.jsonl", relations, base),
         )
 
     def save(self, directory: str | Path) -> None:
@@ -111,6 +118,8 @@ class Stream:
         atomic_write_text(d / "changes.jsonl", jsonl_text(change_row(r) for r in self.records()))
         atomic_write_text(d / "general_train.txt", "".join(s + "\n" for s in self.general_train))
         atomic_write_text(d / "general_heldout.txt", "".join(s + "\n" for s in self.general_heldout))
+        if self.unseen:
+            atomic_write_text(d / "unseen.jsonl", jsonl_text(fact_row(f) for f in self.unseen))
         # the stage count survives empty trailing stages, which changes.jsonl cannot show
         meta = {"stages": self.T, "meta": self.meta}
         atomic_write_text(d / "meta.json", json.dumps(meta, sort_keys=True, indent=2) + "\n")
@@ -146,17 +155,41 @@ class Stream:
                 state.pop(f.id, None)
         return state
 
+    def boundary(self, stage: int) -> list[Fact]:
+        """The forgetting boundary of `stage` (KnowUnDo): invariant facts about the subjects
+        whose facts this stage asks to forget. They must stay known."""
+        subjects = {f.subject for f in self.stages[stage - 1].forget}
+        return [f for f in self.invariant() if f.subject in subjects]
+
     def subjects(self) -> set[str]:
         return {f.subject for f in self.base} | {f.subject for ch in self.stages for f in ch.learn}
+
+    def neighbourhoods(self) -> dict[int, list[Fact]]:
+        """Stage j -> the invariant neighbourhood facts of the facts edited in stage j
+        (`meta["neighbours"]`: neighbour fact id -> edited fact id, written by the editing
+        importers, ckl.formats.edits). Their probes form cohort `localJ` (locality)."""
+        links = self.meta.get("neighbours") or {}
+        if not links:
+            return {}
+        edited = {r.fact.id: r.stage for r in self.records() if r.kind == "edit"}
+        out: dict[int, list[Fact]] = defaultdict(list)
+        for f in self.invariant():
+            if links.get(f.id) in edited:
+                out[edited[links[f.id]]].append(f)
+        return dict(out)
 
     # ------------------------------------------------------------------ probes
     def probes(self, kinds: Sequence[str] = ("statement", "paraphrase", "question"), max_candidates: int = 10) -> list[Probe]:
         """All probe sets, by cohort. See docs/formats.md for the cohort names."""
         out: list[Probe] = []
-        out += make_probes(self.invariant(), self.relations, "invariant", 0, "base", kinds, max_candidates)
+        local = self.neighbourhoods()
+        neighbour_ids = {f.id for group in local.values() for f in group}
+        kept = [f for f in self.invariant() if f.id not in neighbour_ids]
+        out += make_probes(kept, self.relations, "invariant", 0, "base", kinds, max_candidates)
         for ch in self.stages:
             j = ch.stage
             out += make_probes(ch.learn, self.relations, f"stage{j}", j, "learn", kinds, max_candidates)
+            out += make_probes(local.get(j, []), self.relations, f"local{j}", j, "base", kinds, max_candidates)
             for kind in ("update", "edit"):
                 recs = getattr(ch, kind)
                 olds = {r.fact.id: r.old_object for r in recs}
@@ -165,6 +198,7 @@ class Stream:
                 news = {r.fact.id: r.fact.object for r in recs}
                 out += make_probes(stale, self.relations, f"stale{j}", j, kind, kinds, max_candidates, news)
             out += make_probes(ch.forget, self.relations, f"forget{j}", j, "forget", kinds, max_candidates)
+        out += make_probes(self.unseen, self.relations, "unseen", 0, "unseen", kinds, max_candidates)
         return out
 
 
@@ -186,10 +220,29 @@ def group_stages(records: Iterable[ChangeRecord], at_least: int = 0) -> tuple[Ch
     )
 
 
+def _read_unseen(path: Path, relations: dict[str, Relation], base: Sequence[Fact]) -> tuple[Fact, ...]:
+    """unseen.jsonl (optional): facts in the facts.jsonl format that are never taught."""
+    if not path.exists():
+        return ()
+    facts = read_facts(path, relations)
+    known = {f.id for f in base}
+    for line, obj in iter_jsonl(path):
+        if str(obj.get("id", "")).strip() in known:
+            raise InputError(str(path), line, "id", f"fact {obj['id']!r} is also in facts.jsonl; unseen facts must never be taught")
+    return tuple(facts)
+
+
 def _read_lines(path: Path) -> tuple[str, ...]:
     if not path.exists():
         return ()
-    return tuple(line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise InputError(str(path), line, None, "not valid UTF-8") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise InputError(str(path), None, None, f"cannot read file: {err.strerror}") from None
+    return tuple(line.rstrip("\n") for line in text.splitlines() if line.strip())
 
 
 def stable_hash(*parts: str) -> int:

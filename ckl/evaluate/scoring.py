@@ -524,9 +524,23 @@ def score_probes(
 # ------------------------------------------------------------------------ perplexity
 
 
-@torch.inference_mode()
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> float:
-    """Token-level perplexity: exp of the mean negative log-likelihood over all tokens.
+    """Token-level perplexity: exp of the mean negative log-likelihood over all tokens
+    (see `negative_log_likelihood`).
+
+    Raises:
+        ValueError: ``batch_size`` < 1, or no text has a token to predict.
+    """
+    total_nll, total_tokens = negative_log_likelihood(model, tokenizer, texts, batch_size)
+    if not total_tokens:
+        raise ValueError("perplexity needs at least one text with a token to predict")
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.inference_mode()
+def negative_log_likelihood(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> tuple[float, int]:
+    """Summed negative log-likelihood of every token of `texts` and the number of tokens
+    predicted (sums, so that shares of the texts scored apart add up).
 
     Each text is tokenised without special tokens; when the tokenizer has a BOS token it
     is prepended, so every token of the text is predicted (otherwise the first is only
@@ -534,17 +548,17 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
     must fit the model's context window (no striding).
 
     Raises:
-        ValueError: ``batch_size`` < 1, or no text has a token to predict.
+        ValueError: ``batch_size`` < 1.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if not texts:
+        return 0.0, 0
     model.eval()
     device, _ = _device_dtype(model)
     bos = tokenizer.bos_token_id
     seqs = [([bos] if bos is not None else []) + s for s in _encode(tokenizer, list(texts))]
     seqs = sorted((s for s in seqs if len(s) >= 2), key=len)
-    if not seqs:
-        raise ValueError("perplexity needs at least one text with a token to predict")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(seqs), batch_size):
@@ -563,7 +577,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
         nll = F.cross_entropy(logits.float(), targets.to(device), reduction="sum")
         total_nll += float(nll)
         total_tokens += int(targets.numel())
-    return math.exp(total_nll / total_tokens)
+    return total_nll, total_tokens
 
 
 # ------------------------------------------------------------------------ reference path

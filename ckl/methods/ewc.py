@@ -19,8 +19,10 @@ gradient of the batch's mean next-token loss*, on the facts' training documents
 the model's own labels (empirical, not sampled, Fisher). With batch_size = 1 this is the
 per-document empirical Fisher; larger batches are cheaper, and since the square of a
 mean is smaller than the mean of squares, they shrink the Fisher (the noise part by about
-1 / batch_size), which `strength` absorbs. Under data parallelism each process estimates
-on its share of the documents and the estimates are averaged (`accelerator.reduce`).
+1 / batch_size), which `strength` absorbs. Under data parallelism the batches are dealt
+round-robin to the processes, each sums its squared gradients and the sums are added
+across processes (`accelerator.reduce`) before dividing by the number of batches, so the
+estimate is the one a single process makes.
 
 With LoRA (a PEFT model during training) the penalty acts on the effective weights
 W + scale * B A of adapted layers (see `ckl.methods.l2.trainable_weights`), so it is the
@@ -70,8 +72,9 @@ def estimate_fisher(model, tokenizer, documents: list[str], batch_size: int, acc
     mean next-token loss, for every weight of the underlying model (adapters excluded).
 
     Args:
-        documents: training text; under data parallelism, this process's share.
-        accelerator: when it has several processes, the estimates are averaged over them.
+        documents: training text, the same on every process.
+        accelerator: when it has several processes, each takes every world-th batch and
+            the sums are added across processes.
 
     Returns:
         CPU float32 tensors by canonical parameter name, each >= 0.
@@ -82,27 +85,27 @@ def estimate_fisher(model, tokenizer, documents: list[str], batch_size: int, acc
     was_training = model.training
     device = next(iter(params.values())).device
     fisher = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()}
-    batches = 0
+    starts = list(range(0, len(documents), batch_size))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model.eval()  # no dropout: the Fisher of the model as it predicts
     try:
         for p in params.values():
             p.requires_grad_(True)
-        for start in range(0, len(documents), batch_size):
+        for start in starts[rank::world]:
             input_ids, mask, labels = pack(tokenizer, documents[start : start + batch_size], FISHER_BLOCK)
             loss = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, g in zip(names, grads):
                 if g is not None:
                     fisher[n] += g.detach().float().pow(2)
-            batches += 1
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
         model.train(was_training)
     for n in names:
-        fisher[n] /= max(batches, 1)
-        if accelerator is not None and accelerator.num_processes > 1:
-            fisher[n] = accelerator.reduce(fisher[n], reduction="mean")
+        if world > 1:
+            fisher[n] = accelerator.reduce(fisher[n], reduction="sum")
+        fisher[n] /= max(len(starts), 1)
     return {n: f.cpu() for n, f in fisher.items()}
 
 
@@ -148,10 +151,7 @@ class Ewc(Part):
         rng = rng_for(ctx.seed, "ewc", ctx.stage, label)
         documents = render_documents(facts, ctx.relations, rng)
         documents = rng.sample(documents, min(self.config.samples, len(documents)))
-        accelerator = ctx.accelerator
-        if accelerator is not None and accelerator.num_processes > 1:
-            documents = documents[accelerator.process_index :: accelerator.num_processes]
-        return estimate_fisher(model, ctx.tokenizer, documents, self.config.batch_size, accelerator)
+        return estimate_fisher(model, ctx.tokenizer, documents, self.config.batch_size, ctx.accelerator)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

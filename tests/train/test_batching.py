@@ -35,3 +35,17 @@ def test_every_rank_gets_the_same_number_of_batches():
     covered = torch.cat([b for s in shards for b in s]).unique()
     assert covered.tolist() == list(range(11))
     assert len(shard_batches(11, 2, 0, 1, g)) == 6
+
+
+def test_world_processes_at_half_batch_take_the_single_process_steps():
+    """Step k of every rank together is step k of one process with batch_size * world."""
+    single = shard_batches(23, 8, 0, 1, torch.Generator().manual_seed(5))
+    ranks = [shard_batches(23, 4, rank, 2, torch.Generator().manual_seed(5)) for rank in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    for k, batch in enumerate(single):
+        assert torch.cat([ranks[0][k], ranks[1][k]]).tolist() == batch.tolist()
+
+
+def test_a_rank_left_without_items_in_the_last_step_gets_an_empty_batch():
+    ranks = [shard_batches(9, 4, rank, 2, torch.Generator().manual_seed(0)) for rank in range(2)]
+    assert [len(b) for b in ranks[0]] == [4, 1] and [len(b) for b in ranks[1]] == [4, 0]

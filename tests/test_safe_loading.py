@@ -1,0 +1,51 @@
+"""Safe loading: a model directory's own Python code never runs unless the user allows it.
+
+(Pickle weights refused without opt-in: tests/test_lm.py; YAML object tags refused:
+tests/test_config.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ckl import lm
+from ckl.cli import app
+from ckl.errors import InputError
+
+
+def _model_with_code(tmp_path, tiny_model_dir):
+    """A copy of the tiny model whose config asks transformers to import `evil.py`, which
+    would leave a marker file behind if it ever ran."""
+    d = tmp_path / "with_code"
+    shutil.copytree(tiny_model_dir, d)
+    marker = tmp_path / "code_ran"
+    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((d / "config.json").read_text())
+    config.update(model_type="evil_lm", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (d / "config.json").write_text(json.dumps(config))
+    return d, marker
+
+
+def test_a_model_that_needs_its_own_code_is_refused_and_its_code_never_runs(tmp_path, tiny_model_dir):
+    d, marker = _model_with_code(tmp_path, tiny_model_dir)
+    with pytest.raises(InputError) as err:
+        lm.load(d)
+    assert err.value.field == "auto_map" and "trust_remote_code: true" in str(err.value)
+    assert str(d / "config.json") in str(err.value)
+    assert not marker.exists()
+
+
+def test_ckl_run_on_such_a_model_exits_2_with_one_message(tmp_path, tiny_stream, tiny_model_dir):
+    d, marker = _model_with_code(tmp_path, tiny_model_dir)
+    tiny_stream.save(tmp_path / "stream")
+    config = {"name": "x", "stream": str(tmp_path / "stream"), "model": str(d),
+              "methods": [{"name": "naive", "skip": ["forget"], "train": {"epochs": 1}}]}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "trust_remote_code" in result.output and "Traceback" not in result.output
+    assert not marker.exists()
