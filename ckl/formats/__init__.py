@@ -1,0 +1,1 @@
+"""Importers: benchmark files -> ckl Streams (one module per format)."""
