@@ -1,0 +1,51 @@
+"""From a stage's change records to the prompt batches an editor works on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ckl.editing.prompts import PromptBatch, Row, encode, rewrite_rows
+from ckl.facts import ChangeRecord, Relation
+from ckl.stream import Change
+
+EDIT_KINDS = ("edit", "update")  # records that rewrite one (subject, relation)'s object
+
+
+def edit_records(change: Change) -> list[ChangeRecord]:
+    """The stage's edits and updates, in stream order (edits first)."""
+    return [r for kind in EDIT_KINDS for r in getattr(change, kind)]
+
+
+def prefix_pool(general_text: Sequence[str]) -> list[str]:
+    """Context prefixes: the base model's general training sentences. ROME samples short
+    continuations from the model itself; sentences the model was trained on play the
+    same role (varied contexts before the subject) without a generation loop."""
+    return [t for t in general_text if t.strip()]
+
+
+def choose_prefixes(pool: Sequence[str], n: int, seed: int, key: str) -> list[str]:
+    if not pool or n <= 0:
+        return []
+    rng = random.Random(f"ckl.editing/{seed}/{key}")
+    return rng.sample(list(pool), min(n, len(pool)))
+
+
+@dataclass
+class EditBatches:
+    rewrite: PromptBatch  # every edit's prompts with the new object (first row: the bare prompt)
+    essence: PromptBatch  # one "{subject} is a" row per edit (KL term)
+
+
+def edit_batches(
+    tokenizer, records: Sequence[ChangeRecord], relations: dict[str, Relation], pool: Sequence[str],
+    n_prefixes: int, essence_prompt: str, seed: int, subject_token: str = "last",
+) -> EditBatches:
+    rows: list[Row] = []
+    essence: list[Row] = []
+    for g, r in enumerate(records):
+        prefixes = choose_prefixes(pool, n_prefixes, seed, r.fact.id)
+        rows += rewrite_rows(r.fact.subject, relations[r.fact.relation], r.fact.object, prefixes, g)
+        essence.append(Row("", essence_prompt, r.fact.subject, None, g))
+    return EditBatches(encode(tokenizer, rows, subject_token), encode(tokenizer, essence, subject_token))
