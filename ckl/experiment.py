@@ -218,6 +218,13 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
     Every method spec ever run here is remembered in the store's `methods` meta."""
     fixed = lambda c: {k: v for k, v in c.items() if k not in ("name", "methods", "seeds")}  # noqa: E731
     previous = store.get_meta("config")
+    if previous is not None:
+        # a config stored by an older ckl lacks options added since: read it with today's
+        # defaults, so that a new option left at its default is not a different experiment
+        try:
+            previous = ExperimentConfig.model_validate(previous).model_dump(mode="json")
+        except ValueError:
+            pass  # no longer valid at all: it differs, and the check below says so
     if previous is not None and fixed(previous) != fixed(resolved):
         changed = sorted(k for k in fixed(resolved) if fixed(previous).get(k) != resolved[k])
         raise InputError(str(run_dir), None, ", ".join(changed) or None,

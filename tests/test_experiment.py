@@ -150,3 +150,17 @@ def test_method_state_with_tensors_round_trips_through_a_checkpoint(tmp_path):
     back = _join_state(data, tmp_path / "s.safetensors")
     assert back["replay"] == {"seen": 5, "facts": []} and back["ewc"]["stages"] == 2
     assert torch.equal(back["ewc"]["fisher.w"], state["ewc"]["fisher.w"])
+
+
+def test_a_run_made_before_an_option_existed_still_resumes(tmp_path, full_run, stream_dir, tiny_model_dir):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    with Store(run / "results.sqlite") as store:
+        old = store.get_meta("config")
+        del old["eval"]["max_candidates"]  # as if written before the option existed (it is at its default)
+        store.set_meta("config", old)
+    before = _all_outcomes(run)
+    run_experiment(_config(stream_dir, tiny_model_dir), run, say=lambda m: None)
+    assert _all_outcomes(run) == before
