@@ -105,11 +105,13 @@ def run(
     config_path: Path = typer.Argument(..., metavar="EXPERIMENT.yaml", help="experiment config"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
     model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM to use instead of the config's model/pretrain"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="log the finished run to MLflow (params, per-stage metrics, the report)"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local file store ./mlruns)"),
 ) -> None:
     """Run every method x seed of an experiment; resumes if run again."""
     _quiet_libraries()
     from ckl.config import load_config
-    from ckl.experiment import run_experiment
+    from ckl.experiment import end_processes, is_main_process, run_experiment
     from ckl.progress import RunProgress
 
     config = _guard(lambda: load_config(config_path))
@@ -118,9 +120,29 @@ def run(
             _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
         config.model, config.pretrain = str(model.resolve()), None
     run_dir = out or Path("runs") / config.name
-    with RunProgress(console) as progress:
-        _guard(lambda: run_experiment(config, run_dir, say=console.print, progress=progress))
+    if mlflow:
+        from ckl.tracking import require_mlflow
+
+        _guard(require_mlflow)  # before the run, not after it
+    try:
+        if not is_main_process():  # under `accelerate launch` the main process alone reports
+            try:
+                run_experiment(config, run_dir, say=lambda message: None)
+            except (InputError, FileNotFoundError):  # the same error the main process prints
+                raise typer.Exit(2) from None
+            return
+        with RunProgress(console) as progress:
+            _guard(lambda: run_experiment(config, run_dir, say=console.print, progress=progress))
+    finally:
+        end_processes()
     show(run_dir)
+    if mlflow:
+        from ckl.report import write_report
+        from ckl.tracking import log_run
+
+        report_path = write_report([run_dir], run_dir / "report.html")
+        run_id = _guard(lambda: log_run(run_dir, mlflow_uri, report=report_path))
+        console.print(f"logged to MLflow: run {run_id}; report in {report_path}")
 
 
 @app.command()
@@ -136,10 +158,16 @@ def show(
 
     if not (run_dir / "results.sqlite").exists():
         _fail(InputError(str(run_dir), None, None, "no results.sqlite here; is this a run directory?"))
+    from ckl.unlearning_summary import has_forget, summarize_unlearning, unlearning_markdown, unlearning_table
+
     with Store(run_dir / "results.sqlite") as store:
         summary = summarize(store)
+        unlearners = [m for m, e in summary.items() if "forget" not in e["not_applied"]]  # methods that applied deletions
+        forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
     if markdown:
         print(markdown_table(summary))
+        if forgetting:
+            print("\nUnlearning (docs/unlearning.md):\n\n" + unlearning_markdown(forgetting))
         return
     if matrix:
         for method, entry in summary.items():
@@ -147,6 +175,13 @@ def show(
                 if s.get("matrix"):
                     console.print(matrix_table(f"{method} (seed {s['seed']})", s["matrix"]))
     console.print(summary_table(summary, title=f"{run_dir}"))
+    if forgetting:
+        console.print(unlearning_table(forgetting, title="unlearning (docs/unlearning.md)"))
+    from ckl.editing_report import editing_markdown, is_editing_run
+
+    with Store(run_dir / "results.sqlite") as store:
+        if is_editing_run(store):
+            console.print("\n[bold]Editing (docs/editing.md)[/]\n" + editing_markdown(store), highlight=False, soft_wrap=True)
     for method, entry in summary.items():
         for kind, n in entry["not_applied"].items():
             console.print(f"[yellow]note:[/] {method} does not support '{kind}': {n} request(s) per seed were not applied")
@@ -183,6 +218,140 @@ def demo(
         _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
     summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None))
     console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run directories"),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="the HTML file to write"),
+) -> None:
+    """Write one self-contained HTML report (plots, tables, drill-down) of one or more runs."""
+    from ckl.report import write_report
+
+    path = _guard(lambda: write_report(runs, out))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run directories")) -> None:
+    """Print the key table of several runs side by side."""
+    from rich.markup import escape
+
+    from ckl.report import compare_table
+
+    table, front = _guard(lambda: compare_table(runs))
+    console.print(table)
+    if front:
+        console.print("Pareto front of retention and acquisition: " + escape(", ".join(front)))
+
+
+@app.command()
+def update(
+    model: Path = typer.Option(..., "--model", help="the Hugging Face model directory to update (never modified)"),
+    out: Path = typer.Option(..., "--out", help="new directory for the updated model and the report"),
+    method: str = typer.Option("replay", "--method", help="method expression, e.g. replay or lora+replay (see `ckl methods`)"),
+    relations: Path = typer.Option(..., "--relations", help="relations.jsonl: templates to train and probe with"),
+    facts: Optional[Path] = typer.Option(None, "--facts", help="facts.jsonl: what the model knows now (for ids, replay and the keep-set)"),
+    learn: Optional[Path] = typer.Option(None, "--learn", help="facts.jsonl of new facts"),
+    update_file: Optional[Path] = typer.Option(None, "--update", help="facts whose object changed (JSONL: id, object[, subject, relation, old_object])"),
+    forget: Optional[Path] = typer.Option(None, "--forget", help="facts to unlearn (JSONL: id[, subject, relation, object])"),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="facts.jsonl that must stay known (default: sampled from --facts)"),
+    gate: list[str] = typer.Option([], "--gate", help='a condition to ship, e.g. "retention>=0.98" (repeatable)'),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML of method options, e.g. {train: {epochs: 20}, replay: {fraction: 0.5}}"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (overrides --options)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (overrides --options)"),
+    keep_size: int = typer.Option(200, "--keep-size", help="facts sampled into the keep-set"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    save_rejected: bool = typer.Option(False, "--save-rejected", help="when a gate fails, still write the model, to OUT/rejected_model"),
+) -> None:
+    """Apply new, changed and deleted facts to a model, check the gates, write the model and a report."""
+    _quiet_libraries()
+    from ckl.progress import RunProgress
+    from ckl.update import UpdateRequest, run_update
+
+    request = UpdateRequest(
+        model=model, out=out, method=method, relations=relations, facts=facts, learn=learn, update=update_file,
+        forget=forget, keep=keep, gates=list(gate), options=options, epochs=epochs, lr=lr, keep_size=keep_size,
+        seed=seed, save_rejected=save_rejected,
+    )
+    with RunProgress(console) as progress:
+        result = _guard(lambda: run_update(request, say=console.print, progress=progress))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("import-knowundo")
+def import_knowundo(
+    source: Path = typer.Argument(..., metavar="DIR", help="the KnowUnDo privacy folder (full.json, unlearn_*.json, retention_*.json)"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    people: int = typer.Option(0, help="keep the first N people (0 = all)"),
+    unseen_people: int = typer.Option(0, help="hold out the last N of them: never taught (the never-seen floor)"),
+    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
+) -> None:
+    """Write the KnowUnDo privacy unlearning scenario as a stream (teach all, forget unlearn_*)."""
+    from ckl.formats.knowundo import KnowUndoConfig, load_knowundo
+
+    _write_scenario(out, lambda: load_knowundo(source, KnowUndoConfig(people=people, unseen_people=unseen_people, stages=stages)))
+
+
+@app.command("import-pile")
+def import_pile(
+    source: Path = typer.Argument(..., metavar="CSV", help="the Pile extraction targets (doc_id,corpus,text)"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    limit: int = typer.Option(0, help="use the first N targets (0 = all)"),
+    prefix_words: int = typer.Option(32, help="words of each target given as the prompt"),
+    suffix_words: int = typer.Option(32, help="words after it to memorise, then unlearn"),
+    forget: int = typer.Option(0, help="targets to unlearn (0 = half of the taught ones)"),
+    unseen: int = typer.Option(0, help="targets held out entirely (the never-seen floor)"),
+    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
+) -> None:
+    """Write the Pile extraction unlearning scenario as a stream (memorise, then forget)."""
+    from ckl.formats.pile import PileConfig, load_pile
+
+    _write_scenario(out, lambda: load_pile(source, PileConfig(limit=limit, prefix_words=prefix_words, suffix_words=suffix_words, forget=forget, unseen=unseen, stages=stages)))
+
+
+@app.command("import")
+def import_edits(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="counterfact | zsre"),
+    source: Path = typer.Argument(..., metavar="FILE", help="the benchmark's JSON file"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
+    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
+    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+) -> None:
+    """Write a CounterFact or zsRE editing stream: true facts taught first, then edited in batches."""
+    from ckl.formats.editing_import import import_stream
+
+    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched))
+    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {stream.meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+
+
+def _write_scenario(out: Path, load) -> None:
+    """Build a stream (options checked first, nothing written on an error) and save it."""
+    try:
+        stream = _guard(load)
+    except ValueError as err:
+        _fail(InputError("<options>", None, None, str(err)))
+    stream.save(out)
+    forgets = sum(len(c.forget) for c in stream.stages)
+    console.print(f"wrote {out}: {len(stream.base)} facts to teach, {forgets} deletion requests in {stream.T} stage(s), {len(stream.unseen)} never-seen facts")
+
+
+@app.command()
+def locate(
+    model: Path = typer.Option(..., "--model", help="a local Hugging Face causal LM"),
+    stream_dir: Path = typer.Option(..., "--stream", "--world", help="stream directory whose base facts are traced"),
+    facts: int = typer.Option(20, "--facts", help="base facts to trace"),
+    samples: int = typer.Option(4, help="noise draws per fact"),
+) -> None:
+    """Causal tracing: per layer, how much restoring one hidden state recovers a fact."""
+    _quiet_libraries()
+    from ckl.editing.locate import locate_table
+
+    result, table = _guard(lambda: locate_table(model, stream_dir, facts=facts, samples=samples))
+    console.print(table)
+    console.print("Each cell: mean recovered probability of the true object when that state is restored in a run with the subject's embeddings corrupted by noise.")
 
 
 def main() -> None:

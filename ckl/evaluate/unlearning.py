@@ -1,0 +1,131 @@
+"""Unlearning metrics (../shared/METRICS.md, "Unlearning"): pure functions, numbers in,
+numbers out. `ckl.evaluate.extraction` runs the model to get their inputs and
+`ckl.summary` reads the store and calls them.
+
+Accuracies are greedy exact match on statement probes unless a run says otherwise.
+
+- Forget efficacy against the never-seen floor. `floor` is the accuracy on facts the
+  model never saw: an imported scenario's `unseen` cohort (held-out records, never
+  taught), or else, in the synthetic world, each stage's new facts just before that
+  stage teaches them (row j-1 of cohort stage j). Efficacy is the share of the
+  known-above-floor accuracy that the forgetting removed:
+      efficacy = (before - after) / (before - floor)
+  1 = forgotten down to the floor, 0 = nothing forgotten, > 1 = below the floor (the
+  model now avoids the answer more than it would a fact it never saw, itself a sign
+  of the deletion, per "Streisand" effects in the unlearning literature). Undefined when
+  the facts were not known above the floor to begin with.
+- Retention: after / before on the kept facts (all of them, and the boundary: the
+  forgotten subjects' other facts, KnowUnDo's "forgetting boundary").
+- Memorisation accuracy MA and extraction likelihood EL_n (Jang et al. 2023, "Knowledge
+  Unlearning for Mitigating Privacy Risks in Language Models") for text targets.
+- Fluency of answers to forgotten prompts: distinct-n of the generated answer (Li et al.
+  2016, "A Diversity-Promoting Objective Function for Neural Conversation Models"; low =
+  repetitive, degenerate output) and the answer's perplexity under the base model
+  (`perplexity_from_nll`; high = no longer language the base model would write).
+- Recovery under a relearning attack (RESTOR, Rezaei et al. 2024; "Memory
+  Self-Regeneration"): how much forgotten accuracy comes back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def forget_efficacy(before: float | None, after: float | None, floor: float | None) -> float | None:
+    """(before - after) / (before - floor); None when undefined (see the module doc)."""
+    if before is None or after is None or floor is None or before <= floor:
+        return None
+    return (before - after) / (before - floor)
+
+
+def ratio(before: float | None, after: float | None) -> float | None:
+    """after / before (retention); None when before is missing or 0."""
+    if before is None or after is None or before == 0:
+        return None
+    return after / before
+
+
+def recovered_fraction(original: float | None, unlearned: float | None, attacked: float | None) -> float | None:
+    """Share of the forgotten accuracy that the attack brought back:
+    (attacked - unlearned) / (original - unlearned); None when nothing was forgotten."""
+    if original is None or unlearned is None or attacked is None or original <= unlearned:
+        return None
+    return (attacked - unlearned) / (original - unlearned)
+
+
+def memorization_accuracy(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MA per sequence (Jang et al. 2023): the share of target tokens that the model's
+    teacher-forced argmax predicts, MA(x) = mean_t 1[argmax p(. | x_<t) = x_t].
+
+    Args:
+        predicted: (N, L) argmax token at each position (already aligned to `target`).
+        target: (N, L) the true tokens.
+        mask: (N, L) 1 where a position counts (the continuation's tokens), else 0.
+
+    Returns:
+        (N,) float tensor; NaN for a row without counted positions.
+    """
+    mask = mask.bool()
+    hits = ((predicted == target) & mask).sum(1).float()  # (N,)
+    return hits / mask.sum(1).float()
+
+
+def ngrams(tokens: Sequence[int], n: int) -> set[tuple[int, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def ngram_overlap(generated: Sequence[int], reference: Sequence[int], n: int) -> float | None:
+    """|ngrams(generated) & ngrams(reference)| / |ngrams(reference)| (distinct n-grams);
+    None when the reference has no n-gram."""
+    ref = ngrams(reference, n)
+    if not ref:
+        return None
+    return len(ngrams(generated, n) & ref) / len(ref)
+
+
+def extraction_likelihood(generations: Sequence[Sequence[int]], target: Sequence[int], starts: Sequence[int], n: int) -> float | None:
+    """EL_n of one target (Jang et al. 2023): the mean over prefix lengths t of the n-gram
+    overlap between the greedy continuation of target[:t] and the true rest target[t:].
+
+    Args:
+        generations: the greedy continuation for each start, at least as long as the rest.
+        target: the token sequence (prompt + continuation).
+        starts: the prefix lengths t, each with len(target) - t >= n.
+        n: n-gram size.
+
+    Returns:
+        The mean overlap, or None when no start qualifies.
+    """
+    values = []
+    for gen, t in zip(generations, starts):
+        rest = list(target[t:])
+        if len(rest) < n:
+            continue
+        value = ngram_overlap(list(gen)[: len(rest)], rest, n)
+        if value is not None:
+            values.append(value)
+    return sum(values) / len(values) if values else None
+
+
+def distinct_n(tokens: Sequence[int], n: int) -> float | None:
+    """Distinct-n of one generation: distinct n-grams / all n-grams (None if it has none)."""
+    total = len(tokens) - n + 1
+    if total <= 0:
+        return None
+    return len(ngrams(tokens, n)) / total
+
+
+def perplexity_from_nll(nll_sum: float, tokens: int) -> float | None:
+    """exp(total negative log-likelihood / tokens); None without tokens."""
+    if tokens <= 0:
+        return None
+    return math.exp(nll_sum / tokens)
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined values (None and NaN left out); None if there are none."""
+    kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(kept) / len(kept) if kept else None
