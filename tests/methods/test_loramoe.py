@@ -126,6 +126,7 @@ def _balance_on_two_processes(rank, port, out):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
@@ -151,8 +152,8 @@ def test_balance_loss_over_two_processes_is_the_whole_batchs(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the children inherit the imported modules instead of importing torch again
-    mp.start_processes(_balance_on_two_processes, args=(port, str(tmp_path / "out.pt")), nprocs=2, start_method="fork")
+    # spawn, not fork: a child forked after torch started its thread pool can hang forever
+    mp.start_processes(_balance_on_two_processes, args=(port, str(tmp_path / "out.pt")), nprocs=2, start_method="spawn")
     got = torch.load(tmp_path / "out.pt")
     torch.manual_seed(0)
     router = torch.randn(8, 4, requires_grad=True)
