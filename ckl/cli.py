@@ -162,7 +162,7 @@ def show(
 
     with Store(run_dir / "results.sqlite") as store:
         summary = summarize(store)
-        unlearners = [m for m, e in summary.items() if "forget" not in e["not_applied"]]  # methods that applied deletions
+        unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]  # methods that applied deletions
         forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
     if markdown:
         print(markdown_table(summary))
