@@ -115,7 +115,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, obj
 
 
-def _text(obj: dict, key: str, path: str, line: int, required: bool = True) -> str | None:
+def text_field(obj: dict, key: str, path: str, line: int, required: bool = True) -> str | None:
+    """The string at `key`, stripped; a missing (when required), empty or non-string value
+    is an InputError naming the file, line and key."""
     value = obj.get(key)
     if value is None:
         if required:
@@ -163,7 +165,7 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
     path = str(path)
     relations: dict[str, Relation] = {}
     for line, obj in iter_jsonl(path):
-        name = _text(obj, "name", path, line)
+        name = text_field(obj, "name", path, line)
         if name in relations:
             raise InputError(path, line, "name", f"duplicate relation {name!r}")
         relations[name] = Relation(
@@ -179,8 +181,8 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
 
 
 def _fact(obj: dict, path: str, line: int, relations: dict[str, Relation]) -> Fact:
-    fid = _text(obj, "id", path, line)
-    relation = _text(obj, "relation", path, line)
+    fid = text_field(obj, "id", path, line)
+    relation = text_field(obj, "relation", path, line)
     if relation not in relations:
         known = ", ".join(sorted(relations))
         raise InputError(path, line, "relation", f"unknown relation {relation!r} (known: {known})")
@@ -188,7 +190,7 @@ def _fact(obj: dict, path: str, line: int, relations: dict[str, Relation]) -> Fa
     valid_until = _int(obj, "valid_until", path, line, None)
     if valid_until is not None and valid_until <= valid_from:
         raise InputError(path, line, "valid_until", f"must be after valid_from ({valid_from}), got {valid_until}")
-    return Fact(fid, _text(obj, "subject", path, line), relation, _text(obj, "object", path, line), valid_from, valid_until)
+    return Fact(fid, text_field(obj, "subject", path, line), relation, text_field(obj, "object", path, line), valid_from, valid_until)
 
 
 def read_facts(path: str | Path, relations: dict[str, Relation]) -> list[Fact]:
@@ -227,10 +229,10 @@ def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Re
         if stage < last_stage:
             raise InputError(path, line, "stage", f"stages must not decrease (got {stage} after {last_stage})")
         last_stage = stage
-        kind = _text(obj, "kind", path, line)
+        kind = text_field(obj, "kind", path, line)
         if kind not in CHANGE_KINDS:
             raise InputError(path, line, "kind", f"must be one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
-        fid = _text(obj, "id", path, line)
+        fid = text_field(obj, "id", path, line)
         key = (stage, fid)
         if key in touched:
             raise InputError(path, line, "id", f"fact {fid!r} already changed in stage {stage} (line {touched[key]})")
@@ -259,7 +261,7 @@ def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Re
             del current[fid]
             records.append(ChangeRecord(stage, kind, old))
             continue
-        new_object = _text(obj, "object", path, line)
+        new_object = text_field(obj, "object", path, line)
         if new_object == old.object:
             raise InputError(path, line, "object", f"new object equals the current one ({new_object!r})")
         fact = Fact(fid, old.subject, old.relation, new_object, stage, None)

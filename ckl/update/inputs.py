@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckl.errors import InputError
-from ckl.facts import ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_relations
+from ckl.facts import ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_relations, text_field
 from ckl.stream import Change
 
 
@@ -33,23 +33,12 @@ class UpdateInputs:
     keep: list[Fact] | None  # --keep, or None to sample from `known`
 
 
-def _string(obj: dict, key: str, path: str, line: int, required: bool) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise InputError(path, line, key, "missing required field")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(path, line, key, f"must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
 def _resolve(obj: dict, path: str, line: int, known: dict[str, Fact], relations: dict[str, Relation], need_object: bool) -> tuple[Fact, str | None]:
     """(the fact as the line describes it, its previous object if known)."""
-    fid = _string(obj, "id", path, line, True)
+    fid = text_field(obj, "id", path, line, True)
     old = known.get(fid)
-    subject = _string(obj, "subject", path, line, old is None)
-    relation = _string(obj, "relation", path, line, old is None)
+    subject = text_field(obj, "subject", path, line, old is None)
+    relation = text_field(obj, "relation", path, line, old is None)
     if old is not None:
         for key, given in (("subject", subject), ("relation", relation)):
             if given is not None and given != getattr(old, key):
@@ -57,7 +46,7 @@ def _resolve(obj: dict, path: str, line: int, known: dict[str, Fact], relations:
         subject, relation = old.subject, old.relation
     if relation not in relations:
         raise InputError(path, line, "relation", f"unknown relation {relation!r} (known: {', '.join(sorted(relations))})")
-    obj_text = _string(obj, "object", path, line, need_object or old is None)
+    obj_text = text_field(obj, "object", path, line, need_object or old is None)
     return Fact(fid, subject, relation, obj_text or old.object, 1), (old.object if old else None)
 
 
@@ -66,7 +55,7 @@ def read_updates(path: str | Path, known: dict[str, Fact], relations: dict[str, 
     records = []
     for line, obj in iter_jsonl(path):
         fact, previous = _resolve(obj, path, line, known, relations, need_object=True)
-        old_object = _string(obj, "old_object", path, line, False) or previous
+        old_object = text_field(obj, "old_object", path, line, False) or previous
         if old_object is not None and previous is not None and old_object != previous:
             raise InputError(path, line, "old_object", f"{old_object!r} does not match fact {fact.id!r} in --facts ({previous!r})")
         if old_object == fact.object:
