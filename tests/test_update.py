@@ -153,3 +153,21 @@ def test_gate_expressions_parse_with_spaces_and_compare_as_written():
     assert gate.check(0.1) and not gate.check(0.2) and not gate.check(None)
     with pytest.raises(InputError, match="finite"):
         parse_gate("retention>=1e999")
+
+
+def test_a_method_that_cannot_apply_a_kind_of_request_is_refused_before_any_work(files, tiny_model_dir, tmp_path):
+    result = run(files, tiny_model_dir, tmp_path / "out", "--method", "memit")  # an editor, given --learn
+    assert result.exit_code == 2 and "cannot apply learn requests" in result.output and "--learn" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["grace", "kv_memory", "ike", "kadapter"])
+def test_methods_whose_knowledge_lives_outside_the_weights_are_refused(files, tiny_model_dir, tmp_path, method):
+    # only updates, which every one of these can apply: what is refused is shipping a model
+    # directory that would lack the codebook, memory, demonstrations or adapters
+    args = ["update", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--relations", str(files / "relations.jsonl"),
+            "--facts", str(files / "facts.jsonl"), "--update", str(files / "update.jsonl"), "--method", method]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "outside the model's weights" in result.output and method in result.output
+    assert not (tmp_path / "out").exists()

@@ -78,7 +78,11 @@ def freeze_all(model) -> list[torch.nn.Parameter]:
 
 
 def keeps_modules(method) -> list[str]:
-    """Names of the method's parts that keep modules beside the model's weights (their
-    `keeps_modules` is True): a model they trained is complete only with their state, so
-    its saved Hugging Face directory alone does not hold what was trained."""
-    return [p.name for p in getattr(method, "parts", []) if getattr(p, "keeps_modules", False)]
+    """Names of the method (or its parts) that keep what they learned outside the model's
+    weights: parts with `keeps_modules` (adapters beside the weights), memory editors with
+    `keeps_modules` (a codebook or key-value memory hooked onto a layer) and in-context
+    methods (`transform_probes`: the knowledge is in the prompt). A model they changed is
+    complete only with their state, so its saved Hugging Face directory alone does not
+    hold what was learned."""
+    own = [method.name] if getattr(method, "keeps_modules", False) or hasattr(method, "transform_probes") else []
+    return own + [p.name for p in getattr(method, "parts", []) if getattr(p, "keeps_modules", False)]

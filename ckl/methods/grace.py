@@ -53,6 +53,7 @@ class GraceConfig:
 class Grace:
     name = "grace"
     kinds = frozenset({"edit", "update"})
+    keeps_modules = True  # the memory is hooked onto a layer, beside the weights (ckl.methods.attached)
 
     def __init__(self, config: GraceConfig) -> None:
         self.config = config

@@ -65,6 +65,7 @@ class KVMemoryConfig:
 class KVMemory:
     name = "kv_memory"
     kinds = frozenset({"edit", "update"})
+    keeps_modules = True  # the memory is hooked onto a layer, beside the weights (ckl.methods.attached)
 
     def __init__(self, config: KVMemoryConfig) -> None:
         self.config = config

@@ -113,18 +113,21 @@ def _build(req: UpdateRequest, options: dict[str, Any], inputs: UpdateInputs):
         method = build_method(req.method, options, where="method")
     except ValueError as err:
         raise InputError(str(req.options) if req.options else "--method", None, None, str(err)) from None
-    if inputs.change.forget and "forget" not in method.kinds:
-        able = sorted(n for n, e in load_builtin().items() if "forget" in e.kinds)
-        hint = f"methods that can: {', '.join(able)}" if able else "no installed method can unlearn yet"
-        raise InputError("--forget", None, None,
-                         f"method {req.method!r} cannot apply forget requests ({hint}); "
-                         "choose such a method or leave out --forget")
+    flags = {"learn": "--learn", "update": "--update", "forget": "--forget"}
+    for kind, flag in flags.items():
+        if getattr(inputs.change, kind) and kind not in method.kinds:
+            able = sorted(n for n, e in load_builtin().items() if kind in e.kinds)
+            hint = f"methods that can: {', '.join(able)}" if able else "no installed method can"
+            raise InputError(flag, None, None,
+                             f"method {req.method!r} cannot apply {kind} requests ({hint}); "
+                             f"choose such a method or leave out {flag}")
     from ckl.methods.attached import keeps_modules
 
     if keeps_modules(method):  # the written directory would lack the modules the gates measured
         raise InputError("--method", None, None,
-                         f"{', '.join(keeps_modules(method))} keeps adapters beside the model's weights, which a Hugging Face "
-                         "model directory cannot hold; use a method that ends in the weights (e.g. lora, olora)")
+                         f"{', '.join(keeps_modules(method))} keeps what it learns outside the model's weights (adapters, a "
+                         "hooked memory or prompt demonstrations), which a Hugging Face model directory cannot hold; "
+                         "use a method that ends in the weights (e.g. replay, lora, olora, memit)")
     return method
 
 
