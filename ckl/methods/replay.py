@@ -8,7 +8,9 @@ stored text would). Capacity is bounded; new facts enter by reservoir sampling (
 1985, Algorithm R), which keeps every fact seen so far equally likely to be held.
 
 Reference: Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning";
-in knowledge learning, the "mix-review" baseline of Jang et al. 2022.
+in knowledge learning, the "mix-review" baseline of Jang et al. 2022. `text_fraction` also
+mixes in general pretraining sentences, as mix-review does (He et al. 2021, "Analyzing the
+Forgetting Problem in Pretrain-Finetuning of Open-domain Dialogue Response Models").
 
 Which held facts an epoch replays is the `policy` option: a uniform sample (`reservoir`,
 the default), spread evenly over relations or cohorts (`balanced`), spaced repetition
@@ -37,10 +39,13 @@ class ReplayConfig:
     max_box: int = field(default=4, metadata={"help": "spaced: highest Leitner box (a recalled fact rests up to 2^max_box epochs)"})
     budget: int = field(default=64, metadata={"help": "budget: facts replayed per epoch (the least confident ones), whatever the stage's size"})
     rescore_every: int = field(default=1, metadata={"help": "budget: epochs between two scorings of the buffer"})
+    text_fraction: float = field(default=0.0, metadata={"help": "share of general pretraining sentences among each epoch's fact statements plus those sentences, in [0, 1) (mix-review)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
             raise ValueError(f"fraction must be in [0, 1), got {self.fraction!r}")
+        if isinstance(self.text_fraction, bool) or not isinstance(self.text_fraction, (int, float)) or not 0 <= self.text_fraction < 1:
+            raise ValueError(f"text_fraction must be in [0, 1), got {self.text_fraction!r}")
         if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) or self.buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive integer, got {self.buffer_size!r}")
         if self.policy not in POLICIES:
@@ -87,6 +92,7 @@ class Replay(Part):
         self.clock = 0  # spaced: epochs of earlier stages
         self.model = None  # spaced / budget: the model being trained, during a stage
         self.chosen: list[Fact] = []  # budget: the facts of the latest scoring
+        self.epoch_facts = 0  # facts trained this epoch (the stage's and the replayed), for text_fraction
 
     def _ensure(self, ctx: StageContext) -> ReservoirBuffer:
         if self.buffer is None:
@@ -102,6 +108,21 @@ class Replay(Part):
         return model
 
     def extra_facts(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
+        replayed = self._replayed(facts, ctx, rng)
+        self.epoch_facts = len(facts) + len(replayed)
+        return replayed
+
+    def extra_documents(self, ctx: StageContext, rng: random.Random) -> list[str]:
+        """General pretraining sentences (mix-review, He et al. 2021): facts alone keep the
+        facts but let the model's general language drift (held-out perplexity)."""
+        share = self.config.text_fraction
+        if not share or not ctx.general_text:
+            return []
+        wanted = round(share / (1 - share) * self.epoch_facts)
+        pool = list(ctx.general_text)
+        return [pool[i] for i in rng.choices(range(len(pool)), k=wanted)] if wanted > len(pool) else rng.sample(pool, wanted)
+
+    def _replayed(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         buffer = self._ensure(ctx)
         busy = {f.id for f in facts} | (ctx.change.touched() if ctx.change else set())
         pool = [f for f in buffer.facts if f.id not in busy]  # never replay what this stage changes

@@ -71,3 +71,39 @@ def test_buffer_state_round_trips():
 def test_replay_config_rejects_a_fraction_of_one():
     with pytest.raises(ValueError, match="fraction"):
         build_method("replay", {"replay": {"fraction": 1.0}})
+
+
+def test_text_fraction_mixes_in_general_sentences_in_proportion():
+    general = tuple(f"sentence {i} ." for i in range(100))
+    part = Replay(ReplayConfig(fraction=0.5, buffer_size=100, text_fraction=0.25))
+    ctx = StageContext(relations={}, base=_facts(50), stage=1, seed=0, tokenizer=None, accelerator=None, general_text=general)
+    replayed = part.extra_facts(_facts(12, "s"), ctx, random.Random(0))
+    docs = part.extra_documents(ctx, random.Random(0))
+    # 12 stage facts + 12 replayed -> 24 fact statements; 0.25 of the total -> 8 sentences
+    assert len(replayed) == 12 and len(docs) == 8 and set(docs) <= set(general)
+    assert Replay(ReplayConfig(buffer_size=100)).extra_documents(ctx, random.Random(0)) == []  # off by default
+
+
+def test_replaying_general_text_keeps_heldout_perplexity_lower_than_fact_replay_alone(tiny_stream, tiny_model_dir, accelerator):
+    import torch
+
+    from ckl import lm
+    from ckl.evaluate.scoring import perplexity
+
+    change = tiny_stream.stages[0]
+    ppl = {}
+    for share in (0.0, 0.3):
+        model, tokenizer = lm.load(tiny_model_dir)
+        method = build_method("replay", {"train": {"epochs": 15, "lr": 3e-3}, "replay": {"fraction": 0.5, "text_fraction": share}})
+        ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=change, general_text=tiny_stream.general_train)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _ = method.apply(model, change, ctx)
+        ppl[share] = perplexity(model.eval(), tokenizer, list(tiny_stream.general_heldout))
+    print(ppl)
+    assert ppl[0.3] < 0.8 * ppl[0.0]
+
+
+def test_replay_config_rejects_a_text_fraction_of_one():
+    with pytest.raises(ValueError, match="text_fraction"):
+        build_method("replay", {"replay": {"text_fraction": 1.0}})
