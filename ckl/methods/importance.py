@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ckl.methods.base import Part, StageContext, register_part
-from ckl.methods.l2 import AnchorCache, base_parameters, canonical_name, snapshot, trainable_weights
+from ckl.methods.checks import check_count, check_flag, check_number, check_unit
+from ckl.methods.estimate import gradient_statistic
+from ckl.methods.l2 import AnchorCache, canonical_name, snapshot, trainable_weights
 from ckl.methods.layers import parameter_depths
 from ckl.stream import Change, render_documents
-from ckl.train.batching import pack
 from ckl.train.loop import rng_for
-
-BLOCK = 128  # tokens per packed block when estimating (the documents are short)
 
 
 @dataclass
@@ -56,57 +55,20 @@ class ImportanceConfig:
     batch_size: int = field(default=4, metadata={"help": "documents per gradient when estimating"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or self.strength < 0:
-            raise ValueError(f"strength must be a number >= 0, got {self.strength!r}")
-        if not isinstance(self.layerwise, bool):
-            raise ValueError(f"layerwise must be true or false, got {self.layerwise!r}")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma!r}")
-        for name in ("samples", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_number(self.strength, "strength", low=0)
+        check_flag(self.layerwise, "layerwise")
+        check_unit(self.gamma, "gamma")
+        check_count(self.samples, "samples")
+        check_count(self.batch_size, "batch_size")
 
 
 def estimate_importance(model, tokenizer, documents: list[str], batch_size: int, accelerator=None) -> dict[str, torch.Tensor]:
     """Element-wise importance: mean over batches of |theta * grad of the batch's mean
     next-token loss|, for every weight of the underlying model (adapters excluded).
 
-    Args:
-        documents: the same on every process; under data parallelism each process takes
-            every world-th batch and the sums are added across processes.
-
-    Returns:
-        CPU float32 tensors >= 0 by canonical parameter name.
-    """
-    params = base_parameters(model)
-    names = list(params)
-    flags = {n: p.requires_grad for n, p in params.items()}
-    was_training = model.training
-    device = next(iter(params.values())).device
-    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()}
-    starts = list(range(0, len(documents), batch_size))
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    model.eval()
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-        for start in starts[rank::world]:
-            input_ids, mask, labels = pack(tokenizer, documents[start : start + batch_size], BLOCK)
-            loss = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-            for n, g in zip(names, grads):
-                if g is not None:
-                    total[n] += (params[n].detach() * g.detach()).abs().float()
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
-    for n in names:
-        if world > 1:
-            total[n] = accelerator.reduce(total[n], reduction="sum")
-        total[n] /= max(len(starts), 1)
-    return {n: t.cpu() for n, t in total.items()}
+    Returns CPU float32 tensors >= 0 by canonical parameter name (see
+    `ckl.methods.estimate.gradient_statistic`, which also covers data parallelism)."""
+    return gradient_statistic(model, tokenizer, documents, batch_size, lambda w, g: (w * g).abs(), accelerator)
 
 
 def layer_groups(model) -> dict[str, int]:

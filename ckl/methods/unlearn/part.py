@@ -29,7 +29,6 @@ Per stage (hooks of `ckl.methods.base.Part`, called by the one training loop):
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,23 +36,10 @@ import torch
 
 from ckl.facts import Fact
 from ckl.methods.base import Part, StageContext
+from ckl.methods.checks import check_count, check_number
 from ckl.methods.lwf import distillation_kl
 from ckl.methods.unlearn.data import RetainPool, TextBatches
 from ckl.stream import Change, make_probes
-
-
-def check_number(value, name: str, low: float | None = None, low_open: bool = False, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-
-
-def check_count(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -230,7 +216,9 @@ class Unlearning(Part):
 
     def _forgotten(self, model, step: int) -> bool:
         """Score the current group's forget facts; True when the stopping rule holds."""
-        from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
+        from ckl.evaluate.scoring import (
+            score_probes,  # evaluation sits downstream of training
+        )
 
         c, ctx, group = self.config, self.ctx, self._group()
         if c.stop_accuracy is None and c.stop_logprob is None:

@@ -1,0 +1,39 @@
+"""Validation of method option values, shared by every config dataclass's __post_init__.
+
+Each check raises ValueError naming the option; the config loader prefixes the method and
+field (`methods[2].ewc.gamma: ...`), so the user sees where the bad value is.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def check_number(value, name: str, low: float | None = None, low_open: bool = False, optional: bool = False, high: float | None = None) -> None:
+    """A finite int or float (bools refused), >= low (> low when low_open), <= high."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+
+
+def check_count(value, name: str, low: int = 1) -> None:
+    """An int (bools refused) >= low (default: a positive integer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def check_unit(value, name: str) -> None:
+    """A number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
