@@ -161,7 +161,7 @@ def test_a_method_that_cannot_apply_a_kind_of_request_is_refused_before_any_work
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("method", ["grace", "kv_memory", "ike", "kadapter"])
+@pytest.mark.parametrize("method", ["grace", "kv_memory", "ike"])  # adapters: tests/methods/test_attached_resume.py
 def test_methods_whose_knowledge_lives_outside_the_weights_are_refused(files, tiny_model_dir, tmp_path, method):
     # only updates, which every one of these can apply: what is refused is shipping a model
     # directory that would lack the codebook, memory, demonstrations or adapters

@@ -25,14 +25,14 @@ prompt token only, as in the paper's "last token" setting.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ckl.methods.base import ApplyStats, StageContext, register_method
-from ckl.methods.hooked import Hook, edit_batch, mlp_of, optimize_values, read_mlp
-from ckl.stream import Change
+from ckl.methods.base import register_method
+from ckl.methods.checks import check_number
+from ckl.methods.hooked import optimize_values, read_mlp
+from ckl.methods.memory_editor import MemoryEditor, check_value_options
 
 
 @dataclass
@@ -44,62 +44,41 @@ class GraceConfig:
     stop_loss: float = field(default=0.05, metadata={"help": "stop optimising an edit's value below this NLL"})
 
     def __post_init__(self) -> None:
-        if not self.radius > 0:
-            raise ValueError(f"radius must be > 0, got {self.radius!r}")
-        if self.steps < 1 or not self.lr > 0 or self.stop_loss < 0:
-            raise ValueError("steps must be >= 1, lr > 0 and stop_loss >= 0")
+        check_number(self.radius, "radius", low=0, low_open=True)
+        check_value_options(self.steps, self.lr, self.stop_loss)
 
 
-class Grace:
+class Grace(MemoryEditor):
     name = "grace"
-    kinds = frozenset({"edit", "update"})
-    keeps_modules = True  # the memory is hooked onto a layer, beside the weights (ckl.methods.attached)
 
     def __init__(self, config: GraceConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.keys = torch.zeros(0, 0)
         self.values = torch.zeros(0, 0)
         self.radii = torch.zeros(0)
         self.labels: list[str] = []
-        self.hook = Hook(self._forward)
+
+    def empty(self) -> bool:
+        return not self.labels
 
     # ------------------------------------------------------------------ the codebook at work
-    def _forward(self, module, inputs, output):
-        if not self.labels:
-            return output
-        out = output[0] if isinstance(output, tuple) else output
-        h = inputs[0].reshape(-1, inputs[0].shape[-1])
+    def route(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         keys = self.keys.to(h.device, h.dtype)
         dist = torch.cdist(h, keys) / keys.norm(dim=1).clamp(min=1e-12)
         nearest, index = dist.min(dim=1)
         hit = nearest <= self.radii.to(h.device, dist.dtype)[index]
         if not bool(hit.any()):
-            return output
-        flat = out.reshape(-1, out.shape[-1])
-        flat = torch.where(hit[:, None], self.values.to(flat.device, flat.dtype)[index], flat)
-        out = flat.reshape(out.shape)
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+            return None
+        return torch.where(hit[:, None], self.values.to(out.device, out.dtype)[index], out)
 
     # ------------------------------------------------------------------ editing
-    def apply(self, model, change: Change, ctx: StageContext):
-        start = time.perf_counter()
-        records = list(change.edit) + list(change.update)
-        stats = ApplyStats(not_applied={k: change.count(k) for k in change.kinds if k not in self.kinds})
-        self.hook.detach()  # keys and values are learned on the model without the codebook
-        model.eval()
-        if records:
-            batch = edit_batch(ctx.tokenizer, records, ctx.relations)
-            mlp = mlp_of(model, self.config.layer)
-            keys, outputs = read_mlp(model, mlp, batch, batch.last_pos)
-            c = self.config
-            init = outputs[batch.first_rows()]
-            values, self.last_nll = optimize_values(model, mlp, batch, batch.last_pos, init, True, c.steps, c.lr, 0.0, c.stop_loss)
-            for row, g in enumerate(batch.group.tolist()):  # one key per prompt of the edit
-                self._insert(keys[row], values[g].cpu(), records[g].fact.object)
-        self.hook.attach(model, self.config.layer)
-        stats.total_params = sum(p.numel() for p in model.parameters())
-        stats.seconds = time.perf_counter() - start
-        return model, stats
+    def learn(self, model, mlp, batch, records) -> None:
+        c = self.config
+        keys, outputs = read_mlp(model, mlp, batch, batch.last_pos)
+        init = outputs[batch.first_rows()]
+        values, self.last_nll = optimize_values(model, mlp, batch, batch.last_pos, init, True, c.steps, c.lr, 0.0, c.stop_loss)
+        for row, g in enumerate(batch.group.tolist()):  # one key per prompt of the edit
+            self._insert(keys[row], values[g].cpu(), records[g].fact.object)
 
     def _insert(self, key: torch.Tensor, value: torch.Tensor, label: str) -> None:
         """The paper's codebook rules for one new (key, value, label)."""
@@ -132,11 +111,6 @@ class Grace:
         self.labels.append(label)
 
     # ------------------------------------------------------------------ checkpoints
-    def restore(self, model):
-        """After the runner reloads a checkpoint: put the codebook back on the model."""
-        self.hook.attach(model, self.config.layer)
-        return model
-
     def state_dict(self) -> dict:
         if not self.labels:
             return {"grace": {"labels": []}}

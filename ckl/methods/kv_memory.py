@@ -32,15 +32,15 @@ last token, where the new object becomes the greedy answer: tests/methods/test_k
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ckl.methods.base import ApplyStats, StageContext, register_method
-from ckl.methods.hooked import Hook, edit_batch, mlp_of, optimize_values, read_mlp
-from ckl.stream import Change
+from ckl.methods.base import register_method
+from ckl.methods.checks import check_number
+from ckl.methods.hooked import optimize_values, read_mlp
+from ckl.methods.memory_editor import MemoryEditor, check_value_options
 
 
 @dataclass
@@ -54,61 +54,41 @@ class KVMemoryConfig:
     stop_loss: float = field(default=0.05, metadata={"help": "stop optimising an edit's value below this NLL"})
 
     def __post_init__(self) -> None:
-        if not -1 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be a cosine in [-1, 1], got {self.threshold!r}")
+        check_number(self.threshold, "threshold", low=-1, high=1)
         if self.position not in ("last", "subject"):
             raise ValueError(f"position must be 'last' or 'subject', got {self.position!r}")
-        if self.steps < 1 or not self.lr > 0 or self.decay < 0 or self.stop_loss < 0:
-            raise ValueError("steps must be >= 1, lr > 0, decay >= 0 and stop_loss >= 0")
+        check_value_options(self.steps, self.lr, self.stop_loss)
+        check_number(self.decay, "decay", low=0)
 
 
-class KVMemory:
+class KVMemory(MemoryEditor):
     name = "kv_memory"
-    kinds = frozenset({"edit", "update"})
-    keeps_modules = True  # the memory is hooked onto a layer, beside the weights (ckl.methods.attached)
 
     def __init__(self, config: KVMemoryConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.keys = torch.zeros(0, 0)  # unit vectors
         self.values = torch.zeros(0, 0)
         self.ids: list[str] = []
-        self.hook = Hook(self._forward)
 
-    def _forward(self, module, inputs, output):
-        if not self.ids:
-            return output
-        out = output[0] if isinstance(output, tuple) else output
-        h = inputs[0].reshape(-1, inputs[0].shape[-1])
+    def empty(self) -> bool:
+        return not self.ids
+
+    def route(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         sim = F.normalize(h, dim=1) @ self.keys.to(h.device, h.dtype).T
         best, index = sim.max(dim=1)
         gate = best >= self.config.threshold
         if not bool(gate.any()):
-            return output
-        flat = out.reshape(-1, out.shape[-1])
-        flat = torch.where(gate[:, None], flat + self.values.to(flat.device, flat.dtype)[index], flat)
-        out = flat.reshape(out.shape)
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+            return None
+        return torch.where(gate[:, None], out + self.values.to(out.device, out.dtype)[index], out)
 
-    def apply(self, model, change: Change, ctx: StageContext):
-        start = time.perf_counter()
-        records = list(change.edit) + list(change.update)
-        stats = ApplyStats(not_applied={k: change.count(k) for k in change.kinds if k not in self.kinds})
-        self.hook.detach()  # values are learned on the model without the memory
-        model.eval()
-        if records:
-            batch = edit_batch(ctx.tokenizer, records, ctx.relations)
-            mlp = mlp_of(model, self.config.layer)
-            c = self.config
-            where = batch.last_pos if c.position == "last" else batch.subject_pos
-            keys, outputs = read_mlp(model, mlp, batch, where)
-            v0 = outputs[batch.first_rows()]
-            values, self.last_nll = optimize_values(model, mlp, batch, where, v0, False, c.steps, c.lr, c.decay, c.stop_loss)
-            ids = [records[g].fact.id for g in batch.group.tolist()]  # one key per prompt of the edit
-            self._store(ids, F.normalize(keys, dim=1).cpu(), values[batch.group.to(values.device)].cpu())
-        self.hook.attach(model, self.config.layer)
-        stats.total_params = sum(p.numel() for p in model.parameters())
-        stats.seconds = time.perf_counter() - start
-        return model, stats
+    def learn(self, model, mlp, batch, records) -> None:
+        c = self.config
+        where = batch.last_pos if c.position == "last" else batch.subject_pos
+        keys, outputs = read_mlp(model, mlp, batch, where)
+        v0 = outputs[batch.first_rows()]
+        values, self.last_nll = optimize_values(model, mlp, batch, where, v0, False, c.steps, c.lr, c.decay, c.stop_loss)
+        ids = [records[g].fact.id for g in batch.group.tolist()]  # one key per prompt of the edit
+        self._store(ids, F.normalize(keys, dim=1).cpu(), values[batch.group.to(values.device)].cpu())
 
     def _store(self, ids: list[str], keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append the entries; a re-edited fact's earlier entries are dropped first."""
@@ -119,11 +99,6 @@ class KVMemory:
             self.ids = [fid for fid, k in zip(self.ids, keep.tolist()) if k] + list(ids)
         else:
             self.keys, self.values, self.ids = keys.float(), values.float(), list(ids)
-
-    def restore(self, model):
-        """After the runner reloads a checkpoint: put the memory back on the model."""
-        self.hook.attach(model, self.config.layer)
-        return model
 
     def state_dict(self) -> dict:
         if not self.ids:

@@ -72,5 +72,5 @@ def test_ckl_update_refuses_a_method_whose_adapters_a_model_directory_cannot_hol
         "--relations", str(tmp_path / "relations.jsonl"), "--facts", str(tmp_path / "facts.jsonl"),
         "--learn", str(tmp_path / "learn.jsonl"),
     ], env={"COLUMNS": "200"})
-    assert result.exit_code == 2 and "keeps adapters beside the model's weights" in result.output, result.output
+    assert result.exit_code == 2 and "keeps what it learns outside the model's weights" in result.output, result.output
     assert not (tmp_path / "out").exists()
