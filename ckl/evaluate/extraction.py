@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ckl.checks import check_count
 from ckl.evaluate import unlearning as U
 from ckl.facts import Probe
 
@@ -34,9 +35,7 @@ class ExtractionConfig:
 
     def __post_init__(self) -> None:
         for name in ("ngram", "stride", "distinct", "max_facts", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
 
 
 def encode_probes(tokenizer, probes: Sequence[Probe]) -> list[tuple[list[int], list[int]]]:

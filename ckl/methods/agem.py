@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_count
 from ckl.facts import Fact
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.replay import Replay, ReplayConfig
@@ -58,9 +59,7 @@ class AgemConfig:
 
     def __post_init__(self) -> None:
         for name in ("memory_size", "memory_batch", "block_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
 
 
 # ------------------------------------------------------- shared with GEM (ckl.methods.gem)

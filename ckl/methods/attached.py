@@ -69,14 +69,6 @@ def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-def freeze_all(model) -> list[torch.nn.Parameter]:
-    """Set requires_grad = False on every trainable parameter; returns them (to thaw)."""
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    return frozen
-
-
 def keeps_modules(method) -> list[str]:
     """Names of the method (or its parts) that keep what they learned outside the model's
     weights: parts with `keeps_modules` (adapters beside the weights), memory editors with

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_count, check_flag, check_number, check_unit
 from ckl.methods.base import Part, StageContext, register_part
-from ckl.methods.checks import check_count, check_flag, check_number, check_unit
 from ckl.methods.estimate import gradient_statistic
 from ckl.methods.l2 import AnchorCache, snapshot, squared_distance
 from ckl.stream import Change, render_documents

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import find_blocks
+from ckl.methods.scope import ScopePart
 
 # linear layers whose output is added to the residual stream, by the names architectures use
 OUTPUT_PROJECTIONS = ("attn.c_proj", "mlp.c_proj", "self_attn.o_proj", "mlp.down_proj", "attention.dense", "mlp.dense_4h_to_h", "mlp.fc2", "self_attn.out_proj")
@@ -64,7 +65,7 @@ def insertion_points(layers: int, blocks: int) -> list[int]:
     return [k * (i + 1) - 1 for i in range(blocks)]
 
 
-class Expansion(Part):
+class Expansion(ScopePart):
     name = "expansion"
 
     def __init__(self, config: ExpansionConfig):
@@ -78,9 +79,8 @@ class Expansion(Part):
             raise ValueError(f"expansion.blocks: {self.config.blocks} is more than the model's {layers} blocks")
         if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
             raise ValueError("expansion: the model scales attention by layer index, so renumbering its blocks would change it")
-        self.frozen = [p for p in model.parameters() if p.requires_grad]
-        for p in self.frozen:
-            p.requires_grad_(False)
+        self.frozen = []
+        self.freeze(model.parameters())
         points = set(insertion_points(layers, self.config.blocks))
         expanded, types = [], list(getattr(model.config, "layer_types", None) or [])
         new_types = []
@@ -103,12 +103,6 @@ class Expansion(Part):
         model.config.num_hidden_layers = len(blocks)
         if len(types) == layers:
             model.config.layer_types = new_types
-        return model
-
-    def finish(self, model, ctx: StageContext):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.frozen = []
         return model
 
 

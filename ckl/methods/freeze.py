@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import parameter_depths
+from ckl.methods.scope import ScopePart
 
 
 @dataclass
@@ -32,7 +33,7 @@ class FreezeConfig:
             raise ValueError(f"embeddings must be true or false, got {self.embeddings!r}")
 
 
-class Freeze(Part):
+class Freeze(ScopePart):
     name = "freeze"
 
     def __init__(self, config: FreezeConfig):
@@ -44,18 +45,8 @@ class Freeze(Part):
         if self.config.layers > blocks:
             raise ValueError(f"freeze.layers: {self.config.layers} is more than the model's {blocks} blocks")
         self.frozen = []
-        for name, p in model.named_parameters():
-            depth = depths[name]
-            bottom = 0 <= depth < self.config.layers or (depth < 0 and self.config.embeddings)
-            if bottom and p.requires_grad:
-                p.requires_grad_(False)
-                self.frozen.append(p)
-        return model
-
-    def finish(self, model, ctx: StageContext):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.frozen = []
+        bottom = lambda depth: 0 <= depth < self.config.layers or (depth < 0 and self.config.embeddings)  # noqa: E731
+        self.freeze(p for name, p in model.named_parameters() if bottom(depths[name]))
         return model
 
 

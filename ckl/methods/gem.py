@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_count
 from ckl.facts import Fact, fact_row
 from ckl.methods.agem import flat_grad, memory_batch, memory_gradient, set_flat_grad, trainable
 from ckl.methods.base import Part, StageContext, register_part
@@ -50,9 +51,7 @@ class GemConfig:
 
     def __post_init__(self) -> None:
         for name in ("memory_per_cohort", "memory_batch", "block_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
             raise ValueError(f"margin must be a number >= 0, got {self.margin!r}")
 

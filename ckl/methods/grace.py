@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.methods.base import register_method
-from ckl.methods.checks import check_number
 from ckl.methods.hooked import optimize_values, read_mlp
 from ckl.methods.memory_editor import MemoryEditor, check_value_options
 

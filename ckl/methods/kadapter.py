@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ckl.methods.attached import attach, attached, freeze_all, load_module_state, model_device_dtype, module_state
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.attached import attach, attached, load_module_state, model_device_dtype, module_state
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import find_blocks
+from ckl.methods.scope import ScopePart
 from ckl.train.loop import rng_for
 
 NAME = "ckl_kadapter"  # the submodule's name on the model
@@ -128,7 +129,7 @@ class ParallelAdapters(torch.nn.Module):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-class KAdapter(Part):
+class KAdapter(ScopePart):
     name = "kadapter"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.attached)
 
@@ -169,15 +170,10 @@ class KAdapter(Part):
                 torch.manual_seed(rng_for(ctx.seed, "kadapter", ctx.stage).randrange(2**31))
                 module.add_adapter().to(*model_device_dtype(model))
             attach(model, NAME, module, module.register)  # the new adapter's keys
-        self.frozen = freeze_all(model)
+        self.frozen = []
+        self.freeze(model.parameters())
         for p in module.adapters[-1].parameters():
             p.requires_grad_(True)
-        return model
-
-    def finish(self, model, ctx: StageContext):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.frozen = []
         return model
 
     def restore(self, model):

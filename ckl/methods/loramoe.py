@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from ckl.methods.attached import attach, attached, freeze_all, load_module_state, model_device_dtype, module_state
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.checks import check_count
+from ckl.methods.attached import attach, attached, load_module_state, model_device_dtype, module_state
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import find_blocks
+from ckl.methods.scope import ScopePart
 from ckl.train.loop import rng_for
 
 NAME = "ckl_loramoe"
@@ -60,9 +62,7 @@ class LoraMoeConfig:
 
     def __post_init__(self) -> None:
         for name in ("experts", "r"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         if self.experts < 2:
             raise ValueError(f"experts must be at least 2 (a router needs a choice), got {self.experts!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
@@ -196,7 +196,7 @@ def expert_load(gates: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
     return load / load.sum()
 
 
-class LoraMoe(Part):
+class LoraMoe(ScopePart):
     name = "loramoe"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.attached)
 
@@ -226,7 +226,8 @@ class LoraMoe(Part):
     def prepare(self, model, ctx: StageContext):
         module = self._attach(model, ctx)
         self.processes = int(getattr(ctx.accelerator, "num_processes", 1) or 1)
-        self.frozen = freeze_all(model)
+        self.frozen = []
+        self.freeze(model.parameters())
         for p in module.parameters():
             p.requires_grad_(True)
         return model
@@ -241,9 +242,7 @@ class LoraMoe(Part):
         return None if term is None else self.config.balance * term
 
     def finish(self, model, ctx: StageContext):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.frozen = []
+        super().finish(model, ctx)
         if self.module is not None:
             self.module.gates = []
         return model

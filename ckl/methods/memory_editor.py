@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from ckl.checks import check_count, check_number
 from ckl.methods.base import ApplyStats, StageContext
-from ckl.methods.checks import check_count, check_number
 from ckl.methods.hooked import EditBatch, Hook, edit_batch, mlp_of
 from ckl.stream import Change
 

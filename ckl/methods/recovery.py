@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_count
 from ckl.evaluate.scoring import stop_token_mask
 from ckl.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
@@ -48,9 +49,7 @@ class RecoveryConfig:
 
     def __post_init__(self) -> None:
         for name in ("samples", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
 
 
 @torch.no_grad()

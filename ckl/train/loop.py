@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_count
 from ckl.errors import DivergenceError
 from ckl.train.batching import IGNORE, pack, shard_batches
 
@@ -41,9 +42,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.methods.base import register_part
-from ckl.methods.checks import check_number
 from ckl.methods.unlearn.objectives import npo_loss, sequence_logprobs
 from ckl.methods.unlearn.part import UnlearnConfig, Unlearning
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ckl.checks import check_count, check_number
 from ckl.facts import Fact
 from ckl.methods.base import Part, StageContext
-from ckl.methods.checks import check_count, check_number
 from ckl.methods.lwf import distillation_kl
 from ckl.methods.unlearn.data import RetainPool, TextBatches
 from ckl.stream import Change, make_probes
