@@ -39,13 +39,14 @@ class PretrainConfig:
     target: float = field(default=0.97, metadata={"help": "stop when invariant statement accuracy reaches this"})
     eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
+    shuffle: bool = field(default=False, metadata={"help": "shuffle each epoch's documents before packing (needed to memorise verbatim text: ckl.train.loop.train)"})
     seed: int = field(default=0, metadata={"help": "initialisation and data order"})
     copy_fraction: float = field(default=0.0, metadata={"help": "copy-from-context documents per base fact per epoch (ckl.copy_mix; for in-context editing)"})
     target_facts: str = field(default="invariant", metadata={"help": "facts the target is measured on: invariant | base (all of K0, e.g. for editing streams)"})
 
     def __post_init__(self) -> None:
         lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape
-        TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size)
+        TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size, schedule=self.schedule, shuffle=self.shuffle)
         if not 0 < self.target <= 1:
             raise ValueError(f"target must be in (0, 1], got {self.target!r}")
         if self.eval_every < 1:
@@ -121,7 +122,7 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
         stop = accuracy >= config.target or bool(out_of_time)
         return bool(on_main(accelerator, lambda: stop, share=True))  # every process stops at the same epoch
 
-    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule)
+    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule, shuffle=config.shuffle)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check, progress=step_progress)
