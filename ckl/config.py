@@ -45,6 +45,7 @@ class PretrainSpec(Strict):
     target: float = Field(0.97, gt=0, le=1)
     eval_every: int = Field(5, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
+    shuffle: bool = False  # shuffle each epoch's documents before packing (ckl.train.loop.train)
     seed: int = 0
     copy_fraction: float = Field(0.0, ge=0)
     target_facts: Literal["invariant", "base"] = "invariant"
