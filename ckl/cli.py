@@ -203,6 +203,12 @@ def methods() -> None:
         table.add_row(name, entry.family, ", ".join(order), entry.help)
     console.print(table)
     console.print("Parts compose with '+': e.g. lora+replay. A training method supports learn, update and edit, plus what its parts add.")
+    from rich.markup import escape
+
+    from ckl.methods.base import BROKEN
+
+    for module, why in sorted(BROKEN.items()):
+        console.print(f"[red]not loaded[/red]: {escape(module)} ({escape(why)})")
 
 
 @app.command()

@@ -138,17 +138,37 @@ def register_method(name: str, config: type, factory: Callable[[Any], Method], h
     REGISTRY[name] = Registered(name, config, factory, help, frozenset(kinds), "method")
 
 
+BROKEN: dict[str, str] = {}  # module -> why it could not be imported (load_builtin)
+
+
 def load_builtin() -> dict[str, Registered]:
     """Import every module of the `ckl.methods` package (each registers itself at its
-    bottom) and return the registry. Adding a method is adding a file: no central list."""
+    bottom) and return the registry. Adding a method is adding a file: no central list.
+
+    A module that fails to import (a syntax error in a method being written) is recorded
+    in `BROKEN` with a warning instead of breaking every other method; asking for a name
+    the registry lacks then names the broken modules (`build_method`, `ckl methods`)."""
     import importlib
     import pkgutil
+    import warnings
 
     import ckl.methods
 
     for info in pkgutil.walk_packages(ckl.methods.__path__, prefix="ckl.methods."):
-        importlib.import_module(info.name)
+        if info.name in BROKEN:
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception as err:  # noqa: BLE001  any import-time failure of one method file
+            BROKEN[info.name] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"method module {info.name} could not be imported ({BROKEN[info.name]}); its methods are unavailable", RuntimeWarning, stacklevel=2)
     return REGISTRY
+
+
+def _broken_hint() -> str:
+    if not BROKEN:
+        return ""
+    return "; modules that failed to import: " + "; ".join(f"{m} ({why})" for m, why in sorted(BROKEN.items()))
 
 
 def make_config(cls: type, values: dict[str, Any], where: str):
@@ -256,7 +276,7 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         return entry.factory(config)
     for n in names:
         if n not in registry:
-            raise ValueError(f"{where}.name: unknown method or part {n!r} (known: {', '.join(sorted(registry))})")
+            raise ValueError(f"{where}.name: unknown method or part {n!r} (known: {', '.join(sorted(registry))}){_broken_hint()}")
         if registry[n].family != "part":
             raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
     train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
