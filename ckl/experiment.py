@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -184,12 +185,23 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
             for seed in config.seeds:
                 _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress)
                 if config.eval.attack is not None:
-                    unlearning_run.attack_final(config, spec.display, seed, stream, probes, store,
+                    unlearning_run.attack_final(config, spec, seed, stream, probes, store,
                                                 _checkpoint_dir(run_dir, spec.display, seed), accelerator, say)
     finally:
         if store is not None:
             store.close()
     return run_dir
+
+
+def load_checkpoint(ckpt: Path, method) -> tuple[Any, Any, dict]:
+    """(model, tokenizer, saved state) of a stage checkpoint, with `method`'s state loaded
+    and what it keeps beside the saved weights (adapters, memories) put back on the model."""
+    state = json.loads((ckpt / "ckl_state.json").read_text())
+    model, tokenizer = lm.load(ckpt)
+    method.load_state_dict(_join_state(state["method"], ckpt / "ckl_state.safetensors"))
+    if hasattr(method, "restore"):
+        model = method.restore(model)
+    return model, tokenizer, state
 
 
 def _open_store(run_dir: Path, resolved: dict) -> Store:
@@ -246,7 +258,6 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
 def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress) -> None:
     label, T = spec.display, stream.T
     ckpt = _checkpoint_dir(run_dir, label, seed)
-    state_path = ckpt / "ckl_state.json"
     # what is on disk, as the main process sees it (it alone writes; the others follow)
     done, failed, resumable = on_main(accelerator, lambda: _progress_on_disk(store, label, seed, ckpt), share=True)
     if failed:
@@ -257,11 +268,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
     method = build_method(spec.name, spec.options, where=label)
     start_row = 0
     if resumable:
-        state = json.loads(state_path.read_text())
-        model, tokenizer = lm.load(ckpt)
-        method.load_state_dict(_join_state(state["method"], ckpt / "ckl_state.safetensors"))
-        if hasattr(method, "restore"):  # what a method keeps beside the saved weights (adapters, memories)
-            model = method.restore(model)
+        model, tokenizer, state = load_checkpoint(ckpt, method)
         start_row = state["stage"]
         if start_row not in done:  # checkpoint written, row not yet: evaluate it now
             _record(store, label, seed, start_row, model, tokenizer, probes, stream, config, StageInfo(**state["info"]), accelerator, method)

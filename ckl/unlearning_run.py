@@ -54,16 +54,20 @@ def row_notes(model, tokenizer, probes: list[Probe], options: dict, judge_dir: s
     return {name: cohort_scores(model, tokenizer, group, config, judge) for name, group in cohorts.items()}
 
 
-def attack_final(config, label: str, seed: int, stream: Stream, probes: list[Probe], store: Store | None, ckpt: Path, accelerator, say) -> None:
-    """Run the configured relearning attack on the final model of (label, seed) unless it
-    is stored already or the run is incomplete."""
-    T = stream.T
+def attack_final(config, spec, seed: int, stream: Stream, probes: list[Probe], store: Store | None, ckpt: Path, accelerator, say) -> None:
+    """Run the configured relearning attack on the final model of (spec, seed) unless it
+    is stored already or the run is incomplete. The model is the final checkpoint as the
+    method left it: with its state restored (a memory or adapters kept beside the weights)."""
+    from ckl.experiment import load_checkpoint
+    from ckl.methods.base import build_method
+
+    label, T = spec.display, stream.T
     if not any(ch.forget for ch in stream.stages):
         return
     todo = on_main(accelerator, lambda: T in store.completed_rows(label, seed) and T not in store.attacks(label, seed), share=True)
     if not todo:
         return
-    model, tokenizer = lm.load(ckpt)
+    model, tokenizer, _ = load_checkpoint(ckpt, build_method(spec.name, spec.options, where=label))
     model.to(accelerator.device)
     attack = AttackConfig(**config.eval.attack)
     result = relearning_attack(model, tokenizer, stream, probes, attack, accelerator)

@@ -74,3 +74,41 @@ def test_ckl_update_refuses_a_method_whose_adapters_a_model_directory_cannot_hol
     ], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "keeps what it learns outside the model's weights" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_relearning_attack_attacks_the_model_with_its_adapters(tmp_path, tiny_stream, tiny_model_dir, monkeypatch):
+    # the attack reloads the final checkpoint: it must see the model the rows scored,
+    # adapters included, not the bare saved weights
+    import torch
+
+    import ckl.unlearning_run
+    from ckl.evaluate.attack import AttackResult
+
+    stream_dir = tmp_path / "stream"
+    tiny_stream.save(stream_dir)
+    config = ExperimentConfig.model_validate({
+        "name": "attacked", "stream": str(stream_dir), "model": str(tiny_model_dir), "methods": METHODS[:1],
+        "eval": {"kinds": ["statement"], "attack": {"data": "partial", "epochs": 1}},
+    })
+    seen = {}
+
+    def fake_attack(model, tokenizer, stream, probes, attack, accelerator):
+        ids = tokenizer("Alda", return_tensors="pt").input_ids
+        with torch.no_grad():
+            seen["logits"] = model(ids).logits
+        return AttackResult(config={}, trained_on=[], probe_ids=["p"], before=[False], after=[False])
+
+    monkeypatch.setattr(ckl.unlearning_run, "relearning_attack", fake_attack)
+    run_experiment(config, tmp_path / "run", say=lambda m: None)
+
+    from ckl import lm
+    from ckl.experiment import _checkpoint_dir, load_checkpoint
+    from ckl.methods.base import build_method
+
+    ckpt = _checkpoint_dir(tmp_path / "run", "kadapter", 0)
+    with_adapters, tok, _ = load_checkpoint(ckpt, build_method("kadapter", {"kadapter": {"size": 16}}))
+    bare, _ = lm.load(ckpt)
+    ids = tok("Alda", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(seen["logits"], with_adapters.eval()(ids).logits)
+        assert not torch.allclose(seen["logits"], bare.eval()(ids).logits)
