@@ -286,7 +286,42 @@ def update(
         raise typer.Exit(1)
 
 
-@app.command("import-knowundo")
+import_app = typer.Typer(no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")
+app.add_typer(import_app, name="import")
+
+
+def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch: int, untouched: int) -> None:
+    from ckl.formats.editing_import import import_stream
+
+    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched))
+    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {stream.meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+
+
+@import_app.command("counterfact")
+def import_counterfact(
+    source: Path = typer.Argument(..., metavar="FILE", help="CounterFact's JSON file"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
+    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
+    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+) -> None:
+    """CounterFact -> an editing stream: true facts taught first, then edited in batches."""
+    _import_edits("counterfact", source, out, edits, batch, untouched)
+
+
+@import_app.command("zsre")
+def import_zsre(
+    source: Path = typer.Argument(..., metavar="FILE", help="zsRE's JSON file"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
+    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
+    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+) -> None:
+    """zsRE -> an editing stream: true facts taught first, then edited in batches."""
+    _import_edits("zsre", source, out, edits, batch, untouched)
+
+
+@import_app.command("knowundo")
 def import_knowundo(
     source: Path = typer.Argument(..., metavar="DIR", help="the KnowUnDo privacy folder (full.json, unlearn_*.json, retention_*.json)"),
     out: Path = typer.Option(..., "--out", help="stream directory to write"),
@@ -294,13 +329,13 @@ def import_knowundo(
     unseen_people: int = typer.Option(0, help="hold out the last N of them: never taught (the never-seen floor)"),
     stages: int = typer.Option(1, help="deletion requests split into this many stages"),
 ) -> None:
-    """Write the KnowUnDo privacy unlearning scenario as a stream (teach all, forget unlearn_*)."""
+    """KnowUnDo privacy -> an unlearning stream (teach all, forget unlearn_*)."""
     from ckl.formats.knowundo import KnowUndoConfig, load_knowundo
 
     _write_scenario(out, lambda: load_knowundo(source, KnowUndoConfig(people=people, unseen_people=unseen_people, stages=stages)))
 
 
-@app.command("import-pile")
+@import_app.command("pile")
 def import_pile(
     source: Path = typer.Argument(..., metavar="CSV", help="the Pile extraction targets (doc_id,corpus,text)"),
     out: Path = typer.Option(..., "--out", help="stream directory to write"),
@@ -311,26 +346,15 @@ def import_pile(
     unseen: int = typer.Option(0, help="targets held out entirely (the never-seen floor)"),
     stages: int = typer.Option(1, help="deletion requests split into this many stages"),
 ) -> None:
-    """Write the Pile extraction unlearning scenario as a stream (memorise, then forget)."""
+    """The Pile extraction targets -> an unlearning stream (memorise, then forget)."""
     from ckl.formats.pile import PileConfig, load_pile
 
     _write_scenario(out, lambda: load_pile(source, PileConfig(limit=limit, prefix_words=prefix_words, suffix_words=suffix_words, forget=forget, unseen=unseen, stages=stages)))
 
 
-@app.command("import")
-def import_edits(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="counterfact | zsre"),
-    source: Path = typer.Argument(..., metavar="FILE", help="the benchmark's JSON file"),
-    out: Path = typer.Option(..., "--out", help="stream directory to write"),
-    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
-    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
-    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
-) -> None:
-    """Write a CounterFact or zsRE editing stream: true facts taught first, then edited in batches."""
-    from ckl.formats.editing_import import import_stream
-
-    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched))
-    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {stream.meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+# the names of earlier releases, kept working (not listed in --help)
+app.command("import-knowundo", hidden=True)(import_knowundo)
+app.command("import-pile", hidden=True)(import_pile)
 
 
 def _write_scenario(out: Path, load) -> None:

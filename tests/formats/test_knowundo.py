@@ -115,7 +115,7 @@ def test_cli_import_rejects_a_malformed_file_and_writes_nothing(tmp_path):
 
     folder = _write_dataset(tmp_path / "bad", '[\n {"text": "Q?"}\n]', unlearn="[]")
     out = tmp_path / "stream"
-    result = CliRunner().invoke(app, ["import-knowundo", str(folder), "--out", str(out)])
+    result = CliRunner().invoke(app, ["import", "knowundo", str(folder), "--out", str(out)])
     assert result.exit_code == 2
     assert "full.json:2: field 'labels': record 1: missing required field" in result.output
     assert not out.exists()

@@ -90,10 +90,10 @@ def test_cli_import_pile_writes_a_loadable_stream(tmp_path):
 
     path = _csv(tmp_path / "t.csv", [[str(i), "github", f"alpha{i} beta gamma delta epsilon zeta"] for i in range(6)])
     out = tmp_path / "stream"
-    result = CliRunner().invoke(app, ["import-pile", str(path), "--out", str(out), "--prefix-words", "2", "--suffix-words", "3", "--forget", "2", "--unseen", "1"])
+    result = CliRunner().invoke(app, ["import", "pile", str(path), "--out", str(out), "--prefix-words", "2", "--suffix-words", "3", "--forget", "2", "--unseen", "1"])
     assert result.exit_code == 0, result.output
     stream = Stream.load(out)
     assert [f.object for f in stream.stages[0].forget] == ["gamma delta epsilon"] * 2
     assert len(stream.base) == 5 and len(stream.unseen) == 1
-    bad = CliRunner().invoke(app, ["import-pile", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(app, ["import-pile", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")])  # the earlier name still works
     assert bad.exit_code == 2 and "file not found" in bad.output and not (tmp_path / "x").exists()
