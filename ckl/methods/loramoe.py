@@ -232,6 +232,8 @@ class LoraMoe(ScopePart):
             p.requires_grad_(True)
         return model
 
+    reads_batch = True  # the balance loss is over the teaching batch's tokens (ckl.train.loop.LossTerm)
+
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:
         if self.module is None:
             return None

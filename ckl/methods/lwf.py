@@ -68,6 +68,8 @@ class Lwf(Part):
             p.requires_grad_(False)
         return model
 
+    reads_batch = True  # distillation on the teaching batch (ckl.train.loop.LossTerm)
+
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:
         if self.teacher is None or self.config.weight == 0 or batch is None:  # None: a step without teaching text
             return None

@@ -69,6 +69,13 @@ class TrainResult:
 class LossTerm:
     """What the loop needs of a part: an extra loss and a gradient filter (both optional)."""
 
+    # True when `loss` is computed from the teaching batch (distillation on it, a router's
+    # balance over its tokens). Under data parallelism a rank whose share of a short last
+    # global batch is empty steps on a stand-in block of weight 0; such a term's loss on
+    # the stand-in is multiplied by 0 too (kept in the graph, so every rank reduces the
+    # gradients of the same parameters). Weight penalties read no batch and stay as they are.
+    reads_batch: bool = False
+
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:  # pragma: no cover - default
         return None
 
@@ -163,7 +170,9 @@ def train(
                 }
                 outputs = None if own else model(**batch)
                 loss = torch.zeros((), device=accelerator.device) if own else outputs.loss
-                extras = [e for e in (term.loss(model, batch, outputs, result.steps) for term in terms) if e is not None]
+                stand_in = not real and not own
+                extras = [e * 0 if stand_in and getattr(term, "reads_batch", False) else e
+                          for term in terms if (e := term.loss(model, batch, outputs, result.steps)) is not None]
                 if own and not extras:
                     continue  # no term has anything to learn from in this step
                 if world > 1:

@@ -101,3 +101,53 @@ def test_shuffle_is_the_same_for_a_seed_and_validated(accelerator):
         train(model, tok, lambda e: DOCS, TrainConfig(epochs=3, lr=1e-2, batch_size=1, shuffle=True), accelerator, seed=7)
         weights.append(model.lm_head.weight.clone())
     assert torch.equal(weights[0], weights[1])
+
+
+class _Rank1Of2:
+    """This process as rank 1 of 2 data-parallel processes, the other rank's reductions
+    doubling this one's (no real process group: enough to reach the stand-in step)."""
+
+    device = torch.device("cpu")
+    process_index, num_processes = 1, 2
+
+    def prepare(self, *objects):
+        return objects
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, params, norm):
+        return torch.nn.utils.clip_grad_norm_(params, norm)
+
+    def reduce(self, tensor, reduction="sum"):
+        return tensor * 2
+
+    def unwrap_model(self, model):
+        return model
+
+
+class _BatchTerm(LossTerm):
+    """A term computed from the teaching batch (as LwF's distillation is); records the
+    gradient each step leaves on the output layer."""
+
+    reads_batch = True
+
+    def __init__(self):
+        self.grads = []
+
+    def loss(self, model, batch, outputs, step):
+        return None if batch is None else outputs.logits.float().pow(2).mean()
+
+    def filter_gradients(self, model, step):
+        self.grads.append(float(model.lm_head.weight.grad.abs().sum()))
+
+
+def test_a_stand_in_step_adds_nothing_from_terms_that_read_the_batch():
+    # 3 blocks, batch 1 per rank: global batches [0, 1] and [2]; rank 1 gets block 1, then
+    # nothing: its second step is a stand-in of weight 0, and a batch-reading term must
+    # not train on the stand-in block either
+    model, tok = _model()
+    term = _BatchTerm()
+    train(model, tok, lambda e: DOCS, TrainConfig(epochs=1, lr=1e-2, batch_size=1, block_size=10), _Rank1Of2(), seed=0, terms=[term])
+    assert len(term.grads) == 2
+    assert term.grads[0] > 0 and term.grads[1] == 0.0
