@@ -232,6 +232,13 @@ class Unlearning(Part):
         lengths = np.array([len(ids) for ids in ctx.tokenizer([" " + p.answer for p in probes], add_special_tokens=False)["input_ids"]])
         accuracy = float(scores.em.mean())
         logprob = float((scores.logprob / np.maximum(lengths, 1)).mean())
+        accelerator = ctx.accelerator
+        if accelerator is not None and accelerator.num_processes > 1:
+            # every rank scores the same model, but a near-tie can round differently on
+            # different devices; one rank stopping while another steps would hang the
+            # next all-reduce, so all decide on the mean of their measurements
+            both = accelerator.reduce(torch.tensor([accuracy, logprob], dtype=torch.float64, device=accelerator.device), reduction="mean")
+            accuracy, logprob = (float(v) for v in both.cpu())
         self.history.append({"step": step, "group": group, "accuracy": accuracy, "logprob": logprob})
         return (c.stop_accuracy is not None and accuracy <= c.stop_accuracy) or (c.stop_logprob is not None and logprob <= c.stop_logprob)
 

@@ -39,3 +39,30 @@ def test_a_method_without_an_unlearning_part_does_not_train_on_forget_requests(u
     _, _, stats, _, _ = unlearn("naive", {"train": {"epochs": 3}}, forget_only)
     assert stats.steps == 0 and stats.not_applied == {"forget": len(forget_only.forget)}
     assert "forget" in build_method("ga").kinds and "forget" not in build_method("naive").kinds
+
+
+def test_under_data_parallelism_every_rank_stops_on_the_same_measurement(tiny_stream, tiny_model, forget_only):
+    # the stopping rule is decided on the ranks' mean measurement: a rank whose own score
+    # says "not forgotten yet" still stops when the mean says so (no rank left stepping alone)
+    import torch
+
+    from ckl.methods.base import StageContext
+
+    class OtherRankForgot:
+        num_processes, device = 2, torch.device("cpu")
+
+        def reduce(self, tensor, reduction="mean"):
+            assert reduction == "mean"
+            return (tensor + torch.tensor([0.0, -50.0], dtype=tensor.dtype)) / 2  # the other rank: accuracy 0, logprob -50
+
+        def unwrap_model(self, model):
+            return model
+
+    model, tokenizer = tiny_model
+    part = build_method("ga", {"ga": {"stop_accuracy": None, "stop_logprob": -10.0}}).parts[0]
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, OtherRankForgot(), change=forget_only)
+    part.prepare(model, ctx)
+    part.steps(0, 10)  # the stage's schedule, as the loop asks for it
+    assert part.should_stop(model, 0)
+    own = part.history[-1]
+    assert own["logprob"] < -10.0 and own["accuracy"] < 0.6  # the mean was recorded: this rank alone was above -10
