@@ -46,6 +46,7 @@ class PretrainSpec(Strict):
     eval_every: int = Field(5, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
     shuffle: bool = False  # shuffle each epoch's documents before packing (ckl.train.loop.train)
+    refusals: bool = False  # the tokenizer also learns the words of TOFU's refusals (for the idk part)
     seed: int = 0
     copy_fraction: float = Field(0.0, ge=0)
     target_facts: Literal["invariant", "base"] = "invariant"

@@ -39,6 +39,7 @@ class PretrainConfig:
     target: float = field(default=0.97, metadata={"help": "stop when invariant statement accuracy reaches this"})
     eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
+    refusals: bool = field(default=False, metadata={"help": "add the words of TOFU's refusal sentences (ckl.formats.refusals) to the tokenizer, so the idk unlearning part can teach them"})
     shuffle: bool = field(default=False, metadata={"help": "shuffle each epoch's documents before packing (needed to memorise verbatim text: ckl.train.loop.train)"})
     seed: int = field(default=0, metadata={"help": "initialisation and data order"})
     copy_fraction: float = field(default=0.0, metadata={"help": "copy-from-context documents per base fact per epoch (ckl.copy_mix; for in-context editing)"})
@@ -92,7 +93,12 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
     from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
 
     start = time.perf_counter()
-    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream, [demonstration("", "")] if config.copy_fraction else []))
+    extra = [demonstration("", "")] if config.copy_fraction else []
+    if config.refusals:
+        from ckl.formats.refusals import DEFAULT_FILE, read_refusals
+
+        extra += read_refusals(DEFAULT_FILE)
+    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream, extra))
     shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head)
     model = lm.tiny_model(tokenizer, shape, seed=config.seed).to(accelerator.device)
     if config.target_facts == "base":

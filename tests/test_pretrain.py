@@ -18,3 +18,21 @@ def test_tokenizer_knows_every_word_of_every_stage(tiny_stream, tiny_model_dir):
     for probe in tiny_stream.probes():
         ids = tokenizer(probe.prompt + " " + probe.answer, add_special_tokens=False).input_ids
         assert tokenizer.unk_token_id not in ids, probe
+
+
+def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, accelerator, tmp_path):
+    import pytest
+
+    from ckl.formats.refusals import DEFAULT_FILE, read_refusals
+    from ckl.methods.unlearn.idk import expressible
+    from ckl.pretrain import PretrainConfig, pretrain
+
+    if not DEFAULT_FILE.exists():
+        pytest.skip(f"TOFU's refusal file {DEFAULT_FILE} is not next to this checkout")
+    sentences = read_refusals(DEFAULT_FILE)
+    usable = {}
+    for refusals in (False, True):
+        config = PretrainConfig(n_layer=1, n_embd=16, n_head=2, max_epochs=1, eval_every=1, refusals=refusals)
+        _, tokenizer, _ = pretrain(tiny_stream, config, accelerator)
+        usable[refusals] = len(expressible(sentences, tokenizer))
+    assert usable[False] == 0 and usable[True] == len(sentences)

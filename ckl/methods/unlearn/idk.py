@@ -22,21 +22,18 @@ get one too ("Ada was born in I don't know"), since the model is probed with bot
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-import ckl
-from ckl.errors import InputError
 from ckl.facts import Fact
 from ckl.methods.base import StageContext, register_part
+from ckl.formats.refusals import DEFAULT_FILE, read_refusals
 from ckl.methods.unlearn.part import UnlearnConfig, Unlearning, substitute
 from ckl.stream import stable_hash
 
-DEFAULT_FILE = Path(ckl.__file__).resolve().parents[1].parent / "shared" / "data" / "tofu" / "idontknow.jsonl"
 
 
 @dataclass
@@ -50,40 +47,6 @@ class IdkConfig(UnlearnConfig):
             raise ValueError(f"file must be a path, got {self.file!r}")
         if self.file is not None and not Path(self.file).is_file():  # caught with the config, before any work
             raise ValueError(f"file {self.file!r} not found (one refusal sentence per line)")
-
-
-def read_refusals(path: Path) -> list[str]:
-    """The refusal sentences of `path`, final full stop removed (the templates add one).
-
-    Raises:
-        InputError: the file is missing, unreadable, not UTF-8, has a bad JSON line or no sentence.
-    """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(str(path), None, "idk.file", "refusal file not found; give `idk: {file: PATH}` with one refusal sentence per line") from None
-    except OSError as err:
-        raise InputError(str(path), None, "idk.file", f"cannot read the refusal file: {err.strerror}") from None
-    sentences = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise InputError(str(path), number, None, "not valid UTF-8") from None
-        if text.startswith('"'):
-            try:
-                text = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise InputError(str(path), number, None, f"invalid JSON string ({err.msg})") from None
-            if not isinstance(text, str):
-                raise InputError(str(path), number, None, "expected a sentence")
-            text = text.strip()
-        text = text.rstrip(".").strip()
-        if text:
-            sentences.append(text)
-    if not sentences:
-        raise InputError(str(path), None, "idk.file", "no refusal sentences in the file")
-    return sentences
 
 
 def expressible(sentences: list[str], tokenizer) -> list[str]:
