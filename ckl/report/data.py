@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ckl.errors import InputError
+from ckl.editing_report import editing_summary, is_editing_run
 from ckl.store import FILENAME, Store
 from ckl.summary import summarize
 
@@ -50,6 +51,7 @@ class MethodReport:
     forgotten_total: int = 0
     not_learned: list[dict[str, Any]] = field(default_factory=list)
     not_learned_total: int = 0
+    editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.editing_report)
 
     @property
     def complete(self) -> bool:
@@ -177,6 +179,7 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                 raise InputError(str(run_dir), None, None, "the run has not recorded anything yet")
             metric = store.get_meta("metric", "em")
             runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes())))
+            editing = is_editing_run(store)
             for method, entry in summarize(store, metric=metric, kinds=KINDS).items():
                 label = method if len(dbs) == 1 else f"{name}: {method}"
                 done = [s for s in entry["per_seed"] if s["complete"]]
@@ -186,6 +189,9 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                     report.matrix = _mean_matrix([s["matrix"] for s in done])
                     report.curves = _curves(store, method, seeds, metric, int(T))
                     report.drill_seed = seeds[0]
+                if done and editing:
+                    summary = editing_summary(store, method, seeds[0])
+                    report.editing = summary["curve"] if summary else None
                 if done and drill:
                     forgotten, not_learned = _drill(store, method, seeds[0], metric, int(T))
                     report.forgotten, report.forgotten_total = forgotten[:DRILL_LIMIT], len(forgotten)

@@ -146,6 +146,19 @@ def _drill_down(methods: list[MethodReport]) -> str:
     return "".join(parts) or '<p class="muted">no complete method</p>'
 
 
+def _editing_section(methods: list[MethodReport]) -> list[str]:
+    edited = [(m.label, m.editing) for m in methods if m.editing]
+    if not edited:
+        return []
+    return [
+        "<h2>Sequential editing</h2>",
+        '<p class="note">After each batch of edits (first complete seed): exact match of every edit made so far, '
+        "agreement with the pre-edit model on the neighbourhood prompts, and accuracy on knowledge no edit "
+        "touched. Gradual forgetting shows as falling lines; definitions in docs/editing.md.</p>",
+        plots.editing_curves(edited),
+    ]
+
+
 def report_page(data: ReportData) -> str:
     """The whole report for `data` as one HTML document."""
     from ckl import __version__
@@ -178,6 +191,7 @@ def report_page(data: ReportData) -> str:
         '<p class="note">Solid: invariant (thick) and what each stage taught; dashed: the outdated objects of '
         "updated facts (should fall); dotted: facts each stage asked to forget (should fall).</p>",
         plots.cohort_curves([(m.label, m.curves) for m in done]) if done else "",
+        *_editing_section(done),
         "<h2>Forgetting and transfer</h2>",
         '<p class="note">FUAR (Jang et al. 2022), BWT and FWT (Lopez-Paz &amp; Ranzato 2017), forgetting '
         "(Chaudhry et al. 2018); definitions in docs/metrics.md.</p>",

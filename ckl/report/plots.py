@@ -90,6 +90,30 @@ def heatmaps(matrices: Sequence[tuple[str, list[list[float | None]]]], prefix: s
     return to_svg(fig, prefix)
 
 
+def editing_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "editing") -> str:
+    """Sequential editing: after each batch, against the number of edits so far, the
+    efficacy over every edit so far, their locality, and the accuracy on untouched
+    knowledge; one line per method (`ckl.editing_report.sequential_curve` rows)."""
+    panels = (
+        ("efficacy of every edit so far", lambda c: c["all"]["efficacy"]),
+        ("locality (agreement with the pre-edit model)", lambda c: c["all"]["locality"]),
+        ("untouched knowledge (accuracy)", lambda c: c["untouched_acc"]),
+    )
+    fig, axes = _figure(len(panels), 3, (3.6, 3.0))
+    with matplotlib.rc_context(_RC):
+        for ax, (title, value) in zip(axes, panels):
+            for label, curve in methods:
+                points = [(c["edits"], value(c)) for c in curve if value(c) is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=label_text(label))
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("edits so far")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, frameon=False)
+    return to_svg(fig, prefix)
+
+
 def _cohort_style(cohort: str, palette: Sequence) -> dict:
     for prefix, dash in (("stage", "-"), ("stale", "--"), ("forget", ":")):
         if cohort.startswith(prefix) and cohort[len(prefix):].isdigit():

@@ -56,3 +56,4 @@ def test_rome_run_resumes_to_the_same_results(tmp_path, edit_stream_dir, tiny_mo
     run_experiment(_config(edit_stream_dir, tiny_model_dir), tmp_path / "cut", say=messages.append)
     assert any("resuming after stage 1" in m for m in messages)
     assert _outcomes(tmp_path / "cut") == expected
+
