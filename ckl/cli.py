@@ -164,10 +164,16 @@ def show(
         summary = summarize(store)
         unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]  # methods that applied deletions
         forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
+    from ckl.editing_report import editing_markdown, is_editing_run
+
+    with Store(run_dir / "results.sqlite") as store:
+        editing = editing_markdown(store) if is_editing_run(store) else None
     if markdown:
         print(markdown_table(summary))
         if forgetting:
             print("\nUnlearning (docs/unlearning.md):\n\n" + unlearning_markdown(forgetting))
+        if editing:
+            print("\nEditing (docs/editing.md):\n\n" + editing)
         return
     if matrix:
         for method, entry in summary.items():
@@ -177,11 +183,8 @@ def show(
     console.print(summary_table(summary, title=f"{run_dir}"))
     if forgetting:
         console.print(unlearning_table(forgetting, title="unlearning (docs/unlearning.md)"))
-    from ckl.editing_report import editing_markdown, is_editing_run
-
-    with Store(run_dir / "results.sqlite") as store:
-        if is_editing_run(store):
-            console.print("\n[bold]Editing (docs/editing.md)[/]\n" + editing_markdown(store), highlight=False, soft_wrap=True)
+    if editing:
+        console.print("\n[bold]Editing (docs/editing.md)[/]\n" + editing, highlight=False, soft_wrap=True)
     for method, entry in summary.items():
         for kind, n in entry["not_applied"].items():
             console.print(f"[yellow]note:[/] {method} does not support '{kind}': {n} request(s) per seed were not applied")
