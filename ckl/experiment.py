@@ -253,6 +253,8 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
         return known
 
     store.update_meta("methods", add_methods)
+    labels = [spec.get("label") or spec["name"] for spec in resolved["methods"]]
+    store.update_meta("method_order", lambda order: (order or []) + [label for label in labels if label not in (order or [])])
 
 
 def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress) -> None:

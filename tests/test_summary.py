@@ -52,3 +52,12 @@ def test_incomplete_runs_are_reported_not_averaged(store):
     summary = summarize(store)["m"]
     assert summary["seeds"] == [0] and summary["incomplete_seeds"] == [1]
     assert summary["retention_std"] == 0.0
+
+
+def test_methods_are_listed_in_the_experiment_order_even_when_one_ran_again_later(store):
+    outcomes = [Outcome(p.id, True, True, -1.0, p.answer) for p in PROBES]
+    for row in (0, 1, 2):
+        store.record_row("first", 0, row, outcomes, StageInfo())  # recorded after "m" (a re-run, say)
+    assert list(summarize(store)) == ["m", "first"]  # recording order without an experiment order
+    store.set_meta("method_order", ["first", "m"])
+    assert list(summarize(store)) == ["first", "m"]
