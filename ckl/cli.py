@@ -300,28 +300,24 @@ def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch
     console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {stream.meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
 
 
-@import_app.command("counterfact")
-def import_counterfact(
-    source: Path = typer.Argument(..., metavar="FILE", help="CounterFact's JSON file"),
-    out: Path = typer.Option(..., "--out", help="stream directory to write"),
-    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
-    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
-    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
-) -> None:
-    """CounterFact -> an editing stream: true facts taught first, then edited in batches."""
-    _import_edits("counterfact", source, out, edits, batch, untouched)
+def _edit_importer(fmt: str, name: str):
+    """The `ckl import counterfact|zsre` command: both formats take the same options."""
+
+    def command(
+        source: Path = typer.Argument(..., metavar="FILE", help=f"{name}'s JSON file"),
+        out: Path = typer.Option(..., "--out", help="stream directory to write"),
+        edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
+        batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
+        untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+    ) -> None:
+        _import_edits(fmt, source, out, edits, batch, untouched)
+
+    command.__doc__ = f"{name} -> an editing stream: true facts taught first, then edited in batches."
+    return command
 
 
-@import_app.command("zsre")
-def import_zsre(
-    source: Path = typer.Argument(..., metavar="FILE", help="zsRE's JSON file"),
-    out: Path = typer.Option(..., "--out", help="stream directory to write"),
-    edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
-    batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
-    untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
-) -> None:
-    """zsRE -> an editing stream: true facts taught first, then edited in batches."""
-    _import_edits("zsre", source, out, edits, batch, untouched)
+for _fmt, _name in (("counterfact", "CounterFact"), ("zsre", "zsRE")):
+    import_app.command(_fmt)(_edit_importer(_fmt, _name))
 
 
 @import_app.command("knowundo")
