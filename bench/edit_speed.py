@@ -41,13 +41,13 @@ def base_model(cache: Path, people: int, seconds: float) -> tuple[Stream, Path]:
 
     from ckl.pretrain import PretrainConfig, pretrain
 
-    world_dir, model_dir = cache / f"world-{people}", cache / f"model-{people}"
+    world_dir, model_dir = cache / f"world-{people}", cache / f"model-{people}-shuffled"  # pretrained with a new document order each epoch
     if not (world_dir / "meta.json").exists():
         build_world(WorldConfig(seed=0, people=people, stages=0, learn_per_stage=0, update_per_stage=0, forget_per_stage=0)).save(world_dir)
     stream = Stream.load(world_dir)
     if not (model_dir / "config.json").exists():
         print(f"pretraining the bench model on {len(stream.base)} facts (budget {seconds:.0f}s, cached in {model_dir}) ...", flush=True)
-        _, _, result = pretrain(stream, PretrainConfig(max_seconds=seconds, target=0.95, eval_every=10), Accelerator(cpu=True), model_dir)
+        _, _, result = pretrain(stream, PretrainConfig(max_seconds=seconds, target=0.95, eval_every=10, shuffle=True), Accelerator(cpu=True), model_dir)
         print(f"  {result.epochs} epochs, statement accuracy {result.accuracy:.3f}, {result.seconds:.0f}s", flush=True)
     return stream, model_dir
 
