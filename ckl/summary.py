@@ -98,8 +98,8 @@ def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> 
     for method, seed in store.runs():
         per_method.setdefault(method, []).append(summarize_seed(store, method, seed, metric, kinds))
     # the order of the experiment's `methods` list (a method re-run later keeps its place)
-    listed = list(store.get_meta("method_order") or [])
-    per_method = dict(sorted(per_method.items(), key=lambda kv: listed.index(kv[0]) if kv[0] in listed else len(listed)))
+    place = {label: i for i, label in enumerate(store.get_meta("method_order") or [])}
+    per_method = dict(sorted(per_method.items(), key=lambda kv: place.get(kv[0], len(place))))
     out: dict[str, dict[str, Any]] = {}
     for method, seeds in per_method.items():
         done = [s for s in seeds if s["complete"]]

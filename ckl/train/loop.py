@@ -115,8 +115,9 @@ def train(
     a small model learns it as a continuation of that neighbour, not of its own prompt
     (measured: 11 of 24 Pile targets, exactly the 11 at block starts, memorised and the
     rest not at all). `shuffle: true` draws a new order each epoch. It is off by default
-    because every table in docs/ was measured without it; the synthetic world's
-    renderings already vary their lengths each epoch, which moves the block cuts.
+    because the demo, the methods table and the first two editing scenarios in docs/
+    were measured without it; the synthetic world's renderings already vary their
+    lengths each epoch, which moves the block cuts.
 
     Args:
         documents: epoch -> training documents (rendered anew each epoch so templates and

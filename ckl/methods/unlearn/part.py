@@ -216,9 +216,7 @@ class Unlearning(Part):
 
     def _forgotten(self, model, step: int) -> bool:
         """Score the current group's forget facts; True when the stopping rule holds."""
-        from ckl.evaluate.scoring import (
-            score_probes,  # evaluation sits downstream of training
-        )
+        from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
 
         c, ctx, group = self.config, self.ctx, self._group()
         if c.stop_accuracy is None and c.stop_logprob is None:
