@@ -7,6 +7,7 @@ import time of the library. User mistakes become one message and exit code 2.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -58,15 +59,23 @@ def world(
     learn: int = typer.Option(40, help="new people per stage"),
     update: int = typer.Option(40, help="facts updated per stage"),
     forget: int = typer.Option(10, help="deletion requests per stage"),
+    qa_fraction: float = typer.Option(0.5, "--qa-fraction", help="fraction of people whose question-answer lines are trained; questions about the rest are extraction probes"),
+    background_people: int = typer.Option(100, "--background-people", help="people outside every cohort whose biographies teach the held-out phrasings"),
+    min_probe_word_count: int = typer.Option(20, "--min-probe-word-count", help="refuse a world whose probe words are read fewer times than this in training text"),
 ) -> None:
     """Write a synthetic temporal world (a stream directory of JSONL files)."""
     from ckl.world import WorldConfig, build_world
 
     try:
-        config = WorldConfig(seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget)
-    except ValueError as err:
-        _fail(InputError("<options>", None, None, str(err)))
-    stream = build_world(config)
+        config = WorldConfig(
+            seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget,
+            qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
+        )
+        stream = build_world(config)
+    except ValueError as err:  # WorldConfig names its fields; say the flags instead
+        flags = {"learn_per_stage": "learn", "update_per_stage": "update", "forget_per_stage": "forget"}
+        message = re.sub(r"WorldConfig\.(\w+)", lambda m: "--" + flags.get(m.group(1), m.group(1)).replace("_", "-"), str(err))
+        _fail(InputError("<options>", None, None, message))
     stream.save(out)
     n = sum(len(c.learn) + len(c.update) + len(c.edit) + len(c.forget) for c in stream.stages)
     console.print(f"wrote {out}: {len(stream.base)} base facts, {stream.T} stages, {n} changes")
@@ -76,7 +85,9 @@ def world(
 def pretrain(
     stream_dir: Path = typer.Option(..., "--world", "--stream", help="stream directory (from `ckl world`)"),
     out: Path = typer.Option(..., "--out", help="directory for the Hugging Face model"),
-    target: float = typer.Option(0.97, help="invariant accuracy to reach"),
+    target: float = typer.Option(0.97, help="invariant statement accuracy to reach"),
+    knowledge_target: float = typer.Option(0.8, "--knowledge-target", help="invariant paraphrase and extraction accuracy to reach too (0 = statements only)"),
+    biographies: int = typer.Option(1, help="biographies per person per epoch"),
     max_epochs: int = typer.Option(300, help="epoch budget"),
     max_seconds: float = typer.Option(0.0, help="wall-time budget (0 = none)"),
     n_layer: int = typer.Option(4), n_embd: int = typer.Option(128), n_head: int = typer.Option(4),
@@ -85,19 +96,22 @@ def pretrain(
     """Train the tiny default base model from scratch on the stream's base knowledge."""
     _quiet_libraries()
     from ckl.experiment import make_accelerator
-    from ckl.pretrain import PretrainConfig
+    from ckl.pretrain import PretrainConfig, knowledge_line
     from ckl.pretrain import pretrain as run_pretrain
     from ckl.stream import Stream
 
     stream = _guard(lambda: Stream.load(stream_dir))
     try:
-        config = PretrainConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds, target=target, seed=seed)
+        config = PretrainConfig(
+            n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds,
+            target=target, knowledge_target=knowledge_target, biographies=biographies, seed=seed,
+        )
     except ValueError as err:
         _fail(InputError("<options>", None, None, str(err)))
-    _, _, result = run_pretrain(stream, config, make_accelerator(), out, progress=lambda e, a: console.print(f"epoch {e}: invariant accuracy {a:.3f}"))
-    console.print(f"saved {out}: {result.parameters:,} parameters, accuracy {result.accuracy:.3f} after {result.epochs} epochs, {result.seconds:.0f}s")
+    _, _, result = run_pretrain(stream, config, make_accelerator(), out, progress=lambda e, k: console.print(f"epoch {e}: {knowledge_line(k)}"))
+    console.print(f"saved {out}: {result.parameters:,} parameters, {knowledge_line(result.knowledge)} after {result.epochs} epochs, {result.seconds:.0f}s")
     if not result.reached_target:
-        err_console.print(f"[yellow]warning:[/] target {target} not reached within the budget")
+        err_console.print(f"[yellow]warning:[/] target (statements {target}, paraphrase and extraction {knowledge_target}) not reached within the budget")
 
 
 @app.command()

@@ -31,6 +31,9 @@ class WorldSpec(Strict):
     forget_per_stage: int = Field(10, ge=0)
     general_train: int = Field(400, ge=0)
     general_heldout: int = Field(200, ge=0)
+    qa_fraction: float = Field(0.5, gt=0, le=1)
+    background_people: int = Field(100, ge=0)
+    min_probe_word_count: int = Field(20, ge=0)
 
 
 class PretrainSpec(Strict):
@@ -43,9 +46,12 @@ class PretrainSpec(Strict):
     max_epochs: int = Field(300, ge=1)
     max_seconds: float = Field(0.0, ge=0)
     target: float = Field(0.97, gt=0, le=1)
+    knowledge_target: float = Field(0.8, ge=0, le=1)  # paraphrase and extraction accuracy to reach too
     eval_every: int = Field(5, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
-    shuffle: bool = False  # shuffle each epoch's documents before packing (ckl.train.loop.train)
+    shuffle: bool = True  # shuffle each epoch's documents before packing (ckl.train.loop.train)
+    biographies: int = Field(1, ge=1)  # biographies per person per epoch
+    questions: int = Field(2, ge=-1)  # question-answer lines per QA-trained person per epoch (-1 = every fact's)
     refusals: bool = False  # the tokenizer also learns the words of TOFU's refusals (for the idk part)
     seed: int = 0
     copy_fraction: float = Field(0.0, ge=0)
@@ -53,7 +59,7 @@ class PretrainSpec(Strict):
 
 
 class EvalSpec(Strict):
-    kinds: list[Literal["statement", "paraphrase", "question"]] = list(PROBE_KINDS)
+    kinds: list[Literal["statement", "paraphrase", "question", "extraction"]] = list(PROBE_KINDS)
     batch_size: int = Field(256, ge=1)
     max_candidates: int = Field(10, ge=2)
     metric: Literal["em", "rank"] = "em"
@@ -187,6 +193,16 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)")
     if config.model is not None and config.pretrain is not None:
         raise InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both")
+    if config.world is not None:  # sizes, the QA half and the probe-word check, before any work
+        from ckl.world import WorldConfig, build_world
+
+        try:
+            build_world(WorldConfig(**config.world.model_dump()))
+        except ValueError as err:
+            message = str(err).removeprefix("WorldConfig.")
+            option = message.split("=", 1)[0].split(" ", 1)[0]
+            key = ("world", option) if option in WorldSpec.model_fields else ("world",)
+            raise InputError(file, _line_of(root, key), _dotted(key), message) from None
     base = path.parent
     if config.stream is not None:
         config.stream = str((base / config.stream).resolve())

@@ -29,12 +29,13 @@ DEMO = {
         {"name": "lora+replay", "skip": ["forget"], "train": {"epochs": 50, "lr": 3e-3}, "lora": {"r": 16}, "replay": {"fraction": 0.5}},
     ],
     "seeds": [0],
-    "eval": {"kinds": ["statement", "paraphrase", "question"]},
+    "eval": {"kinds": ["statement", "paraphrase", "question", "extraction"]},
 }
 
 SUMMARY_KEYS = (
     "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "forgetting", "plasticity",
-    "paraphrase_acquisition", "question_acquisition", "perplexity_before", "perplexity_after", "perplexity_delta",
+    "extraction_retention", "extraction_acquisition", "extraction_invariant", "paraphrase_retention",
+    "paraphrase_acquisition", "paraphrase_invariant", "question_acquisition", "perplexity_before", "perplexity_after", "perplexity_delta",
     "trainable_params", "tokens_seen", "seconds",
 )
 

@@ -101,7 +101,7 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
     (cached in run_dir/base_model)."""
     if config.model is not None:
         return Path(config.model)
-    from ckl.pretrain import PretrainConfig, pretrain
+    from ckl.pretrain import PretrainConfig, knowledge_line, pretrain
 
     out = run_dir / "base_model"
     if on_main(accelerator, lambda: (out / "config.json").exists(), share=True):
@@ -113,12 +113,12 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
         progress.start("pretraining (epochs)", pcfg.max_epochs)
     _, _, result = pretrain(  # every process trains (data parallel); the main one saves
         stream, pcfg, accelerator, out,
-        progress=lambda e, a: say(f"  epoch {e}: invariant accuracy {a:.3f}"),
+        progress=lambda e, k: say(f"  epoch {e}: {knowledge_line(k)}"),
         step_progress=(lambda e, s, loss: progress.epoch(e + 1, s, loss)) if progress else None,
     )
     on_main(accelerator, lambda: atomic_write_text(run_dir / "pretrain.json", json.dumps(asdict(result), indent=2)))
     verdict = "reached" if result.reached_target else "did NOT reach"
-    say(f"pretrained in {result.seconds:.0f}s, {result.epochs} epochs: accuracy {result.accuracy:.3f} ({verdict} target {pcfg.target})")
+    say(f"pretrained in {result.seconds:.0f}s, {result.epochs} epochs: {knowledge_line(result.knowledge)} ({verdict} target {pcfg.target} on statements)")
     return out
 
 
@@ -289,7 +289,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             relations=stream.relations, base=stream.base, stage=change.stage, seed=seed,
             tokenizer=tokenizer, accelerator=accelerator, change=change,
             progress=(lambda e, s, loss: progress.train_step(s, loss)) if progress else None,
-            model_dir=model_dir, general_text=stream.general_train,
+            model_dir=model_dir, general_text=stream.general_train, background=stream.background, qa_subjects=stream.qa_subjects,
         )
         try:
             with torch.random.fork_rng(devices=[]):

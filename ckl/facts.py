@@ -18,7 +18,11 @@ from ckl.errors import InputError
 
 CHANGE_KINDS = ("learn", "update", "edit", "forget")
 MAX_STAGE = 10_000  # a stage number beyond this is a typo, not a plan (every stage up to it is materialised)
-PROBE_KINDS = ("statement", "paraphrase", "question")
+# statement: a training template; paraphrase: a held-out template; question: a question
+# about a subject whose question-answer lines were trained; extraction: the same question
+# form about a subject whose facts were only ever read as statements (Allen-Zhu & Li,
+# "Physics of Language Models 3.1": knowledge extraction).
+PROBE_KINDS = ("statement", "paraphrase", "question", "extraction")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Probe:
     prompt: str
     answer: str
     candidates: tuple[str, ...]
-    kind: str  # statement | paraphrase | question
+    kind: str  # statement | paraphrase | question | extraction
     cohort: str  # invariant | stage1 | stale1 | forget1 | ...
     fact_id: str
     stage: int = 0  # the stage that created the cohort (0 for base knowledge)

@@ -5,11 +5,15 @@ A stream lives in a directory (docs/formats.md):
     facts.jsonl       base knowledge K0 (true before stage 1)
     changes.jsonl     stage 1..T: learn / update / edit / forget records
     general_train.txt general text mixed into pretraining (optional)
+    background.txt    documents about people outside every cohort, mixed into pretraining
+                      (optional; the synthetic world's background biographies)
+    qa_subjects.txt   the subjects whose question-answer lines are trained (optional)
     general_heldout.txt held-out general text for perplexity (optional)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -21,6 +25,7 @@ from pathlib import Path
 from ckl.errors import InputError
 from ckl.facts import (
     MAX_STAGE,
+    PROBE_KINDS,
     ChangeRecord,
     Fact,
     Probe,
@@ -76,8 +81,14 @@ class Stream:
     general_train: tuple[str, ...] = ()
     general_heldout: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
+    # Documents about people outside every cohort (background.txt): pretraining text that
+    # teaches the relations' phrasings on people who are never probed.
+    background: tuple[str, ...] = ()
     # Facts no stage ever teaches (unseen.jsonl): the never-seen floor of forget efficacy.
     unseen: tuple[Fact, ...] = ()
+    # The subjects whose question-answer lines are trained (qa_subjects.txt); the questions
+    # about every other subject are `extraction` probes. None: every subject's are trained.
+    qa_subjects: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -107,7 +118,9 @@ class Stream:
             general_train=_read_lines(d / "general_train.txt"),
             general_heldout=_read_lines(d / "general_heldout.txt"),
             meta=meta,
+            background=_read_lines(d / "background.txt"),
             unseen=_read_unseen(d / "unseen.jsonl", relations, base),
+            qa_subjects=_read_qa_subjects(d / "qa_subjects.txt", base, records),
         )
 
     def save(self, directory: str | Path) -> None:
@@ -118,8 +131,12 @@ class Stream:
         atomic_write_text(d / "changes.jsonl", jsonl_text(change_row(r) for r in self.records()))
         atomic_write_text(d / "general_train.txt", "".join(s + "\n" for s in self.general_train))
         atomic_write_text(d / "general_heldout.txt", "".join(s + "\n" for s in self.general_heldout))
+        if self.background:
+            atomic_write_text(d / "background.txt", "".join(s + "\n" for s in self.background))
         if self.unseen:
             atomic_write_text(d / "unseen.jsonl", jsonl_text(fact_row(f) for f in self.unseen))
+        if self.qa_subjects is not None:
+            atomic_write_text(d / "qa_subjects.txt", "".join(s + "\n" for s in sorted(self.qa_subjects)))
         # the stage count survives empty trailing stages, which changes.jsonl cannot show
         meta = {"stages": self.T, "meta": self.meta}
         atomic_write_text(d / "meta.json", json.dumps(meta, sort_keys=True, indent=2) + "\n")
@@ -179,26 +196,27 @@ class Stream:
         return dict(out)
 
     # ------------------------------------------------------------------ probes
-    def probes(self, kinds: Sequence[str] = ("statement", "paraphrase", "question"), max_candidates: int = 10) -> list[Probe]:
+    def probes(self, kinds: Sequence[str] = PROBE_KINDS, max_candidates: int = 10) -> list[Probe]:
         """All probe sets, by cohort. See docs/formats.md for the cohort names."""
         out: list[Probe] = []
+        probes_for = functools.partial(make_probes, qa_subjects=self.qa_subjects)
         local = self.neighbourhoods()
         neighbour_ids = {f.id for group in local.values() for f in group}
         kept = [f for f in self.invariant() if f.id not in neighbour_ids]
-        out += make_probes(kept, self.relations, "invariant", 0, "base", kinds, max_candidates)
+        out += probes_for(kept, self.relations, "invariant", 0, "base", kinds, max_candidates)
         for ch in self.stages:
             j = ch.stage
-            out += make_probes(ch.learn, self.relations, f"stage{j}", j, "learn", kinds, max_candidates)
-            out += make_probes(local.get(j, []), self.relations, f"local{j}", j, "base", kinds, max_candidates)
+            out += probes_for(ch.learn, self.relations, f"stage{j}", j, "learn", kinds, max_candidates)
+            out += probes_for(local.get(j, []), self.relations, f"local{j}", j, "base", kinds, max_candidates)
             for kind in ("update", "edit"):
                 recs = getattr(ch, kind)
                 olds = {r.fact.id: r.old_object for r in recs}
-                out += make_probes([r.fact for r in recs], self.relations, f"stage{j}", j, kind, kinds, max_candidates, olds)
+                out += probes_for([r.fact for r in recs], self.relations, f"stage{j}", j, kind, kinds, max_candidates, olds)
                 stale = [Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object) for r in recs]
                 news = {r.fact.id: r.fact.object for r in recs}
-                out += make_probes(stale, self.relations, f"stale{j}", j, kind, kinds, max_candidates, news)
-            out += make_probes(ch.forget, self.relations, f"forget{j}", j, "forget", kinds, max_candidates)
-        out += make_probes(self.unseen, self.relations, "unseen", 0, "unseen", kinds, max_candidates)
+                out += probes_for(stale, self.relations, f"stale{j}", j, kind, kinds, max_candidates, news)
+            out += probes_for(ch.forget, self.relations, f"forget{j}", j, "forget", kinds, max_candidates)
+        out += probes_for(self.unseen, self.relations, "unseen", 0, "unseen", kinds, max_candidates)
         return out
 
 
@@ -232,6 +250,18 @@ def _read_unseen(path: Path, relations: dict[str, Relation], base: Sequence[Fact
     return tuple(facts)
 
 
+def _read_qa_subjects(path: Path, base: Sequence[Fact], records: Sequence[ChangeRecord]) -> frozenset[str] | None:
+    """qa_subjects.txt (optional): one subject a line, each a subject of the stream."""
+    if not path.exists():
+        return None
+    known = {f.subject for f in base} | {r.fact.subject for r in records}
+    names = _read_lines(path)
+    for line, name in enumerate(names, 1):
+        if name not in known:
+            raise InputError(str(path), line, None, f"subject {name!r} has no fact in facts.jsonl or changes.jsonl")
+    return frozenset(names)
+
+
 def _read_lines(path: Path) -> tuple[str, ...]:
     if not path.exists():
         return ()
@@ -263,6 +293,11 @@ def candidates_for(fact: Fact, relation: Relation, max_candidates: int, also: st
     return tuple(sorted(must + pool[: max(0, max_candidates - len(must))]))
 
 
+def asks(subject: str, qa_subjects: frozenset[str] | None) -> bool:
+    """Whether `subject`'s question-answer lines are trained (all are when None)."""
+    return qa_subjects is None or subject in qa_subjects
+
+
 def make_probes(
     facts: Iterable[Fact],
     relations: dict[str, Relation],
@@ -272,9 +307,12 @@ def make_probes(
     kinds: Sequence[str],
     max_candidates: int,
     also: dict[str, str] | None = None,
+    qa_subjects: frozenset[str] | None = None,
 ) -> list[Probe]:
     """Probes for each fact: a statement (a training template), a paraphrase (a held-out
-    template) and a question, each with its candidate answers."""
+    template) and a question, each with its candidate answers. The question is of kind
+    `question` when the subject's question-answer lines are trained (`asks`), else of
+    kind `extraction`."""
     out = []
     for f in facts:
         rel = relations[f.relation]
@@ -284,9 +322,10 @@ def make_probes(
             prompts["statement"] = pick(rel.templates, "statement", f.id).format(subject=f.subject)
         if "paraphrase" in kinds and rel.paraphrases:
             prompts["paraphrase"] = pick(rel.paraphrases, "paraphrase", f.id).format(subject=f.subject)
-        if "question" in kinds and rel.questions:
+        question = "question" if asks(f.subject, qa_subjects) else "extraction"
+        if question in kinds and rel.questions:
             q = pick(rel.questions, "question", f.id).format(subject=f.subject)
-            prompts["question"] = QUESTION_FORMAT.format(question=q)
+            prompts[question] = QUESTION_FORMAT.format(question=q)
         for kind, prompt in prompts.items():
             out.append(Probe(f"{cohort}/{f.id}/{kind}", prompt, f.object, cands, kind, cohort, f.id, stage, change))
     return out
@@ -305,11 +344,17 @@ def qa_line(fact: Fact, relation: Relation, rng: random.Random) -> str:
 
 
 def render_documents(
-    facts: Iterable[Fact], relations: dict[str, Relation], rng: random.Random, questions: int | None = 2
+    facts: Iterable[Fact],
+    relations: dict[str, Relation],
+    rng: random.Random,
+    questions: int | None = 2,
+    qa_subjects: frozenset[str] | None = None,
+    biographies: int = 1,
 ) -> list[str]:
-    """Training documents for `facts`: one biography per subject with its facts in
-    shuffled order and a random training template each, plus question-answer lines for
-    `questions` of the subject's facts (None = all of them; 0 = none), chosen at random.
+    """Training documents for `facts`: `biographies` biographies per subject, each with
+    its facts in shuffled order and a random training template each, plus question-answer
+    lines for `questions` of the subject's facts (None = all of them; 0 = none), chosen at
+    random, for the subjects whose questions are trained (`asks(subject, qa_subjects)`).
 
     Knowledge is only extractable when it is seen in varied forms (Allen-Zhu & Li,
     "Physics of Language Models 3.1"), so call this again each epoch for fresh orderings,
@@ -322,8 +367,11 @@ def render_documents(
     docs = []
     for subject in sorted(by_subject):
         group = list(by_subject[subject])
-        rng.shuffle(group)
-        docs.append(" ".join(statement(f, relations[f.relation], rng) for f in group))
+        for _ in range(biographies):
+            rng.shuffle(group)
+            docs.append(" ".join(statement(f, relations[f.relation], rng) for f in group))
+        if not asks(subject, qa_subjects):
+            continue
         asked = [f for f in group if relations[f.relation].questions]
         if questions is not None:
             asked = asked[:questions]

@@ -8,6 +8,10 @@ over statement probes unless `kinds` says otherwise):
     update         accuracy after the last stage on the new object of updated facts
     stale          accuracy after the last stage on the old object of updated facts
     generalization the same acquisition/update cohorts, on held-out paraphrase probes
+    extraction_*   retention and acquisition on extraction probes: questions about the
+                   people whose question-answer lines were never trained (knowledge
+                   extraction, Allen-Zhu & Li, "Physics of Language Models 3.1")
+    paraphrase_*   retention and acquisition on held-out paraphrase probes
     FUAR           multi-stage form (Jang et al. 2022): forgetting of invariant facts per
                    fact gained, stage by stage
     ACC, BWT, FWT, forgetting, plasticity on the cohort matrix (GEM 2017, Chaudhry 2018)
@@ -53,6 +57,11 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     out["paraphrase_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("paraphrase",))
     out["paraphrase_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("paraphrase",))
     out["question_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("question",))
+    out["extraction_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("extraction",))
+    out["extraction_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("extraction",))
+    for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
+        by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
+        out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None
     by_change = store.accuracy_by_change(method, seed, metric=metric, kinds=kinds)
     gains = []
     for j in range(1, T + 1):
@@ -85,6 +94,7 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
 NUMERIC = (
     "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "fwt", "forgetting", "plasticity",
     "invariant_before", "invariant_after", "paraphrase_acquisition", "paraphrase_invariant", "question_acquisition",
+    "extraction_acquisition", "extraction_invariant", "extraction_retention", "paraphrase_retention",
     "forget_kept", "perplexity_before", "perplexity_after", "perplexity_delta", "perplexity_ratio",
     "trainable_params", "seconds", "tokens_seen",
 )

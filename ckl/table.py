@@ -18,7 +18,10 @@ COLUMNS = (
     ("acc", "ACC", "{:.3f}"),
     ("bwt", "BWT", "{:+.3f}"),
     ("forgetting", "forgetting", "{:.3f}"),
-    ("paraphrase_acquisition", "paraphr.", "{:.3f}"),
+    ("extraction_retention", "extr. ret.", "{:.3f}"),
+    ("extraction_acquisition", "extr. acq.", "{:.3f}"),
+    ("paraphrase_retention", "para. ret.", "{:.3f}"),
+    ("paraphrase_acquisition", "para. acq.", "{:.3f}"),
     ("perplexity_after", "ppl", "{:.2f}"),
     ("trainable_params", "trainable", "{:,.0f}"),
     ("seconds", "seconds", "{:.1f}"),
@@ -41,7 +44,7 @@ def cell(entry: dict[str, Any], key: str, fmt: str | None) -> str:
 
 def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
     table = Table(title=title or None, header_style="bold")
-    table.add_column("method")
+    table.add_column("method", no_wrap=True)  # a label is never squeezed; numbers wrap first
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     for method, entry in summary.items():

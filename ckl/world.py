@@ -11,9 +11,19 @@ facts. The design choices, and why:
 - Several statement templates per relation, used at random in training text. Knowledge
   stored from one fixed sentence is often not extractable in any other form; seen in
   varied forms it is (Allen-Zhu & Li, "Physics of Language Models 3.1").
-- Held-out paraphrase templates (`Relation.paraphrases`) that never appear in training
-  text. Paraphrase probes built from them separate knowing a fact from memorising a
-  sentence. No paraphrase's text occurs inside a training template or question.
+- Held-out paraphrase templates (`Relation.paraphrases`) that never appear in the
+  training text of any probed person. Paraphrase probes built from them separate knowing
+  a fact from memorising a sentence. No paraphrase's text occurs inside a training
+  template or question. A phrasing whose words a model never read cannot be understood,
+  so the general text holds biographies of `background_people` (people outside every
+  cohort, never probed) told once with the training templates and once with the held-out
+  ones: that is where the model learns what "first drew breath in" means, as a real
+  model learns it from other people's biographies. `build_world` refuses a world in
+  which a probe's word is read fewer than `min_probe_word_count` times in training text.
+- Extraction, the field's protocol (Allen-Zhu & Li, "Physics of Language Models 3.1"):
+  question-answer lines are trained only for a fixed `qa_fraction` of the people (the
+  first ones of K0 and of each stage's new people; `Stream.qa_subjects`); questions about
+  the others, whose facts the model only read as statements, are `extraction` probes.
 - Mutable relations (employer, residence, occupation, hobby) are the only ones that
   `update` touches, because only they plausibly change over time; birth city and
   university never do. Counterfactual `edit`s (off by default) may hit any relation,
@@ -42,7 +52,7 @@ import random
 from dataclasses import asdict, dataclass, field, fields
 
 from ckl.facts import ChangeRecord, Fact, Relation
-from ckl.stream import Change, Stream
+from ckl.stream import QUESTION_FORMAT, Change, Stream, render_documents
 
 # Generation is by rejection sampling; these caps keep it fast and far below the
 # capacity of the name and sentence spaces (~350k names, millions of sentences).
@@ -63,9 +73,14 @@ class WorldConfig:
     forget_per_stage: int = field(default=10, metadata={"help": "Base facts to unlearn (deletion requests), per stage."})
     general_train: int = field(default=400, metadata={"help": "Sentences of general text mixed into pretraining."})
     general_heldout: int = field(default=200, metadata={"help": "Held-out general sentences (disjoint from training) for perplexity."})
+    qa_fraction: float = field(default=0.5, metadata={"help": "Fraction of the people (of K0 and of each stage's new people) whose question-answer lines are trained; questions about the rest are `extraction` probes (1 = every person's, no extraction probes)."})
+    background_people: int = field(default=100, metadata={"help": "People outside every cohort whose biographies, in the general text, use both the training and the held-out templates (how a model learns what a held-out phrasing means)."})
+    min_probe_word_count: int = field(default=20, metadata={"help": "Refuse a world in which a word of a probe prompt is read fewer times than this in training text."})
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "qa_fraction":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"WorldConfig.{f.name} must be an integer, got {value!r}")
@@ -73,7 +88,16 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{f.name} must be >= 0, got {value!r}")
         if self.people < 1:
             raise ValueError(f"WorldConfig.people must be >= 1, got {self.people!r}")
+        if isinstance(self.qa_fraction, bool) or not isinstance(self.qa_fraction, (int, float)) or not 0 < self.qa_fraction <= 1:
+            raise ValueError(f"WorldConfig.qa_fraction must be in (0, 1], got {self.qa_fraction!r}")
+        if round(self.people * self.qa_fraction) < 1:
+            raise ValueError(
+                f"WorldConfig.qa_fraction={self.qa_fraction!r} with people={self.people!r} gives a question-answer "
+                "half of 0 people; raise qa_fraction or people"
+            )
         total_people = self.people + self.stages * self.learn_per_stage
+        if self.background_people > MAX_PEOPLE:
+            raise ValueError(f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
         if total_people > MAX_PEOPLE:
             raise ValueError(
                 f"WorldConfig.learn_per_stage={self.learn_per_stage!r} with people={self.people!r} and "
@@ -134,7 +158,8 @@ HOBBIES = (
 )
 
 # (name, mutable, templates, paraphrases, questions, candidates). Paraphrases are held out
-# of training; they use wording that no training template or question shares.
+# of every probed person's training text; they use wording that no training template or
+# question shares, and are read only in the background people's biographies.
 RELATION_SPECS: tuple[tuple[str, bool, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     (
         "birth_city", False,
@@ -197,6 +222,13 @@ LAST_HEADS = ("Ven", "Bram", "Cald", "Dor", "Fair", "Gran", "Hol", "Kerr", "Lind
               "Ros", "Stan", "Tre", "Wyn", "Ald", "Bel", "Cray", "Ebb", "Fro", "Hal", "Ing", "Jas", "Kel")
 LAST_TAILS = ("more", "wick", "ley", "dale", "ford", "ton", "well", "croft", "hurst", "stead", "mont",
               "bury", "ridge", "holt")
+# Background people's names share no word with the world's people (or its objects): what
+# the model reads about them must not attach to a probed person's name token.
+BACKGROUND_FIRST_HEADS = ("Ab", "Bex", "Cyr", "Dov", "Esk", "Fyn", "Gry", "Hux", "Ivo", "Jex", "Kyr", "Lux", "Myr",
+                          "Nyx", "Oz", "Pyx", "Quil", "Rux", "Syl", "Tyr", "Uxa", "Vex", "Wyl", "Xan", "Yv")
+BACKGROUND_LAST_HEADS = ("Ambr", "Blen", "Cobb", "Drum", "Elm", "Flax", "Gorm", "Hask", "Ivr", "Jund", "Kipp", "Lorr",
+                         "Mugg", "Nibb", "Oakes", "Plum", "Quay", "Rudd", "Skel", "Thorn", "Umb", "Vosk", "Whit",
+                         "Yarr", "Zand")
 
 # Everyday vocabulary for the general-text grammar. Places are generic ("the harbour"),
 # never the world's cities, and no sentence names a person.
@@ -240,13 +272,13 @@ def _part_rng(seed: int, part: str) -> random.Random:
     return random.Random(f"ckl.world/{seed}/{part}")
 
 
-def person_names(rng: random.Random, n: int) -> list[str]:
+def person_names(rng: random.Random, n: int, first_heads=FIRST_HEADS, last_heads=LAST_HEADS) -> list[str]:
     """`n` unique two-word names ("Alda Venmore") drawn from the syllable lists."""
     names: list[str] = []
     seen: set[str] = set()  # membership only; never iterated, so order stays deterministic
     while len(names) < n:
         name = (
-            rng.choice(FIRST_HEADS) + rng.choice(FIRST_TAILS) + " " + rng.choice(LAST_HEADS) + rng.choice(LAST_TAILS)
+            rng.choice(first_heads) + rng.choice(FIRST_TAILS) + " " + rng.choice(last_heads) + rng.choice(LAST_TAILS)
         )
         if name not in seen:
             seen.add(name)
@@ -275,6 +307,61 @@ def _general_sentence(rng: random.Random) -> str:
         where = rng.choice(PLACES)
         return f"{where[0].upper()}{where[1:]} was {rng.choice(MOODS)} and {rng.choice(WEATHER)} {rng.choice(TIMES)}."
     return f"The {animal} found a {rng.choice(ADJECTIVES)} {rng.choice(OBJECTS)} {place}, and it was {rng.choice(WEATHER)}."
+
+
+def background_biographies(rng: random.Random, relations: dict[str, Relation], names: list[str]) -> list[str]:
+    """Two biographies per background person, one with training templates and one with the
+    held-out paraphrase templates, and a question-answer line for each of the person's
+    facts. Templates and questions are taken in turn (person i uses each relation's
+    template i mod their number), so every one is read equally often; facts in shuffled
+    order, objects drawn from the relation's candidates."""
+    docs = []
+    for i, name in enumerate(names):
+        facts = [(rel, rng.choice(rel.candidates)) for rel in relations.values()]
+        for kind in ("templates", "paraphrases"):
+            rng.shuffle(facts)
+            sentences = []
+            for rel, obj in facts:
+                options = getattr(rel, kind) or rel.templates
+                sentences.append(f"{options[i % len(options)].format(subject=name)} {obj}.")
+            docs.append(" ".join(sentences))
+        for rel, obj in facts:
+            if rel.questions:
+                question = rel.questions[i % len(rel.questions)].format(subject=name)
+                docs.append(f"{QUESTION_FORMAT.format(question=question)} {obj}.")
+    return docs
+
+
+def probe_word_counts(stream: Stream) -> dict[str, int]:
+    """How often each word of a probe prompt (statement, paraphrase or question template,
+    without the subject) is read in one epoch of pretraining text: one rendering of K0
+    the general training text and the background documents. Words as the default
+    tokenizer splits them."""
+    import re
+    from collections import Counter
+
+    split = re.compile(r"\w+|[^\w\s]+")  # the Whitespace pre-tokenizer's rule (ckl.lm.make_tokenizer)
+    words = set()
+    for rel in stream.relations.values():
+        for template in rel.templates + rel.paraphrases + rel.questions:
+            words.update(split.findall(template.replace("{subject}", " ")))
+    counts: Counter[str] = Counter()
+    texts = render_documents(stream.base, stream.relations, random.Random(0), qa_subjects=stream.qa_subjects)
+    for text in texts + list(stream.general_train) + list(stream.background):
+        counts.update(w for w in split.findall(text) if w in words)
+    return {w: counts[w] for w in sorted(words)}
+
+
+def check_probe_words(stream: Stream, minimum: int) -> None:
+    """Raise ValueError naming `min_probe_word_count` when a probe word is read fewer than
+    `minimum` times in training text (`probe_word_counts`)."""
+    rare = {w: n for w, n in probe_word_counts(stream).items() if n < minimum}
+    if rare:
+        shown = ", ".join(f"{w!r} ({n})" for w, n in sorted(rare.items(), key=lambda kv: kv[1])[:10])
+        raise ValueError(
+            f"WorldConfig.min_probe_word_count={minimum}: {len(rare)} word(s) of probe prompts are read fewer times "
+            f"in training text: {shown}; raise background_people or lower min_probe_word_count"
+        )
 
 
 def general_sentences(rng: random.Random, n: int) -> list[str]:
@@ -307,6 +394,11 @@ def build_world(config: WorldConfig | None = None) -> Stream:
     relations = world_relations()
     total_people = config.people + config.stages * config.learn_per_stage
     names = person_names(_part_rng(config.seed, "names"), total_people)
+    # The first qa_fraction of K0's people and of each stage's new people.
+    qa = [names[i] for i in range(round(config.people * config.qa_fraction))]
+    for j in range(config.stages):
+        first = config.people + j * config.learn_per_stage
+        qa += names[first : first + round(config.learn_per_stage * config.qa_fraction)]
     width = max(4, len(str(total_people - 1)))
 
     object_rng = _part_rng(config.seed, "objects")
@@ -348,11 +440,17 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         stages.append(Change(j, tuple(learn), tuple(update), tuple(edit), tuple(forget)))
 
     general = general_sentences(_part_rng(config.seed, "general"), config.general_train + config.general_heldout)
-    return Stream(
+    background = person_names(_part_rng(config.seed, "background"), config.background_people, BACKGROUND_FIRST_HEADS, BACKGROUND_LAST_HEADS)
+    bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background)
+    stream = Stream(
         relations=relations,
         base=tuple(base),
         stages=tuple(stages),
         general_train=tuple(general[: config.general_train]),
         general_heldout=tuple(general[config.general_train :]),
         meta=asdict(config),
+        background=tuple(bios),
+        qa_subjects=frozenset(qa),
     )
+    check_probe_words(stream, config.min_probe_word_count)
+    return stream

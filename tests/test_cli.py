@@ -19,12 +19,13 @@ def ckl(*args, cwd=None):
 
 
 def test_world_pretrain_run_show_end_to_end(tmp_path):
-    r = ckl("world", "--out", tmp_path / "w", "--people", 12, "--learn", 4, "--update", 4, "--forget", 2, "--seed", 1)
+    r = ckl("world", "--out", tmp_path / "w", "--people", 12, "--learn", 4, "--update", 4, "--forget", 2, "--seed", 1,
+            "--background-people", 6, "--min-probe-word-count", 0)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "w" / "facts.jsonl").exists()
     p = TINY_PRETRAIN
     r = ckl("pretrain", "--world", tmp_path / "w", "--out", tmp_path / "m", "--target", 0.9, "--max-epochs", p["max_epochs"],
-            "--n-layer", p["n_layer"], "--n-embd", p["n_embd"], "--n-head", p["n_head"])
+            "--n-layer", p["n_layer"], "--n-embd", p["n_embd"], "--n-head", p["n_head"], "--knowledge-target", 0)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m" / "model.safetensors").exists()
     exp = tmp_path / "exp.yaml"
@@ -53,6 +54,10 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
         (["show", "nowhere"], "no results.sqlite"),
         (["pretrain", "--world", "nowhere", "--out", "m"], "stream directory not found"),
         (["world", "--out", "w", "--people", "0"], "people"),
+        (["world", "--out", "w", "--qa-fraction", "0"], "--qa-fraction must be in (0, 1]"),
+        (["world", "--out", "w", "--people", "1", "--update", "0", "--qa-fraction", "0.4"], "question-answer half of 0 people"),
+        (["world", "--out", "w", "--min-probe-word-count", "-1"], "--min-probe-word-count must be >= 0"),
+        (["world", "--out", "w", "--background-people", "0"], "--min-probe-word-count=20: "),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path, args, needle):
@@ -60,11 +65,12 @@ def test_user_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path, args, 
     assert r.returncode == 2, r.stdout + r.stderr
     assert needle in " ".join(r.stderr.split())
     assert "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir()), "nothing is written"
 
 
 def test_bad_config_key_exits_2_naming_line_and_key_and_writes_nothing(tmp_path):
     exp = tmp_path / "exp.yaml"
-    exp.write_text("name: x\nworld: {people: 12}\nmethods:\n  - name: replay\n    replay: {fraction: 2}\n")
+    exp.write_text("name: x\nworld: {people: 30}\nmethods:\n  - name: replay\n    replay: {fraction: 2}\n")
     r = ckl("run", exp, "--out", tmp_path / "run")
     assert r.returncode == 2
     assert "exp.yaml:5: field 'methods[0].replay'" in " ".join(r.stderr.split())

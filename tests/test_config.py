@@ -5,7 +5,7 @@ from ckl.errors import InputError
 
 GOOD = """\
 name: tiny
-world: {people: 12, forget_per_stage: 0}
+world: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 0}
 methods:
   - name: naive
     train: {epochs: 2}
@@ -39,6 +39,10 @@ def test_valid_config_loads_with_defaults(tmp_path):
         (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
         (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "Extra inputs"),
         (GOOD.replace("people: 12", "people: 1"), 2, "world.people", "greater than"),
+        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0"), 2, "world.qa_fraction", "greater than 0"),
+        (GOOD.replace("people: 12", "people: 12, min_probe_word_count: -1"), 2, "world.min_probe_word_count", "greater than"),
+        (GOOD.replace("people: 12", "people: 12, background_people: 0"), 2, "world.min_probe_word_count", "read fewer times"),
+        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0.01"), 2, "world.qa_fraction", "half of 0 people"),
     ],
 )
 def test_config_errors_name_the_line_and_key(tmp_path, text, line, field, message):
@@ -51,7 +55,7 @@ def test_config_errors_name_the_line_and_key(tmp_path, text, line, field, messag
 
 def test_stream_and_world_are_mutually_exclusive(tmp_path):
     with pytest.raises(InputError, match="exactly one"):
-        load_config(_write(tmp_path, GOOD.replace("world: {people: 12, forget_per_stage: 0}\n", "")))
+        load_config(_write(tmp_path, GOOD.replace("world: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 0}\n", "")))
 
 
 def test_invalid_yaml_and_unsafe_tags_are_input_errors(tmp_path):

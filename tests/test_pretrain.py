@@ -36,3 +36,22 @@ def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, a
         _, tokenizer, _ = pretrain(tiny_stream, config, accelerator)
         usable[refusals] = len(expressible(sentences, tokenizer))
     assert usable[False] == 0 and usable[True] == len(sentences)
+
+
+def test_the_default_recipe_teaches_knowledge_not_sentences(accelerator):
+    """The issue's K0 targets, with the default pretraining recipe and model on a smaller
+    world of the same construction (docs/knowledge.md has the default world: 1.000 / 0.975
+    / 0.996 after 200 epochs). Statement >= 0.95; extraction (questions about the people
+    whose question-answer lines were never trained) >= 0.80; held-out paraphrases >= 0.80.
+    Measured: reached at epoch 90 (statement 1.000, paraphrase 0.884, extraction 0.886)."""
+    from ckl.pretrain import PretrainConfig, pretrain
+    from ckl.world import WorldConfig, build_world
+
+    stream = build_world(WorldConfig(
+        seed=0, people=30, stages=1, learn_per_stage=5, update_per_stage=5, forget_per_stage=2,
+        general_train=100, background_people=50, min_probe_word_count=10,
+    ))
+    _, _, result = pretrain(stream, PretrainConfig(max_epochs=150, eval_every=10), accelerator)
+    k = result.knowledge
+    assert result.reached_target, result.knowledge_history
+    assert k["statement"] >= 0.95 and k["extraction"] >= 0.80 and k["paraphrase"] >= 0.80, k

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from ckl.stream import Stream, render_documents
-from ckl.world import MUTABLE_RELATIONS, WorldConfig, build_world
+from ckl.world import MUTABLE_RELATIONS, WorldConfig, build_world, probe_word_counts
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("relations.jsonl", "facts.jsonl", "changes.jsonl", "general_train.txt", "general_heldout.txt")
+FILES = ("relations.jsonl", "facts.jsonl", "changes.jsonl", "general_train.txt", "general_heldout.txt", "background.txt", "qa_subjects.txt")
 SMALL = dict(people=30, stages=3, learn_per_stage=5, update_per_stage=6, edit_per_stage=2, forget_per_stage=3,
-             general_train=50, general_heldout=20)
+             general_train=50, general_heldout=20, background_people=10, min_probe_word_count=0)
 
 
 def saved_bytes(stream: Stream, directory: Path) -> dict[str, bytes]:
@@ -65,6 +65,8 @@ def test_counts_match_the_config(world: Stream) -> None:
         assert change.count("edit") == SMALL["edit_per_stage"]
         assert change.count("forget") == SMALL["forget_per_stage"]
     assert len(world.general_train) == SMALL["general_train"]
+    # per background person two biographies and a question for each fact
+    assert len(world.background) == SMALL["background_people"] * (2 + n_rel)
     assert len(world.general_heldout) == SMALL["general_heldout"]
     assert world.meta == dataclasses.asdict(WorldConfig(seed=3, **SMALL))
 
@@ -143,7 +145,8 @@ def test_probes_cover_every_cohort(world: Stream) -> None:
     expected = {"invariant"} | {f"{c}{j}" for j in range(1, world.T + 1) for c in ("stage", "stale", "forget")}
     assert cohorts == expected
     for cohort in expected:
-        assert {p.kind for p in probes if p.cohort == cohort} == {"statement", "paraphrase", "question"}
+        kinds = {p.kind for p in probes if p.cohort == cohort}
+        assert kinds - {"question", "extraction"} == {"statement", "paraphrase"} and kinds & {"question", "extraction"}
     for p in probes:
         assert p.answer in p.candidates
     assert len({p.id for p in probes}) == len(probes)
@@ -203,3 +206,91 @@ def test_bad_config_raises_naming_the_field(kwargs: dict, name: str) -> None:
 def test_every_config_field_has_help() -> None:
     for f in dataclasses.fields(WorldConfig):
         assert f.metadata.get("help"), f.name
+
+
+# ----------------------------------------------------------------- knowledge, not sentences
+
+
+def test_question_answer_lines_are_trained_for_a_fixed_half_and_the_rest_are_extraction_probes(world: Stream) -> None:
+    k0 = sorted({f.subject: i for i, f in enumerate(world.base)}, key=lambda s: [f.subject for f in world.base].index(s))
+    half = round(SMALL["people"] * 0.5)
+    assert set(k0[:half]) <= world.qa_subjects and not set(k0[half:]) & world.qa_subjects
+    for change in world.stages:  # each stage's new people are split the same way
+        people = list(dict.fromkeys(f.subject for f in change.learn))
+        assert set(people[: round(len(people) * 0.5)]) <= world.qa_subjects
+        assert not set(people[round(len(people) * 0.5):]) & world.qa_subjects
+    probes = world.probes()
+    questions = [p for p in probes if p.kind == "question"]
+    extraction = [p for p in probes if p.kind == "extraction"]
+    subject = {f.id: f.subject for f in world.base} | {f.id: f.subject for ch in world.stages for f in ch.learn}
+    assert questions and extraction
+    assert all(subject[p.fact_id] in world.qa_subjects for p in questions)
+    assert all(subject[p.fact_id] not in world.qa_subjects for p in extraction)
+    assert all(p.prompt.startswith("Question: ") for p in extraction)
+    # training text never asks a question about a person outside the QA half
+    docs = render_documents(world.base, world.relations, random.Random(0), questions=None, qa_subjects=world.qa_subjects)
+    asked = {s for d in docs if d.startswith("Question:") for s in world.subjects() if s in d}
+    assert asked == world.qa_subjects & {f.subject for f in world.base}
+
+
+def test_qa_fraction_one_trains_every_question_and_makes_no_extraction_probe() -> None:
+    stream = build_world(WorldConfig(seed=3, **(SMALL | {"qa_fraction": 1.0})))
+    assert stream.qa_subjects == stream.subjects()
+    assert not [p for p in stream.probes() if p.kind == "extraction"]
+
+
+def test_paraphrases_never_meet_a_probed_person_but_every_probe_word_is_read_often() -> None:
+    stream = build_world(WorldConfig(seed=0))  # the default world, checked as built
+    counts = probe_word_counts(stream)
+    assert min(counts.values()) >= WorldConfig().min_probe_word_count
+    for word in ("breath", "diploma", "passionate", "trade"):  # held-out phrasing words
+        assert counts[word] >= 20
+    # the longest side of "{subject}" in each held-out phrasing ("first drew breath in")
+    phrases = [max(p.split("{subject}"), key=len).strip() for r in stream.relations.values() for p in r.paraphrases]
+    facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
+    docs = render_documents(facts, stream.relations, random.Random(1), questions=None, biographies=3)
+    assert not [p for p in phrases for d in docs if p in d]
+    # ...they are read only in background biographies, whose names share no word with a probed person
+    assert all(any(p in d for d in stream.background) for p in phrases)
+    names = {w for s in stream.subjects() for w in s.split()}
+    assert not {w.strip(".,?") for d in stream.background for w in d.split()} & names
+
+
+def test_a_world_whose_probe_words_are_rarely_read_is_refused_naming_the_option() -> None:
+    with pytest.raises(ValueError, match=r"WorldConfig\.min_probe_word_count=20: .*'breath'"):
+        build_world(WorldConfig(seed=0, background_people=0))
+    build_world(WorldConfig(seed=0, background_people=0, min_probe_word_count=0))  # the check can be switched off
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"qa_fraction": 0}, "qa_fraction"),
+        ({"qa_fraction": 1.5}, "qa_fraction"),
+        ({"qa_fraction": True}, "qa_fraction"),
+        ({"people": 1, "qa_fraction": 0.4, "update_per_stage": 0}, "qa_fraction"),  # a QA half of 0 people
+        ({"min_probe_word_count": -1}, "min_probe_word_count"),
+        ({"background_people": -3}, "background_people"),
+    ],
+)
+def test_bad_knowledge_options_raise_naming_the_option(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"WorldConfig\.{name}"):
+        WorldConfig(**kwargs)
+
+
+def test_the_qa_half_survives_save_and_load(world: Stream, tmp_path: Path) -> None:
+    world.save(tmp_path / "w")
+    loaded = Stream.load(tmp_path / "w")
+    assert loaded.qa_subjects == world.qa_subjects
+    assert [(p.id, p.kind) for p in loaded.probes()] == [(p.id, p.kind) for p in world.probes()]
+
+
+def test_a_qa_subject_file_naming_an_unknown_person_is_an_input_error(world: Stream, tmp_path: Path) -> None:
+    from ckl.errors import InputError
+
+    world.save(tmp_path / "w")
+    path = tmp_path / "w" / "qa_subjects.txt"
+    path.write_text(path.read_text() + "Nobody Atall\n")
+    with pytest.raises(InputError) as err:
+        Stream.load(tmp_path / "w")
+    assert err.value.file == str(path) and err.value.line == len(world.qa_subjects) + 1

@@ -34,11 +34,11 @@ computed = 0  # how many second moments this process computed (not read from the
 _fingerprints: dict[tuple, str] = {}
 
 
-def covariance_texts(base: Sequence[Fact], relations: dict[str, Relation], general: Sequence[str], samples: int, seed: int = 0) -> list[str]:
+def covariance_texts(base: Sequence[Fact], relations: dict[str, Relation], general: Sequence[str], samples: int, seed: int = 0, qa_subjects: frozenset[str] | None = None) -> list[str]:
     """Up to `samples` training texts of the base model: base-fact documents (rendered as
     in pretraining) and general sentences, shuffled deterministically."""
     rng = random.Random(f"ckl.covariance/{seed}")
-    texts = render_documents(base, relations, rng) + list(general)
+    texts = render_documents(base, relations, rng, qa_subjects=qa_subjects) + list(general)
     rng.shuffle(texts)
     return texts[:samples]
 
@@ -152,7 +152,7 @@ class KeyStatistics:
     def get(self, model: nn.Module, tokenizer, layer: int, ctx) -> torch.Tensor:
         if layer in self.moments:
             return self.moments[layer]
-        texts = covariance_texts(ctx.base, ctx.relations, ctx.general_text, self.samples)
+        texts = covariance_texts(ctx.base, ctx.relations, tuple(ctx.general_text) + tuple(ctx.background), self.samples, qa_subjects=ctx.qa_subjects)
         if not texts:
             raise ValueError("the key second moment needs text: the stream has no base facts and no general text")
         model_dir = getattr(ctx, "model_dir", None)

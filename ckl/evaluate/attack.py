@@ -126,7 +126,7 @@ def relearning_attack(model, tokenizer, stream: Stream, probes: Sequence[Probe],
     train_config = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
 
     def documents(epoch: int) -> list[str]:
-        return render_documents(shown, stream.relations, rng_for(config.seed, "attack-docs", epoch))
+        return render_documents(shown, stream.relations, rng_for(config.seed, "attack-docs", epoch), qa_subjects=stream.qa_subjects)
 
     result = train(attacked, tokenizer, documents, train_config, accelerator, seed=rng_for(config.seed, "attack-batches").randrange(2**31))
     after = score_probes(attacked, tokenizer, targets + unseen)

@@ -94,7 +94,7 @@ def memory_batch(facts: Sequence[Fact], ctx: StageContext, rng: random.Random, b
     if not facts:
         return None
     sample = rng.sample(list(facts), min(len(facts), blocks * FACTS_PER_BLOCK))
-    documents = render_documents(sample, ctx.relations, rng)
+    documents = render_documents(sample, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
     input_ids, mask, labels = pack(ctx.tokenizer, documents, block_size)
     chosen = sorted(rng.sample(range(len(input_ids)), min(blocks, len(input_ids))))
     return {"input_ids": input_ids[chosen], "attention_mask": mask[chosen], "labels": labels[chosen]}  # (B, L) each

@@ -48,6 +48,8 @@ class StageContext:
     progress: Callable[[int, int, float], None] | None = None
     model_dir: Any = None  # the base model's directory (editors cache key statistics next to it)
     general_text: tuple[str, ...] = ()  # the stream's general training text (what the base model read)
+    background: tuple[str, ...] = ()  # the stream's background documents (read in pretraining too)
+    qa_subjects: frozenset[str] | None = None  # subjects whose question-answer lines are trained (Stream.qa_subjects)
     epoch: int = 0  # the epoch whose documents are being rendered (set by TrainingMethod)
 
 
@@ -214,7 +216,7 @@ class TrainingMethod:
             ctx.epoch = epoch
             rng = rng_for(ctx.seed, "docs", ctx.stage, epoch)
             extra = [f for part in self.parts for f in part.extra_facts(facts, ctx, rng)]
-            rendered = render_documents(facts + extra, ctx.relations, rng, questions=self.questions)
+            rendered = render_documents(facts + extra, ctx.relations, rng, questions=self.questions, qa_subjects=ctx.qa_subjects)
             return rendered + [d for part in self.parts for d in part.extra_documents(ctx, rng)]
 
         if facts or any(p.kinds for p in self.parts):

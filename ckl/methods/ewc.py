@@ -110,7 +110,7 @@ class Ewc(Part):
 
     def _estimate(self, model, facts, ctx: StageContext, label) -> dict[str, torch.Tensor]:
         rng = rng_for(ctx.seed, "ewc", ctx.stage, label)
-        documents = render_documents(facts, ctx.relations, rng)
+        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
         documents = rng.sample(documents, min(self.config.samples, len(documents)))
         return estimate_fisher(model, ctx.tokenizer, documents, self.config.batch_size, ctx.accelerator)
 

@@ -140,7 +140,7 @@ class Importance(Part):
 
     def _estimate(self, model, facts, ctx: StageContext, label) -> dict[str, torch.Tensor]:
         rng = rng_for(ctx.seed, "importance", ctx.stage, label)
-        documents = render_documents(facts, ctx.relations, rng)
+        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
         documents = rng.sample(documents, min(self.config.samples, len(documents)))
         return estimate_importance(model, ctx.tokenizer, documents, self.config.batch_size, ctx.accelerator)
 

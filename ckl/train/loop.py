@@ -39,7 +39,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant | cosine (to 10% of lr over all epochs)"})
-    shuffle: bool = field(default=False, metadata={"help": "shuffle each epoch's documents before packing them into blocks (see `train`)"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing them into blocks (see `train`)"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
@@ -114,10 +114,8 @@ def train(
     a document that never starts a block is only ever seen after the same neighbour, and
     a small model learns it as a continuation of that neighbour, not of its own prompt
     (measured: 11 of 24 Pile targets, exactly the 11 at block starts, memorised and the
-    rest not at all). `shuffle: true` draws a new order each epoch. It is off by default
-    because the demo, the methods table and the first two editing scenarios in docs/
-    were measured without it; the synthetic world's renderings already vary their
-    lengths each epoch, which moves the block cuts.
+    rest not at all). `shuffle: true` (the default) draws a new order each epoch;
+    `shuffle: false` keeps the renderer's order.
 
     Args:
         documents: epoch -> training documents (rendered anew each epoch so templates and

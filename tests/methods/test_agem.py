@@ -30,7 +30,7 @@ def _prepared(tiny_stream, tiny_model, accelerator):
     _stage_gradient(model, tokenizer, tiny_stream)
     params = trainable(model)
     g = flat_grad(params)
-    refs = {step: memory_gradient(model, part.memory_batch(step), params) for step in range(12)}
+    refs = {step: memory_gradient(model, part.memory_batch(step), params) for step in range(48)}
     return model, part, params, g, refs
 
 
@@ -47,8 +47,11 @@ def _sgd_step(params, lr):
 
 def test_agem_projection_never_increases_the_memory_loss_on_the_step_it_projects(tiny_stream, tiny_model, accelerator):
     model, part, params, g, refs = _prepared(tiny_stream, tiny_model, accelerator)
-    step = next((s for s, r in refs.items() if torch.dot(g, r) < 0), None)
-    assert step is not None, "the stage's updates should conflict with some memory batch"
+    # the memory batch the stage's gradient conflicts with most, of 48 (measured on the tiny
+    # model: 3 of 48 conflict, cosine -0.004 at most; for a barely conflicting one the raw
+    # step's first-order rise is smaller than the second-order term this test neglects)
+    step = min(refs, key=lambda s: float(torch.dot(g, refs[s])))
+    assert torch.dot(g, refs[step]) < 0, "the stage's updates should conflict with some memory batch"
     g_ref, batch = refs[step], part.memory_batch(step)
     before = _memory_loss(model, batch)
     start = [p.detach().clone() for p in params]

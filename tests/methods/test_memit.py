@@ -5,7 +5,7 @@ import torch
 
 from ckl.evaluate.scoring import score_probes
 from ckl.methods.memit import MemitConfig, least_squares_update
-from tests.methods.test_rome import apply, edit_of, statement_probes
+from tests.methods.test_rome import TINY, apply, edit_of, statement_probes
 
 
 def test_memit_with_one_edit_matches_rome(tiny_stream, tiny_model_dir, accelerator):
@@ -14,7 +14,7 @@ def test_memit_with_one_edit_matches_rome(tiny_stream, tiny_model_dir, accelerat
     others = [f for f in tiny_stream.invariant() if f.subject != record.fact.subject]
     results = {}
     for name in ("rome", "memit"):
-        model, tokenizer, _ = apply(name, {}, tiny_stream, tiny_model_dir, accelerator, [record])
+        model, tokenizer, _ = apply(name, TINY, tiny_stream, tiny_model_dir, accelerator, [record])
         results[name] = (bool(score_probes(model, tokenizer, target).em.all()), score_probes(model, tokenizer, statement_probes(tiny_stream, others)).predicted)
     assert results["memit"][0] and results["rome"][0], "both rewrite the fact"
     kept = sum(a == b for a, b in zip(results["memit"][1], results["rome"][1])) / len(others)
@@ -29,7 +29,7 @@ def test_memit_edits_a_batch_in_one_call(tiny_stream, tiny_model_dir, accelerato
     probes = statement_probes(tiny_stream, [r.fact for r in records])
     base, tokenizer = lm.load(tiny_model_dir)
     before = score_probes(base, tokenizer, probes).logprob
-    model, tokenizer, stats = apply("memit", {}, tiny_stream, tiny_model_dir, accelerator, records)
+    model, tokenizer, stats = apply("memit", TINY, tiny_stream, tiny_model_dir, accelerator, records)
     after = score_probes(model, tokenizer, probes).logprob
     assert (after - before > 1.0).all(), f"every new object became more likely: {before} -> {after}"
     assert stats.steps <= 20, "one optimisation for the whole batch, not one per edit"

@@ -65,7 +65,7 @@ def test_report_command_writes_the_file_and_refuses_a_non_run(run_dir, tmp_path)
 
 def test_compare_prints_the_key_table_of_several_runs(run_dir, tmp_path):
     other = make_run(tmp_path / "other", methods={"replay": {0: (1,) * 8, 1: (1,) * 8, 2: (1,) * 8}})
-    result = CliRunner().invoke(app, ["compare", str(run_dir), str(other)], env={"COLUMNS": "220"})
+    result = CliRunner().invoke(app, ["compare", str(run_dir), str(other)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "other: replay" in result.output and f"{run_dir.name}: naive" in result.output
     assert HOSTILE_METHOD in result.output  # "[...]"-free names print literally; markup is escaped

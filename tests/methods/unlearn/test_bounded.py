@@ -28,6 +28,8 @@ def test_inverted_hinge_loss_stays_in_its_range_and_composes_with_lora(unlearn, 
     *_, full = unlearn("ihl", {"train": TRAIN, "ihl": OFF}, forget_only)
     assert all(0 <= v <= 2 for v in full) and full[-1] < 0.1  # measured: 1.49 -> 0.03
     model, tokenizer, stats, _, losses = unlearn("ihl+lora", {"train": {"epochs": 40, "lr": 3e-3}}, forget_only)
-    assert stats.trainable_params < stats.total_params / 4  # only the adapters trained
+    # only the adapters trained: rank-16 adapters on every linear layer of the 3-layer,
+    # 64-wide tiny model are 49,152 of its 191,616 parameters
+    assert stats.trainable_params < stats.total_params / 3
     assert all(0 <= v <= 2 for v in losses)
     assert exact_match(model, tokenizer, list(forget_only.forget)) == 0.0
