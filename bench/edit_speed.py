@@ -70,7 +70,8 @@ def run(name: str, stream: Stream, model_dir: Path, records: list[ChangeRecord],
     model, tokenizer = lm.load(model_dir)
     method = build_method(name, {name: options})
     change = Change(1, edit=tuple(records))
-    ctx = StageContext(stream.relations, stream.base, 1, 0, tokenizer, None, change=change, general_text=stream.general_train, model_dir=model_dir)
+    ctx = StageContext(stream.relations, stream.base, 1, 0, tokenizer, None, change=change, general_text=stream.general_train,
+                       background=stream.background, qa_subjects=stream.qa_subjects, model_dir=model_dir)
     # the one-off key statistics (cached on disk by the warm-up) are not part of the edit time
     warm = time.perf_counter()
     layers = edited_layers(method.config, model) if name == "memit" else [method.config.layer if method.config.layer >= 0 else default_layer(model)]

@@ -31,7 +31,7 @@ class WorldSpec(Strict):
     forget_per_stage: int = Field(10, ge=0)
     general_train: int = Field(400, ge=0)
     general_heldout: int = Field(200, ge=0)
-    qa_fraction: float = Field(0.5, gt=0, le=1)
+    qa_fraction: float = Field(0.5, gt=0, le=1, strict=True)
     background_people: int = Field(100, ge=0)
     min_probe_word_count: int = Field(20, ge=0)
 
@@ -46,7 +46,7 @@ class PretrainSpec(Strict):
     max_epochs: int = Field(300, ge=1)
     max_seconds: float = Field(0.0, ge=0)
     target: float = Field(0.97, gt=0, le=1)
-    knowledge_target: float = Field(0.8, ge=0, le=1)  # paraphrase and extraction accuracy to reach too
+    knowledge_target: float = Field(0.8, ge=0, le=1, strict=True)  # paraphrase and extraction accuracy to reach too
     eval_every: int = Field(5, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
     shuffle: bool = True  # shuffle each epoch's documents before packing (ckl.train.loop.train)

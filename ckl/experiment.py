@@ -33,7 +33,7 @@ from ckl import lm, unlearning_run
 from ckl.config import ExperimentConfig
 from ckl.distributed import gather, is_main, on_main, shard
 from ckl.errors import DivergenceError, InputError
-from ckl.evaluate.scoring import negative_log_likelihood, score_probes
+from ckl.evaluate.scoring import known_fraction, negative_log_likelihood, score_probes
 from ckl.facts import Probe, atomic_write_text
 from ckl.methods.base import StageContext, build_method
 from ckl.store import Outcome, StageInfo, Store
@@ -223,6 +223,12 @@ def _describe(store: Store, probes: list[Probe], T: int, metric: str) -> None:
     store.set_meta("metric", metric)
 
 
+# Bumped when a default changes what an unchanged config means (2: the world's QA half and
+# background people, shuffled packing by default). Results of another protocol are not
+# mixed into one table.
+PROTOCOL = 2
+
+
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
     """A run directory holds one experiment: the same stream, model, evaluation. Methods
     and seeds may be added later (finished rows are kept and reused), but a method whose
@@ -237,6 +243,11 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
             previous = ExperimentConfig.model_validate(previous).model_dump(mode="json")
         except ValueError:
             pass  # no longer valid at all: it differs, and the check below says so
+    if previous is not None and store.get_meta("protocol") != PROTOCOL:
+        raise InputError(str(run_dir), None, None,
+                         f"holds results made by an earlier ckl whose defaults differ (protocol {store.get_meta('protocol') or 1}, now "
+                         f"{PROTOCOL}: the world's QA half and background people, shuffled packing); choose another output directory")
+    store.set_meta("protocol", PROTOCOL)
     if previous is not None and fixed(previous) != fixed(resolved):
         changed = sorted(k for k in fixed(resolved) if fixed(previous).get(k) != resolved[k])
         raise InputError(str(run_dir), None, ", ".join(changed) or None,
@@ -290,6 +301,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             tokenizer=tokenizer, accelerator=accelerator, change=change,
             progress=(lambda e, s, loss: progress.train_step(s, loss)) if progress else None,
             model_dir=model_dir, general_text=stream.general_train, background=stream.background, qa_subjects=stream.qa_subjects,
+            known=known_fraction(tokenizer, stream.relations, config.eval.batch_size),
         )
         try:
             with torch.random.fork_rng(devices=[]):
@@ -303,6 +315,8 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             say(f"{label} seed {seed}: stage {change.stage} FAILED ({err}); {kept}")
             return
         notes = {"not_applied": stats.not_applied} if stats.not_applied else {}
+        if getattr(getattr(method, "train_config", None), "until", 0):
+            notes["epochs"] = stats.epochs  # where the stopping rule ended the stage
         for kind, n in stats.not_applied.items():
             say(f"{label}: does not support '{kind}'; {n} {kind} request(s) of stage {change.stage} NOT applied")
         info = StageInfo(

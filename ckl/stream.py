@@ -131,6 +131,9 @@ class Stream:
         atomic_write_text(d / "changes.jsonl", jsonl_text(change_row(r) for r in self.records()))
         atomic_write_text(d / "general_train.txt", "".join(s + "\n" for s in self.general_train))
         atomic_write_text(d / "general_heldout.txt", "".join(s + "\n" for s in self.general_heldout))
+        for name, present in (("background.txt", self.background), ("qa_subjects.txt", self.qa_subjects is not None)):
+            if not present:  # a file left by an earlier stream in this directory is not this one's
+                (d / name).unlink(missing_ok=True)
         if self.background:
             atomic_write_text(d / "background.txt", "".join(s + "\n" for s in self.background))
         if self.unseen:
@@ -255,10 +258,13 @@ def _read_qa_subjects(path: Path, base: Sequence[Fact], records: Sequence[Change
     if not path.exists():
         return None
     known = {f.subject for f in base} | {r.fact.subject for r in records}
-    names = _read_lines(path)
-    for line, name in enumerate(names, 1):
-        if name not in known:
+    _read_lines(path)  # encoding and readability errors
+    names = []
+    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):  # blank lines still count
+        name = raw.strip()
+        if name and name not in known:
             raise InputError(str(path), line, None, f"subject {name!r} has no fact in facts.jsonl or changes.jsonl")
+        names += [name] if name else []
     return frozenset(names)
 
 

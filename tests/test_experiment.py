@@ -164,3 +164,21 @@ def test_a_run_made_before_an_option_existed_still_resumes(tmp_path, full_run, s
     before = _all_outcomes(run)
     run_experiment(_config(stream_dir, tiny_model_dir), run, say=lambda m: None)
     assert _all_outcomes(run) == before
+
+
+def test_a_run_made_under_earlier_defaults_is_not_extended(tmp_path, full_run, stream_dir, tiny_model_dir):
+    """A run stored before the knowledge change has no protocol stamp: its unchanged config
+    meant another world and packing, so adding to it would mix two protocols in one table."""
+    import shutil
+
+    from ckl.experiment import PROTOCOL
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    with Store(run / "results.sqlite") as store:
+        assert store.get_meta("protocol") == PROTOCOL
+        store.set_meta("protocol", None)
+    before = _all_outcomes(run)
+    with pytest.raises(InputError, match="earlier ckl whose defaults differ"):
+        run_experiment(_config(stream_dir, tiny_model_dir), run, say=lambda m: None)
+    assert _all_outcomes(run) == before

@@ -82,6 +82,7 @@ import torch
 import torch.nn.functional as F
 
 from ckl.facts import Probe
+from ckl.stream import make_probes
 
 __all__ = [
     "Scores",
@@ -637,3 +638,13 @@ def reference_score(model, tokenizer, probe: Probe) -> tuple[bool, bool, float, 
     best = int(np.argmax(scores))  # first of the tied
     gold_index = probe.candidates.index(probe.answer) if probe.answer in probe.candidates else -1
     return em, best == gold_index, logprob, probe.candidates[best]
+
+
+def known_fraction(tokenizer, relations, batch_size: int = 256):
+    """known(model, facts): the fraction of `facts` whose statement probe the model answers
+    with greedy exact match (the measure of `train.until`)."""
+    def known(model, facts) -> float:
+        probes = make_probes(facts, relations, "until", 0, "learn", ("statement",), 2)
+        return float(score_probes(model, tokenizer, probes, batch_size=batch_size).em.mean()) if probes else 1.0
+
+    return known

@@ -50,6 +50,10 @@ class StageContext:
     general_text: tuple[str, ...] = ()  # the stream's general training text (what the base model read)
     background: tuple[str, ...] = ()  # the stream's background documents (read in pretraining too)
     qa_subjects: frozenset[str] | None = None  # subjects whose question-answer lines are trained (Stream.qa_subjects)
+    # known(model, facts) -> the fraction of `facts` the model states correctly (greedy exact
+    # match on statement probes). Set by the runner, which sits above evaluation; the
+    # stopping rule `train.until` needs it.
+    known: Callable[[Any, Sequence[Fact]], float] | None = None
     epoch: int = 0  # the epoch whose documents are being rendered (set by TrainingMethod)
 
 
@@ -62,6 +66,7 @@ class ApplyStats:
     total_params: int = 0
     tokens_seen: int = 0
     steps: int = 0
+    epochs: int = 0  # epochs trained (fewer than train.epochs when train.until stopped early)
     not_applied: dict[str, int] = field(default_factory=dict)  # change kind -> facts left unapplied
 
 
@@ -223,9 +228,9 @@ class TrainingMethod:
             result = train(
                 model, ctx.tokenizer, documents, self.train_config, ctx.accelerator,
                 seed=rng_for(ctx.seed, "batches", ctx.stage).randrange(2**31),
-                terms=self.parts, progress=ctx.progress,
+                terms=self.parts, progress=ctx.progress, on_epoch_end=self._stopping_rule(model, facts, ctx),
             )
-            stats.tokens_seen, stats.steps = result.tokens_seen, result.steps
+            stats.tokens_seen, stats.steps, stats.epochs = result.tokens_seen, result.steps, result.epochs
         for part in reversed(self.parts):
             model = part.finish(model, ctx)
         for part in self.parts:
@@ -233,6 +238,26 @@ class TrainingMethod:
         stats.total_params = count_parameters(model)[1]
         stats.seconds = time.perf_counter() - start
         return model, stats
+
+    def _stopping_rule(self, model, facts: list[Fact], ctx: StageContext) -> Callable[[int], bool] | None:
+        """`train.until`: every `check_every` epochs, stop once the stage's taught facts are
+        known at that accuracy. The main process measures and every process follows it.
+        The measure is of the trained weights before the parts' `finish` (merging, EMA)."""
+        config = self.train_config
+        if not config.until or not facts:
+            return None
+        if ctx.known is None:
+            raise ValueError("train.until needs a runner that can score facts (StageContext.known)")
+        from ckl.distributed import on_main
+
+        def done(epoch: int) -> bool:
+            if (epoch + 1) % config.check_every:
+                return False
+            stop = bool(on_main(ctx.accelerator, lambda: ctx.known(model, facts) >= config.until, share=True))
+            model.train()
+            return stop
+
+        return done
 
     def restore(self, model):
         """A model loaded from a checkpoint, with what the parts keep beside it re-attached."""

@@ -40,6 +40,8 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant | cosine (to 10% of lr over all epochs)"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing them into blocks (see `train`)"})
+    until: float = field(default=0.0, metadata={"help": "stop once the stage's new and updated facts are known at this statement accuracy, checked every `check_every` epochs; `epochs` is then the budget (0 = train every epoch)"})
+    check_every: int = field(default=5, metadata={"help": "epochs between the checks of `until`"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
@@ -54,6 +56,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle must be true or false, got {self.shuffle!r}")
+        if isinstance(self.until, bool) or not isinstance(self.until, (int, float)) or not 0 <= self.until <= 1:
+            raise ValueError(f"until must be a number in [0, 1] (0 = off), got {self.until!r}")
+        check_count(self.check_every, "check_every")
 
 
 @dataclass

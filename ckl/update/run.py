@@ -244,6 +244,7 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     import torch
 
     from ckl import lm
+    from ckl.evaluate import scoring
     from ckl.experiment import make_accelerator
     from ckl.methods.base import StageContext
 
@@ -272,6 +273,7 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
         relations=inputs.relations, base=[f for f in inputs.known if f.id not in keep_ids], stage=1, seed=req.seed,
         tokenizer=tokenizer, accelerator=accelerator, change=inputs.change,
         progress=(lambda e, s, loss: progress.train_step(s, loss)) if progress else None,
+        known=scoring.known_fraction(tokenizer, inputs.relations),
     )
     ch = inputs.change
     say(f"applying {len(ch.learn)} new, {len(ch.update)} updated, {len(ch.forget)} forgotten fact(s) with {method.name}")

@@ -47,17 +47,19 @@ class TextBatches:
     writes the same number of documents for the same facts whatever the random choices).
     """
 
-    def __init__(self, facts: Sequence[Fact], relations: dict[str, Relation], tokenizer, seed: int, tag: tuple, batch_size: int, max_length: int):
+    def __init__(self, facts: Sequence[Fact], relations: dict[str, Relation], tokenizer, seed: int, tag: tuple, batch_size: int, max_length: int,
+                 qa_subjects: frozenset[str] | None = None):
         self.facts, self.relations, self.tokenizer = list(facts), relations, tokenizer
         self.seed, self.tag, self.batch_size, self.max_length = seed, tag, batch_size, max_length
-        self.documents = len(render_documents(self.facts, relations, random.Random(0), questions=None))
+        self.qa_subjects = qa_subjects  # whose questions are rendered (None: everyone's)
+        self.documents = len(render_documents(self.facts, relations, random.Random(0), questions=None, qa_subjects=qa_subjects))
         self.per_pass = math.ceil(self.documents / batch_size)
         self._pass: tuple[int, dict[str, torch.Tensor]] | None = None
 
     def get(self, pass_: int, index: int, device) -> dict[str, torch.Tensor]:
         if self._pass is None or self._pass[0] != pass_:
             rng = rng_for(self.seed, *self.tag, pass_)
-            docs = render_documents(self.facts, self.relations, rng, questions=None)  # every question: forget sets are small
+            docs = render_documents(self.facts, self.relations, rng, questions=None, qa_subjects=self.qa_subjects)  # every question: sets are small
             rng.shuffle(docs)
             self._pass = (pass_, document_rows(self.tokenizer, docs, self.max_length))
         rows = self._pass[1]

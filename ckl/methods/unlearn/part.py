@@ -102,7 +102,7 @@ class Unlearning(Part):
         self.teaching = bool(ctx.change is not None and ctx.change.taught())
         self.groups = [forget] if self.config.mode == "batched" and forget else [[f] for f in forget]
         c = self.config
-        self.texts = [
+        self.texts = [  # every form of a fact to forget, the extraction form too (it answers; it goes)
             TextBatches(self.targets(g, ctx), ctx.relations, ctx.tokenizer, ctx.seed, ("forget", ctx.stage, k), c.batch_size, c.max_length)
             for k, g in enumerate(self.groups)
         ]
@@ -115,7 +115,8 @@ class Unlearning(Part):
             self.pool.start(ctx.base, ctx.seed)  # from the first stage on, so that `observe` keeps it true
             kept = self.pool.sample(ctx.change)
             if kept and self.groups:
-                self.retain = TextBatches(kept, ctx.relations, ctx.tokenizer, ctx.seed, ("retain", ctx.stage), c.batch_size, c.max_length)
+                # the retain set keeps what pretraining taught: no question about a person outside the QA half
+                self.retain = TextBatches(kept, ctx.relations, ctx.tokenizer, ctx.seed, ("retain", ctx.stage), c.batch_size, c.max_length, ctx.qa_subjects)
         return model
 
     def steps(self, epoch: int, epochs: int) -> int:
