@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--locality", type=int, default=300, help="other people's facts checked for unchanged answers")
     ap.add_argument("--subject-token", default="last", choices=("last", "first"))
     ap.add_argument("--editors", default="rome,memit")
+    ap.add_argument("--options", default="{}", help="JSON options for both editors, e.g. '{\"layer\": 0}'")
     args = ap.parse_args()
 
     stream = Stream.load(args.stream)
@@ -69,7 +70,7 @@ def main() -> None:
         return StageContext(stream.relations, stream.base, 1, 0, tokenizer, None, change=change, general_text=stream.general_train,
                             background=stream.background, qa_subjects=stream.qa_subjects, model_dir=args.model)
 
-    options = {"subject_token": args.subject_token}
+    options = {"subject_token": args.subject_token} | json.loads(args.options)
     for name in args.editors.split(","):
         groups = [[r] for r in records] if name == "rome" else [records[i : i + args.batch] for i in range(0, len(records), args.batch)]
         totals: dict[str, float] = {}
@@ -86,7 +87,7 @@ def main() -> None:
                     totals[k + "_n"] = totals.get(k + "_n", 0) + len(hits)
             after = score_probes(model, tokenizer, local).predicted
             totals["locality"] = totals.get("locality", 0) + sum(a == b for a, b in zip(before_local, after)) / len(local)
-        row = {"editor": name, "batch": 1 if name == "rome" else args.batch, "subject_token": args.subject_token,
+        row = {"editor": name, "batch": 1 if name == "rome" else args.batch, "options": options,
                "seconds": round(time.perf_counter() - start, 1)}
         row |= {k: round(totals[k + "_hits"] / totals[k + "_n"], 3) for k in kinds if totals.get(k + "_n")}
         row["locality"] = round(totals["locality"] / len(groups), 3)

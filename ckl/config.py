@@ -193,16 +193,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)")
     if config.model is not None and config.pretrain is not None:
         raise InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both")
-    if config.world is not None:  # sizes, the QA half and the probe-word check, before any work
-        from ckl.world import WorldConfig, build_world
-
-        try:
-            build_world(WorldConfig(**config.world.model_dump()))
-        except ValueError as err:
-            message = str(err).removeprefix("WorldConfig.")
-            option = message.split("=", 1)[0].split(" ", 1)[0]
-            key = ("world", option) if option in WorldSpec.model_fields else ("world",)
-            raise InputError(file, _line_of(root, key), _dotted(key), message) from None
+    check_world(config, file, root)
     base = path.parent
     if config.stream is not None:
         config.stream = str((base / config.stream).resolve())
@@ -218,6 +209,23 @@ def load_config(path: str | Path) -> ExperimentConfig:
     for i, message in unsupported_methods(config):
         raise InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message)
     return config
+
+
+def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
+    """Build the configured world once, before any work: its sizes, the QA half and the
+    probe-word check. A failure is an InputError naming `world.<option>` (and its line
+    when `root`, the YAML node tree, is given)."""
+    if config.world is None:
+        return
+    from ckl.world import WorldConfig, build_world
+
+    try:
+        build_world(WorldConfig(**config.world.model_dump()))
+    except ValueError as err:
+        message = str(err).removeprefix("WorldConfig.")
+        option = message.split("=", 1)[0].split(" ", 1)[0]
+        key = ("world", option) if option in WorldSpec.model_fields else ("world",)
+        raise InputError(file, _line_of(root, key), _dotted(key), message) from None
 
 
 def stream_kinds(config: ExperimentConfig) -> dict[str, int]:

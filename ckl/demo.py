@@ -20,7 +20,7 @@ from ckl.facts import atomic_write_text
 DEMO = {
     "name": "demo",
     "world": {"seed": 0, "people": 80, "stages": 2, "learn_per_stage": 20, "update_per_stage": 20, "forget_per_stage": 5,
-              "general_train": 200, "general_heldout": 100},
+              "general_train": 200, "general_heldout": 100, "background_people": 60},
     "pretrain": {"n_layer": 4, "n_embd": 128, "n_head": 4, "lr": 3e-3, "max_epochs": 150, "target": 0.95, "eval_every": 10},
     "methods": [
         {"name": "naive", "skip": ["forget"], "train": {"epochs": 50, "lr": 2e-3}},

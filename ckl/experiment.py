@@ -160,8 +160,9 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     Raises:
         InputError: the run directory holds results of a different config.
     """
-    from ckl.config import unsupported_methods
+    from ckl.config import check_world, unsupported_methods
 
+    check_world(config)  # a world that cannot be built stops here, before anything is written
     for i, message in unsupported_methods(config):
         raise InputError("<config>", None, f"methods[{i}]", message)
     run_dir = Path(run_dir)

@@ -82,7 +82,7 @@ def test_run_experiment_refuses_unsupported_kinds_before_writing(tmp_path):
     from ckl.config import ExperimentConfig
     from ckl.experiment import run_experiment
 
-    config = ExperimentConfig.model_validate({"world": {"people": 12}, "methods": [{"name": "naive"}]})
+    config = ExperimentConfig.model_validate({"world": {"people": 30}, "methods": [{"name": "naive"}]})
     with pytest.raises(InputError, match="does not support 'forget'"):
         run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -182,3 +182,15 @@ def test_a_run_made_under_earlier_defaults_is_not_extended(tmp_path, full_run, s
     with pytest.raises(InputError, match="earlier ckl whose defaults differ"):
         run_experiment(_config(stream_dir, tiny_model_dir), run, say=lambda m: None)
     assert _all_outcomes(run) == before
+
+
+def test_a_world_that_cannot_be_built_stops_the_run_before_anything_is_written(tmp_path):
+    from ckl.config import ExperimentConfig
+
+    config = ExperimentConfig.model_validate({
+        "world": {"people": 30, "background_people": 0}, "methods": [{"name": "naive", "skip": ["forget"]}],
+    })
+    with pytest.raises(InputError) as info:
+        run_experiment(config, tmp_path / "run", say=lambda m: None)
+    assert info.value.field == "world.min_probe_word_count" and "read fewer times" in info.value.message
+    assert not (tmp_path / "run").exists()
