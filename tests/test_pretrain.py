@@ -1,3 +1,5 @@
+import pytest
+
 from ckl import lm
 from ckl.evaluate.scoring import score_probes
 
@@ -38,6 +40,7 @@ def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, a
     assert usable[False] == 0 and usable[True] == len(sentences)
 
 
+@pytest.mark.timeout(1200)  # a real pretraining run: 92 s at two threads on a quiet machine, far more beside other jobs
 def test_the_default_recipe_teaches_knowledge_not_sentences(accelerator):
     """The issue's K0 targets, with the default pretraining recipe and model on a smaller
     world of the same construction (docs/knowledge.md has the default world: 1.000 / 0.975
