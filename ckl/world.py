@@ -337,18 +337,22 @@ def probe_word_counts(stream: Stream) -> dict[str, int]:
     without the subject) is read in one epoch of pretraining text: one rendering of K0
     the general training text and the background documents. Words as the default
     tokenizer splits them."""
-    import re
     from collections import Counter
 
-    split = re.compile(r"\w+|[^\w\s]+")  # the Whitespace pre-tokenizer's rule (ckl.lm.make_tokenizer)
+    from tokenizers.pre_tokenizers import Whitespace  # the default tokenizer's own word split (ckl.lm.make_tokenizer)
+
+    whitespace = Whitespace()
+
+    def split(text: str) -> list[str]:
+        return [w for w, _ in whitespace.pre_tokenize_str(text)]
     words = set()
     for rel in stream.relations.values():
         for template in rel.templates + rel.paraphrases + rel.questions:
-            words.update(split.findall(template.replace("{subject}", " ")))
+            words.update(split(template.replace("{subject}", " ")))
     counts: Counter[str] = Counter()
     texts = render_documents(stream.base, stream.relations, random.Random(0), qa_subjects=stream.qa_subjects)
     for text in texts + list(stream.general_train) + list(stream.background):
-        counts.update(w for w in split.findall(text) if w in words)
+        counts.update(w for w in split(text) if w in words)
     return {w: counts[w] for w in sorted(words)}
 
 
