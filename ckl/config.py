@@ -163,7 +163,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as f:  # newlines kept: lines are counted by "\n"
+            text = f.read()
     except FileNotFoundError:
         raise InputError(file, None, None, "config file not found") from None
     except UnicodeDecodeError as err:
@@ -175,7 +176,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise InputError(file, mark.line + 1 if mark else None, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+        # lines counted by "\n", as everywhere in ckl (YAML also breaks lines at a lone "\r")
+        line = text[: mark.index].count("\n") + 1 if mark else None
+        raise InputError(file, line, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
     except RecursionError:
         raise InputError(file, None, None, "invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):

@@ -30,7 +30,7 @@ from ckl.stream import Stream
 
 FIELDS = ["name", "templates", "paraphrases", "questions", "candidates", "id", "subject", "relation",
           "object", "valid_from", "valid_until", "stage", "kind"]
-STREAM_FILES = ["relations.jsonl", "facts.jsonl", "changes.jsonl", "meta.json", "general_train.txt"]
+STREAM_FILES = ["relations.jsonl", "facts.jsonl", "changes.jsonl", "meta.json", "general_train.txt", "qa_subjects.txt", "background.txt"]
 EXAMPLES = int(os.environ.get("CKL_FUZZ_EXAMPLES", "60"))  # raise it for a longer hunt
 FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLI = settings(max_examples=max(1, EXAMPLES // 2), deadline=None, suppress_health_check=[HealthCheck.too_slow])
