@@ -307,11 +307,16 @@ import_app = typer.Typer(no_args_is_help=True, help="Write a benchmark's files a
 app.add_typer(import_app, name="import")
 
 
-def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch: int, untouched: int) -> None:
+def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch: int, untouched: int, forms: bool, taught_targets: bool, seed: int) -> None:
     from ckl.formats.editing_import import import_stream
 
-    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched))
-    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {stream.meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched, forms=forms, taught_targets=taught_targets, seed=seed))
+    meta = stream.meta
+    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+    if forms:
+        console.print(f"  facts taught in the forms of {meta['groups']} template group(s)")
+    if taught_targets:
+        console.print(f"  {len(meta['retargeted'])} new target(s) replaced by objects the base model is taught (meta.json: retargeted)")
 
 
 def _edit_importer(fmt: str, name: str):
@@ -323,8 +328,11 @@ def _edit_importer(fmt: str, name: str):
         edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
         batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
         untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+        single_form: bool = typer.Option(False, "--single-form", help="teach each fact only in its record's own prompt (the earlier stream; subject-keyed editors cannot reach it)"),
+        keep_targets: bool = typer.Option(False, "--keep-targets", help="keep every record's new target, even one the base model is never taught to produce"),
+        seed: int = typer.Option(0, "--seed", help="seed for the replacement targets"),
     ) -> None:
-        _import_edits(fmt, source, out, edits, batch, untouched)
+        _import_edits(fmt, source, out, edits, batch, untouched, not single_form, not keep_targets, seed)
 
     command.__doc__ = f"{name} -> an editing stream: true facts taught first, then edited in batches."
     return command

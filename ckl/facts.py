@@ -32,7 +32,8 @@ class Relation:
     `templates` are statement prefixes used in training text ("{subject} was born in");
     `paraphrases` are held out of training and used only for paraphrase probes;
     `questions` are question forms ("Where was {subject} born?"); `candidates` are the
-    objects used for candidate ranking.
+    objects used for candidate ranking. `probe_template`, one of `templates`, is the one
+    statement probes use (an editing record's own prompt); None = one picked per fact.
     """
 
     name: str
@@ -40,6 +41,7 @@ class Relation:
     paraphrases: tuple[str, ...] = ()
     questions: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
+    probe_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,12 +174,17 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
         name = text_field(obj, "name", path, line)
         if name in relations:
             raise InputError(path, line, "name", f"duplicate relation {name!r}")
+        templates = _texts(obj, "templates", path, line, True, True)
+        probe = obj.get("probe_template")
+        if probe is not None and (not isinstance(probe, str) or probe.strip() not in templates):
+            raise InputError(path, line, "probe_template", f"must be one of the relation's templates, got {probe!r}")
         relations[name] = Relation(
             name=name,
-            templates=_texts(obj, "templates", path, line, True, True),
+            templates=templates,
             paraphrases=_texts(obj, "paraphrases", path, line, True, False),
             questions=_texts(obj, "questions", path, line, True, False),
             candidates=_texts(obj, "candidates", path, line, False, False),
+            probe_template=probe.strip() if probe is not None else None,
         )
     if not relations:
         raise InputError(path, None, None, "no relations in file")
@@ -304,7 +311,7 @@ def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def relation_row(r: Relation) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items() if v is not None}
 
 
 def fact_row(f: Fact) -> dict[str, Any]:

@@ -315,7 +315,8 @@ def make_probes(
     also: dict[str, str] | None = None,
     qa_subjects: frozenset[str] | None = None,
 ) -> list[Probe]:
-    """Probes for each fact: a statement (a training template), a paraphrase (a held-out
+    """Probes for each fact: a statement (a training template: the relation's
+    `probe_template`, else one picked per fact), a paraphrase (a held-out
     template) and a question, each with its candidate answers. The question is of kind
     `question` when the subject's question-answer lines are trained (`asks`), else of
     kind `extraction`."""
@@ -325,7 +326,7 @@ def make_probes(
         cands = candidates_for(f, rel, max_candidates, (also or {}).get(f.id))
         prompts = {}
         if "statement" in kinds:
-            prompts["statement"] = pick(rel.templates, "statement", f.id).format(subject=f.subject)
+            prompts["statement"] = (rel.probe_template or pick(rel.templates, "statement", f.id)).format(subject=f.subject)
         if "paraphrase" in kinds and rel.paraphrases:
             prompts["paraphrase"] = pick(rel.paraphrases, "paraphrase", f.id).format(subject=f.subject)
         question = "question" if asks(f.subject, qa_subjects) else "extraction"

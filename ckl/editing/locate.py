@@ -61,7 +61,7 @@ def trace_fact(model: nn.Module, tokenizer, fact: Fact, relation: Relation, samp
     (`by_position`, for checking which token matters).
     """
     device = next(model.parameters()).device
-    template = pick(relation.templates, "statement", fact.id)
+    template = relation.probe_template or pick(relation.templates, "statement", fact.id)
     batch = encode(tokenizer, [Row("", template, fact.subject, fact.object, 0)]).to(device)
     head = template.split("{subject}", 1)[0] + fact.subject
     s0, s1 = _subject_span(tokenizer, head, fact.subject)

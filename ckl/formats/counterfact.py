@@ -3,8 +3,9 @@
 A JSON list of records {case_id, prompt, subject, ground_truth, target_new,
 rephrase_prompt, locality_prompt, locality_ground_truth}; `prompt` and `rephrase_prompt`
 contain `subject`. Records become `EditCase`s and then the editing stream
-(ckl.formats.edits). This form carries no relation id, so every record is its own
-relation (its own prompt, paraphrase and candidates).
+(ckl.formats.edits). This form carries no relation id: records are grouped by their
+prompt's template and their neighbourhood prompts, and each fact is taught in every form
+of its group (ckl.formats.edits explains how, and why).
 
 Every malformed record raises InputError naming the file, the line, the field and the
 record number; nothing is written.
@@ -51,7 +52,8 @@ def read_counterfact(path: str | Path) -> list[EditCase]:
     return cases
 
 
-def counterfact_stream(path: str | Path, edits: int | None = None, batch: int = 100, untouched: int = 0) -> Stream:
+def counterfact_stream(path: str | Path, edits: int | None = None, batch: int = 100, untouched: int = 0, **options) -> Stream:
     """The CounterFact editing stream: `edits` records edited in batches of `batch`,
-    `untouched` more kept true (see ckl.formats.edits)."""
-    return edit_stream(read_counterfact(path), str(path), edits=edits, batch=batch, untouched=untouched)
+    `untouched` more kept true; `options` (forms, taught_targets, seed) as in
+    ckl.formats.edits.edit_stream."""
+    return edit_stream(read_counterfact(path), str(path), edits=edits, batch=batch, untouched=untouched, **options)

@@ -11,8 +11,10 @@ from ckl.stream import Stream
 FORMATS = ("counterfact", "zsre")
 
 
-def import_stream(fmt: str, path: str | Path, out: str | Path, edits: int | None, batch: int, untouched: int) -> Stream:
-    """Read `path` in format `fmt`, build the editing stream and write it to `out`.
+def import_stream(fmt: str, path: str | Path, out: str | Path, edits: int | None, batch: int, untouched: int,
+                  forms: bool = True, taught_targets: bool = True, seed: int = 0) -> Stream:
+    """Read `path` in format `fmt`, build the editing stream (`forms`, `taught_targets`,
+    `seed`: ckl.formats.edits.edit_stream) and write it to `out`.
 
     The stream is written to a sibling directory and renamed, so a failure leaves
     nothing partial at `out`.
@@ -30,7 +32,7 @@ def import_stream(fmt: str, path: str | Path, out: str | Path, edits: int | None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(str(out), None, None, "output directory exists and is not empty")
-    stream = build(path, edits=edits, batch=batch, untouched=untouched)
+    stream = build(path, edits=edits, batch=batch, untouched=untouched, forms=forms, taught_targets=taught_targets, seed=seed)
     tmp = out.with_name(out.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     stream.save(tmp)

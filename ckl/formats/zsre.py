@@ -52,7 +52,7 @@ def read_zsre(path: str | Path) -> list[EditCase]:
     return cases
 
 
-def zsre_stream(path: str | Path, edits: int | None = None, batch: int = 100, untouched: int = 0) -> Stream:
+def zsre_stream(path: str | Path, edits: int | None = None, batch: int = 100, untouched: int = 0, **options) -> Stream:
     """The zsRE editing stream: `edits` records edited in batches of `batch`, `untouched`
     more kept true (see ckl.formats.edits)."""
-    return edit_stream(read_zsre(path), str(path), edits=edits, batch=batch, untouched=untouched)
+    return edit_stream(read_zsre(path), str(path), edits=edits, batch=batch, untouched=untouched, **options)
