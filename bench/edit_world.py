@@ -11,6 +11,9 @@ question probe, for people outside the QA half) and locality (the share of `--lo
 other people's invariant statement answers left unchanged). One line per editor:
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/edit_world.py --stream W --model M [--edits 100 --batch 100]
+
+With --stream-edits it edits an imported stream's own first edit records instead
+(CounterFact, zsRE: docs/editing.md); locality then counts other records' facts.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--locality", type=int, default=300, help="other people's facts checked for unchanged answers")
     ap.add_argument("--subject-token", default="last", choices=("last", "first"))
     ap.add_argument("--editors", default="rome,memit")
+    ap.add_argument("--stream-edits", action="store_true",
+                    help="edit the stream's own first --edits edit records (an imported CounterFact/zsRE stream) instead of drawing invariant facts")
     ap.add_argument("--options", default="{}", help="JSON options for both editors, e.g. '{\"layer\": 0}'")
     args = ap.parse_args()
 
@@ -49,14 +54,21 @@ def main() -> None:
     by_subject: dict[str, list[Fact]] = {}
     for f in invariant:
         by_subject.setdefault(f.subject, []).append(f)
-    if args.edits > len(by_subject):
+    if not args.stream_edits and args.edits > len(by_subject):
         raise SystemExit(f"--edits {args.edits}: the stream has only {len(by_subject)} people with invariant facts")
-    subjects = rng.sample(sorted(by_subject), args.edits)
-    chosen = [rng.choice(by_subject[s]) for s in subjects]
-    records = []
-    for f in chosen:
-        new = rng.choice([c for c in stream.relations[f.relation].candidates if c != f.object])
-        records.append(ChangeRecord(1, "edit", Fact(f.id, f.subject, f.relation, new, 1), f.object))
+    if args.stream_edits:
+        own = [r for r in stream.records() if r.kind == "edit"][: args.edits]
+        records = [ChangeRecord(1, "edit", Fact(r.fact.id, r.fact.subject, r.fact.relation, r.fact.object, 1), r.old_object) for r in own]
+        base_by_id = {f.id: f for f in stream.base}
+        chosen = [base_by_id[r.fact.id] for r in records]
+        subjects = [f.subject for f in chosen]
+    else:
+        subjects = rng.sample(sorted(by_subject), args.edits)
+        chosen = [rng.choice(by_subject[s]) for s in subjects]
+        records = []
+        for f in chosen:
+            new = rng.choice([c for c in stream.relations[f.relation].candidates if c != f.object])
+            records.append(ChangeRecord(1, "edit", Fact(f.id, f.subject, f.relation, new, 1), f.object))
     edited = set(subjects)
     others = rng.sample([f for f in invariant if f.subject not in edited], args.locality)
     kinds = ("statement", "paraphrase", "question", "extraction")

@@ -113,7 +113,7 @@ class Memit:
 
     def _edit_batch(self, model, records, layers: list[int], ctx: StageContext) -> int:
         moments = [self.statistics.get(model, ctx.tokenizer, layer, ctx) for layer in layers]
-        batches = edit_batches(ctx.tokenizer, records, ctx.relations, prefix_pool(ctx.general_text), self.config.prefixes, self.config.essence_prompt, ctx.seed, self.config.subject_token)
+        batches = edit_batches(ctx.tokenizer, records, ctx.relations, prefix_pool(ctx.general_text, ctx.base, ctx.relations), self.config.prefixes, self.config.essence_prompt, ctx.seed, self.config.subject_token)
         rewrite = batches.rewrite
         z_block = blocks(model)[layers[-1]]
         targets = optimize_targets(model, z_block, rewrite, batches.essence, self.config.settings())

@@ -106,7 +106,7 @@ class Rome:
         module = mlp_output_projection(model, layer)
         records = edit_records(change)
         moment = self.statistics.get(model, ctx.tokenizer, layer, ctx) if records else None
-        pool = prefix_pool(ctx.general_text)
+        pool = prefix_pool(ctx.general_text, ctx.base, ctx.relations)
         for i, record in enumerate(records):
             batches = edit_batches(ctx.tokenizer, [record], ctx.relations, pool, self.config.prefixes, self.config.essence_prompt, ctx.seed, self.config.subject_token)
             (keys,) = capture(model, batches.rewrite, [(module, "in")])  # (rows, in)
