@@ -92,6 +92,8 @@ def pretrain(
     max_seconds: float = typer.Option(0.0, help="wall-time budget (0 = none)"),
     n_layer: int = typer.Option(4), n_embd: int = typer.Option(128), n_head: int = typer.Option(4),
     lr: float = typer.Option(3e-3), seed: int = typer.Option(0),
+    batch_size: int = typer.Option(16, "--batch-size", help="blocks per step"),
+    target_facts: str = typer.Option("invariant", "--target-facts", help="facts the target is measured on: invariant | base (all of K0, e.g. for an imported editing stream)"),
 ) -> None:
     """Train the tiny default base model from scratch on the stream's base knowledge."""
     _quiet_libraries()
@@ -105,6 +107,7 @@ def pretrain(
         config = PretrainConfig(
             n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds,
             target=target, knowledge_target=knowledge_target, biographies=biographies, seed=seed,
+            batch_size=batch_size, target_facts=target_facts,
         )
     except ValueError as err:
         _fail(InputError("<options>", None, None, str(err)))

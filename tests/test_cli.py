@@ -109,3 +109,10 @@ def test_run_with_model_flag_uses_that_model_instead_of_pretraining(tmp_path, ti
     assert config["model"] == str(tiny_model_dir) and config["pretrain"] is None
     r = ckl("run", exp, "--out", tmp_path / "run2", "--model", tmp_path / "nope")
     assert r.returncode == 2 and "no config.json" in r.stderr
+
+
+def test_pretrain_target_facts_option_is_checked_before_anything_is_written(tmp_path, tiny_stream):
+    tiny_stream.save(tmp_path / "w")
+    r = ckl("pretrain", "--world", tmp_path / "w", "--out", tmp_path / "m", "--target-facts", "everything", "--batch-size", 8)
+    assert r.returncode == 2 and "target_facts" in r.stderr and "'everything'" in r.stderr
+    assert not (tmp_path / "m").exists()
