@@ -64,3 +64,18 @@ def group_mean(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torc
     sums.index_add_(0, group.to(values.device), values)
     counts = torch.bincount(group.to(values.device), minlength=n_groups).clamp(min=1).to(values.dtype)
     return sums / counts[:, None]
+
+
+def context_weighted_mean(values: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+    """(n_groups, d): per group, the mean of its bare-prompt row and of the mean of its
+    context-prefixed rows, each weighted 1/2 (MEMIT's reference code averages the key over
+    the bare prompt and over its generated contexts as two equal halves; a group with no
+    context rows gets its bare row)."""
+    first = batch.first_rows().to(values.device)
+    bare = values[first]
+    context = torch.ones(len(batch), dtype=torch.bool, device=values.device)
+    context[first] = False
+    group = batch.group.to(values.device)
+    sums = torch.zeros_like(bare).index_add_(0, group[context], values[context])
+    counts = torch.bincount(group[context], minlength=batch.n_groups).to(values.dtype)[:, None]
+    return torch.where(counts > 0, (bare + sums / counts.clamp(min=1)) / 2, bare)
