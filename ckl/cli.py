@@ -127,13 +127,14 @@ def run(
     from ckl.config import load_config
     from ckl.experiment import end_processes, is_main_process, run_experiment
     from ckl.progress import RunProgress
+    from ckl.rundir import path_component
 
     config = _guard(lambda: load_config(config_path))
     if model is not None:
         if not (model / "config.json").exists():
             _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
         config.model, config.pretrain = str(model.resolve()), None
-    run_dir = out or Path("runs") / config.name
+    run_dir = out or Path("runs") / path_component(config.name)  # a name like "../../etc" stays one directory under runs/
     if mlflow:
         from ckl.tracking import require_mlflow
 
