@@ -334,6 +334,7 @@ def update(
     keep_size: int = typer.Option(200, "--keep-size", help="facts sampled into the keep-set"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     save_rejected: bool = typer.Option(False, "--save-rejected", help="when a gate fails, still write the model, to OUT/rejected_model"),
+    no_gates: bool = typer.Option(False, "--no-gates", help="write the model without checking any gate (otherwise at least one --gate is required)"),
 ) -> None:
     """Apply new, changed and deleted facts to a model, check the gates, write the model and a report."""
     _quiet_libraries()
@@ -343,7 +344,7 @@ def update(
     request = UpdateRequest(
         model=model, out=out, method=method, relations=relations, facts=facts, learn=learn, update=update_file,
         forget=forget, keep=keep, gates=list(gate), options=options, epochs=epochs, lr=lr, keep_size=keep_size,
-        seed=seed, save_rejected=save_rejected,
+        seed=seed, save_rejected=save_rejected, no_gates=no_gates,
     )
     with RunProgress(console) as progress:
         result = _guard(lambda: run_update(request, say=console.print, progress=progress))

@@ -171,6 +171,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     stream = Stream.load(config.stream) if config.stream is not None else None
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle)
+    _check_block_sizes(config)
     experiment = experiment_hash(experiment_identity(resolved))
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
     store = on_main(accelerator, lambda: _open_store(run_dir, resolved, experiment))  # None on the other processes
@@ -217,6 +218,30 @@ def _describe(store: Store, probes: list[Probe], T: int, metric: str) -> None:
 # background people, shuffled packing by default). Results of another protocol are not
 # mixed into one table.
 PROTOCOL = 2
+
+
+def _check_block_sizes(config: ExperimentConfig) -> None:
+    """Every packed block must fit the model's context (a longer one fails mid-run with an
+    IndexError in the position embeddings): checked before anything is written."""
+    if config.model is not None:
+        limit, where = lm.context_length(Path(config.model)), f"the model's context length (config.json of {config.model})"
+    else:
+        from ckl.lm import TinyModelConfig
+
+        limit, where = TinyModelConfig().n_positions, "the context length of the model ckl pretrains"
+        block = (config.pretrain.block_size if config.pretrain else 128)
+        if block > limit:
+            raise InputError("<config>", None, "pretrain.block_size", f"{block} is above {where}, {limit}")
+    if limit is None:
+        return
+    for i, spec in enumerate(config.methods):
+        method = build_method(spec.name, spec.options, where=spec.display)
+        sizes = {"train.block_size": getattr(getattr(method, "train_config", None), "block_size", None)}
+        for part in getattr(method, "parts", []):
+            sizes[f"{part.name}.block_size"] = getattr(getattr(part, "config", None), "block_size", None)
+        for key, block in sizes.items():
+            if isinstance(block, int) and block > limit:
+                raise InputError("<config>", None, f"methods[{i}].{key}", f"{block} is above {where}, {limit}; lower it to at most {limit}")
 
 
 def experiment_identity(resolved: dict) -> dict:
