@@ -104,7 +104,8 @@ def check_run_dir(run_dir: Path, experiment: str) -> None:
     if not run_dir.is_dir():
         raise InputError(where, None, None, "exists and is not a directory; choose a new or empty output directory (--out)")
     try:
-        entries = [p.name for p in run_dir.iterdir()]
+        # a marker being written by a run that started a moment earlier is no foreign file
+        entries = [p.name for p in run_dir.iterdir() if not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp"))]
     except OSError as err:
         raise InputError(where, None, None, f"cannot read directory: {err.strerror}") from None
     if not entries:

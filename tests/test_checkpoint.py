@@ -154,3 +154,24 @@ def test_a_run_made_before_marked_directories_and_hashed_checkpoint_names_still_
     assert any("resuming after stage 2" in m for m in messages), messages  # read the old checkpoint, not recomputed
     assert _outcomes(run) == _outcomes(naive_run)
     assert (run / MARKER).is_file() and (ckpt / "ckl_state.json").is_file()
+
+
+def test_any_changed_byte_in_any_checkpoint_file_is_found(tmp_path, naive_run):
+    import random
+
+    from ckl.checkpoint import CheckpointError, verify
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(_checkpoint_dir(naive_run, "naive", 0), ckpt)
+    verify(ckpt, "naive", 2)  # intact
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    rng = random.Random(18)
+    for _ in range(20):
+        path = rng.choice(files)
+        data = path.read_bytes()
+        at = rng.randrange(len(data))
+        path.write_bytes(data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1:])
+        with pytest.raises(CheckpointError):
+            verify(ckpt, "naive", 2)
+        path.write_bytes(data)
+    verify(ckpt, "naive", 2)

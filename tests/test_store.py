@@ -302,3 +302,24 @@ def test_ckl_show_on_a_damaged_store_exits_2_with_one_message(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["show", str(run)])
     assert result.exit_code == 2 and "not a ckl results store or is damaged" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_store_with_random_damage_opens_or_is_refused_never_a_crash(tmp_path: Path) -> None:
+    import random
+
+    from ckl.errors import InputError
+
+    path = tmp_path / FILENAME
+    data = _filled_store(path)
+    rng = random.Random(18)
+    refused = 0
+    for _ in range(20):
+        at = rng.randrange(len(data))
+        damaged = bytearray(data)
+        damaged[at : at + 64] = rng.randbytes(min(64, len(data) - at))
+        path.write_bytes(bytes(damaged))
+        try:
+            Store(path).close()
+        except InputError:
+            refused += 1
+    assert refused > 0
