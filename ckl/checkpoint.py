@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,25 @@ def checkpoint_dir(run_dir: Path, label: str, seed: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{label_component(label)}-seed{seed}"
 
 
+@contextmanager
+def locked(ckpt: Path) -> Iterator[None]:
+    """Hold the checkpoint's lock (an flock on a sibling file): two processes running the
+    same command into one directory then never read a checkpoint half replaced, nor
+    write one at once. Without fcntl (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ckpt.parent / f".{ckpt.name}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _pending(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".new")
 
@@ -61,6 +83,13 @@ def adopt_legacy(run_dir: Path, label: str, seed: int, labels: list[str]) -> Non
     labels that shared it cannot tell whose model it holds: both recompute)."""
     ckpt = checkpoint_dir(run_dir, label, seed)
     legacy = Path(run_dir) / "checkpoints" / f"{legacy_label_component(label)}-seed{seed}"
+    if not legacy.exists() and not _pending(legacy).exists():
+        return
+    with locked(legacy), locked(ckpt):
+        _adopt_legacy(ckpt, legacy, label, labels)
+
+
+def _adopt_legacy(ckpt: Path, legacy: Path, label: str, labels: list[str]) -> None:
     _finish_pending(legacy)
     if (ckpt / STATE).exists() or (_pending(ckpt) / STATE).exists() or not (legacy / STATE).exists():
         return
@@ -83,6 +112,11 @@ def _content_hash(state: dict) -> str:
 
 def save(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info, label: str) -> None:
     """Model and method state of one stage, replacing the previous stage's atomically."""
+    with locked(ckpt):
+        _save(ckpt, model, tokenizer, stage, method_state, info, label)
+
+
+def _save(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info, label: str) -> None:
     tmp = _pending(ckpt)
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save(model, tokenizer, tmp)
@@ -103,8 +137,9 @@ def save(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info, lab
 
 def exists(ckpt: Path) -> bool:
     """Whether a checkpoint is on disk (finishing a rename a crash interrupted)."""
-    _finish_pending(ckpt)
-    return (ckpt / STATE).exists()
+    with locked(ckpt):
+        _finish_pending(ckpt)
+        return (ckpt / STATE).exists()
 
 
 def verify(ckpt: Path, label: str, last_stage: int) -> dict:
@@ -116,6 +151,11 @@ def verify(ckpt: Path, label: str, last_stage: int) -> dict:
     Raises:
         CheckpointError: naming what is wrong.
     """
+    with locked(ckpt):
+        return _verify(ckpt, label, last_stage)
+
+
+def _verify(ckpt: Path, label: str, last_stage: int) -> dict:
     try:
         state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -158,16 +198,18 @@ def load(ckpt: Path, method) -> tuple[Any, Any, dict]:
 
 
 def load_verified(ckpt: Path, method, label: str, last_stage: int) -> tuple[Any, Any, dict]:
-    """`verify`, then `load`; any failure to read the files is a CheckpointError."""
-    verify(ckpt, label, last_stage)
-    try:
-        return load(ckpt, method)
-    except Exception as err:  # a damaged file of a checkpoint without checksums, or one the checks cannot see
-        raise CheckpointError(f"cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
+    """`verify`, then `load`, under the lock; any failure to read the files is a CheckpointError."""
+    with locked(ckpt):
+        _verify(ckpt, label, last_stage)
+        try:
+            return load(ckpt, method)
+        except Exception as err:  # a damaged file of a checkpoint without checksums, or one the checks cannot see
+            raise CheckpointError(f"cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def discard(ckpt: Path) -> None:
-    shutil.rmtree(ckpt, ignore_errors=True)
+    with locked(ckpt):
+        shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:

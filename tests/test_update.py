@@ -200,3 +200,17 @@ def test_the_pickle_refusal_names_an_option_that_exists(tmp_path, tiny_model_dir
     assert "`allow_pickle: true`" in err.value.message and "allow_pickle" in ExperimentConfig.model_fields
     result = CliRunner().invoke(app, ["update", "--help"])
     assert "--allow-pickle" not in result.output
+
+
+def test_an_options_file_with_a_key_twice_or_that_is_a_fifo_is_refused(files, tiny_model_dir, tmp_path):
+    import os
+
+    options = tmp_path / "options.yaml"
+    options.write_text("train: {epochs: 2}\nreplay: {fraction: 0.5}\ntrain: {epochs: 200}\n")
+    result = run(files, tiny_model_dir, tmp_path / "out", "--options", str(options), "--gate", "acquisition>=0.5")
+    assert result.exit_code == 2 and f"{options}:3: field 'train': this key appears twice" in " ".join(result.output.split())
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading it would wait forever
+    result = run(files, tiny_model_dir, tmp_path / "out", "--options", str(fifo), "--gate", "acquisition>=0.5")
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    assert not (tmp_path / "out").exists()

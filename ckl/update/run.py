@@ -86,15 +86,10 @@ def _check_out(out: Path, model: Path) -> None:
 def _method_options(req: UpdateRequest) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if req.options is not None:
-        import yaml
+        from ckl.config import parse_yaml
+        from ckl.facts import read_input_text
 
-        try:
-            loaded = yaml.safe_load(Path(req.options).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(str(req.options), None, None, "file not found") from None
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            raise InputError(str(req.options), None if line is None else line + 1, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+        loaded, _ = parse_yaml(read_input_text(req.options), str(req.options))  # FIFOs, keys given twice, huge numbers refused
         if loaded is not None and not isinstance(loaded, dict):
             raise InputError(str(req.options), None, None, "expected a mapping of method options, e.g. {train: {epochs: 20}}")
         options = dict(loaded or {})
