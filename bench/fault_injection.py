@@ -78,7 +78,7 @@ def kill(config: Path, out: Path, rng: random.Random, duration: float) -> list[i
 
 def checkpoint_bit(config: Path, out: Path, rng: random.Random, reference: Path) -> list[int]:
     shutil.copytree(reference, out)
-    ckpt = rng.choice(sorted((out / "checkpoints").iterdir()))
+    ckpt = rng.choice(sorted(p for p in (out / "checkpoints").iterdir() if p.is_dir()))
     path = rng.choice(sorted(p for p in ckpt.rglob("*") if p.is_file()))
     data = bytearray(path.read_bytes())
     at = rng.randrange(len(data))
