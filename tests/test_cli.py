@@ -129,4 +129,3 @@ def test_run_with_model_flag_uses_that_model_instead_of_pretraining(tmp_path, ti
     assert config["model"] == str(tiny_model_dir) and config["pretrain"] is None
     r = ckl("run", exp, "--out", tmp_path / "run2", "--model", tmp_path / "nope")
     assert r.returncode == 2 and "no config.json" in r.stderr
-
