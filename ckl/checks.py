@@ -21,11 +21,16 @@ def check_number(value, name: str, low: float | None = None, low_open: bool = Fa
         raise ValueError(f"{name} must be <= {high}, got {value!r}")
 
 
+MAX_COUNT = 10**9  # epochs, steps, sizes: a count beyond this is a typo, and would not fit the store's integers
+
+
 def check_count(value, name: str, low: int = 1) -> None:
-    """An int (bools refused) >= low (default: a positive integer)."""
+    """An int (bools refused) >= low (default: a positive integer), at most MAX_COUNT."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         what = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value:.3g}")
 
 
 def check_flag(value, name: str) -> None:

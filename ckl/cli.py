@@ -14,10 +14,57 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from ckl.errors import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot.")
+
+
+def _command_name(ctx) -> str:
+    """`ckl run`, `ckl import counterfact`: the command a user typed, for messages."""
+    names, c = [], ctx
+    while c.parent is not None:
+        names.append(c.info_name)
+        c = c.parent
+    return " ".join(["ckl", *reversed(names), *([ctx.invoked_subcommand] if ctx.invoked_subcommand else [])])
+
+
+class _Commands(TyperGroup):
+    """Every command runs under one handler: a user mistake (InputError) is one message
+    and exit 2; anything unexpected is one line naming the command and exit 1, with the
+    traceback only under `ckl --debug`. No traceback reaches a user otherwise."""
+
+    def invoke(self, ctx):
+        import click
+
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except InputError as err:
+            _fail(err)
+        except Exception as err:
+            if ctx.find_root().params.get("debug"):
+                raise
+            from rich.markup import escape
+
+            command = _command_name(ctx)
+            what = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300] if str(err) else type(err).__name__
+            err_console.print(
+                f"[bold red]error:[/] {escape(command)} failed unexpectedly ({escape(what)}); "
+                f"rerun as `{escape(command.replace('ckl', 'ckl --debug', 1))} ...` to see the traceback, and report it if the inputs are valid",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot.")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an unexpected error")) -> None:
+    """ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot."""
 # Piped output (logs, CI) gets a wide console so tables are not squeezed to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
 console = Console(width=_WIDTH)
@@ -130,13 +177,14 @@ def run(
     from ckl.config import load_config
     from ckl.experiment import end_processes, is_main_process, run_experiment
     from ckl.progress import RunProgress
+    from ckl.rundir import path_component
 
     config = _guard(lambda: load_config(config_path))
     if model is not None:
         if not (model / "config.json").exists():
             _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
         config.model, config.pretrain = str(model.resolve()), None
-    run_dir = out or Path("runs") / config.name
+    run_dir = out or Path("runs") / path_component(config.name)  # a name like "../../etc" stays one directory under runs/
     if mlflow:
         from ckl.tracking import require_mlflow
 
@@ -289,6 +337,7 @@ def update(
     keep_size: int = typer.Option(200, "--keep-size", help="facts sampled into the keep-set"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     save_rejected: bool = typer.Option(False, "--save-rejected", help="when a gate fails, still write the model, to OUT/rejected_model"),
+    no_gates: bool = typer.Option(False, "--no-gates", help="write the model without checking any gate (otherwise at least one --gate is required)"),
 ) -> None:
     """Apply new, changed and deleted facts to a model, check the gates, write the model and a report."""
     _quiet_libraries()
@@ -298,7 +347,7 @@ def update(
     request = UpdateRequest(
         model=model, out=out, method=method, relations=relations, facts=facts, learn=learn, update=update_file,
         forget=forget, keep=keep, gates=list(gate), options=options, epochs=epochs, lr=lr, keep_size=keep_size,
-        seed=seed, save_rejected=save_rejected,
+        seed=seed, save_rejected=save_rejected, no_gates=no_gates,
     )
     with RunProgress(console) as progress:
         result = _guard(lambda: run_update(request, say=console.print, progress=progress))
@@ -306,7 +355,7 @@ def update(
         raise typer.Exit(1)
 
 
-import_app = typer.Typer(no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")
+import_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")
 app.add_typer(import_app, name="import")
 
 

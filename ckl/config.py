@@ -8,13 +8,13 @@ config dataclasses here, so a typo fails in a second, not after an hour of pretr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ckl.errors import InputError
-from ckl.facts import PROBE_KINDS
+from ckl.facts import PROBE_KINDS, read_input_text
 
 
 class Strict(BaseModel):
@@ -108,7 +108,7 @@ class ExperimentConfig(Strict):
     model: str | None = None
     pretrain: PretrainSpec | None = None
     methods: list[MethodSpec] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     eval: EvalSpec = EvalSpec()
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -152,6 +152,47 @@ def _dotted(path: tuple) -> str:
     return out
 
 
+def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """(data, node tree) of a user's YAML text (yaml.safe_load: no object tags). Invalid
+    YAML, a key given twice in one mapping (YAML would keep the last silently) and an
+    integer beyond Python's 4,300-digit limit are InputErrors naming the file and line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_duplicate_keys(root, file, text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        # lines counted by "\n", as everywhere in ckl (YAML also breaks lines at a lone "\r")
+        line = text[: mark.index].count("\n") + 1 if mark else None
+        raise InputError(file, line, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+    except RecursionError:
+        raise InputError(file, None, None, "invalid YAML: nested too deeply") from None
+    except ValueError:  # int() refused a literal of more than 4,300 digits
+        raise InputError(file, None, None, "invalid YAML: a number with more than 4300 digits") from None
+    return data, root
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, file: str, text: str) -> None:
+    stack = [root] if root is not None else []
+    seen_nodes: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias shares its anchor's node
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in keys:
+                        line = text[: key.start_mark.index].count("\n") + 1
+                        raise InputError(file, line, key.value, "this key appears twice in one mapping; give it once")
+                    keys.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file (yaml.safe_load: no object tags).
 
@@ -162,25 +203,10 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
     path = Path(path)
     file = str(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as f:  # newlines kept: lines are counted by "\n"
-            text = f.read()
-    except FileNotFoundError:
-        raise InputError(file, None, None, "config file not found") from None
-    except UnicodeDecodeError as err:
-        raise InputError(file, path.read_bytes()[: err.start].count(b"\n") + 1, None, "not valid UTF-8") from None
-    except (IsADirectoryError, PermissionError) as err:
-        raise InputError(file, None, None, f"cannot read file: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        # lines counted by "\n", as everywhere in ckl (YAML also breaks lines at a lone "\r")
-        line = text[: mark.index].count("\n") + 1 if mark else None
-        raise InputError(file, line, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
-    except RecursionError:
-        raise InputError(file, None, None, "invalid YAML: nested too deeply") from None
+    if not path.exists() and not path.is_symlink():
+        raise InputError(file, None, None, "config file not found")
+    text = read_input_text(path)  # newlines kept: lines are counted by "\n"; FIFOs and devices refused
+    data, root = parse_yaml(text, file)
     if not isinstance(data, dict):
         raise InputError(file, 1, None, "expected a mapping of keys (name, stream/world, model/pretrain, methods, ...)")
     # Top-level keys starting with "x-" are free for YAML anchors (shared method settings),

@@ -24,18 +24,20 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ckl import lm, unlearning_run
+from ckl import checkpoint, lm, unlearning_run
+from ckl.checkpoint import CheckpointError
+from ckl.checkpoint import checkpoint_dir as _checkpoint_dir
+from ckl.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
 from ckl.config import ExperimentConfig
 from ckl.distributed import gather, is_main, on_main, shard
 from ckl.errors import DivergenceError, InputError
 from ckl.evaluate.scoring import known_fraction, negative_log_likelihood, score_probes
 from ckl.facts import Probe, atomic_write_text
 from ckl.methods.base import StageContext, build_method
+from ckl.rundir import check_run_dir, claim_run_dir, experiment_hash
 from ckl.store import Outcome, StageInfo, Store
 from ckl.stream import Stream
 
@@ -144,11 +146,6 @@ def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...]
     return outcomes, math.exp(nll / tokens)
 
 
-def _checkpoint_dir(run_dir: Path, label: str, seed: int) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    return run_dir / "checkpoints" / f"{safe}-seed{seed}"
-
-
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter = print, progress=None) -> Path:
     """Run (or resume) every method x seed of `config` in `run_dir`.
 
@@ -174,7 +171,10 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     stream = Stream.load(config.stream) if config.stream is not None else None
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle)
-    store = on_main(accelerator, lambda: _open_store(run_dir, resolved))  # None on the other processes
+    _check_block_sizes(config)
+    experiment = experiment_hash(experiment_identity(resolved))
+    on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
+    store = on_main(accelerator, lambda: _open_store(run_dir, resolved, experiment))  # None on the other processes
     try:
         if stream is None:
             stream = prepare_stream(config, run_dir, accelerator)
@@ -194,24 +194,14 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     return run_dir
 
 
-def load_checkpoint(ckpt: Path, method) -> tuple[Any, Any, dict]:
-    """(model, tokenizer, saved state) of a stage checkpoint, with `method`'s state loaded
-    and what it keeps beside the saved weights (adapters, memories) put back on the model."""
-    state = json.loads((ckpt / "ckl_state.json").read_text())
-    model, tokenizer = lm.load(ckpt)
-    method.load_state_dict(_join_state(state["method"], ckpt / "ckl_state.safetensors"))
-    if hasattr(method, "restore"):
-        model = method.restore(model)
-    return model, tokenizer, state
-
-
-def _open_store(run_dir: Path, resolved: dict) -> Store:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _open_store(run_dir: Path, resolved: dict, experiment: str) -> Store:
+    claim_run_dir(run_dir, experiment)  # the marker first: the directory is ckl's from here on
     store = Store(run_dir / "results.sqlite")
     try:
         _check_same_experiment(store, resolved, run_dir)
         store.set_meta("config", resolved)
         atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
+        claim_run_dir(run_dir, experiment)  # an older run of this experiment, stored under earlier defaults
     except BaseException:
         store.close()
         raise
@@ -230,12 +220,42 @@ def _describe(store: Store, probes: list[Probe], T: int, metric: str) -> None:
 PROTOCOL = 2
 
 
+def _check_block_sizes(config: ExperimentConfig) -> None:
+    """Every packed block must fit the model's context (a longer one fails mid-run with an
+    IndexError in the position embeddings): checked before anything is written."""
+    if config.model is not None:
+        limit, where = lm.context_length(Path(config.model)), f"the model's context length (config.json of {config.model})"
+    else:
+        from ckl.lm import TinyModelConfig
+
+        limit, where = TinyModelConfig().n_positions, "the context length of the model ckl pretrains"
+        block = (config.pretrain.block_size if config.pretrain else 128)
+        if block > limit:
+            raise InputError("<config>", None, "pretrain.block_size", f"{block} is above {where}, {limit}")
+    if limit is None:
+        return
+    for i, spec in enumerate(config.methods):
+        method = build_method(spec.name, spec.options, where=spec.display)
+        sizes = {"train.block_size": getattr(getattr(method, "train_config", None), "block_size", None)}
+        for part in getattr(method, "parts", []):
+            sizes[f"{part.name}.block_size"] = getattr(getattr(part, "config", None), "block_size", None)
+        for key, block in sizes.items():
+            if isinstance(block, int) and block > limit:
+                raise InputError("<config>", None, f"methods[{i}].{key}", f"{block} is above {where}, {limit}; lower it to at most {limit}")
+
+
+def experiment_identity(resolved: dict) -> dict:
+    """What makes two configs one experiment: everything but the name, methods and seeds
+    (methods and seeds may be added to a run later)."""
+    return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds")}
+
+
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
     """A run directory holds one experiment: the same stream, model, evaluation. Methods
     and seeds may be added later (finished rows are kept and reused), but a method whose
     options changed under the same label would mix two protocols in one table: refused.
     Every method spec ever run here is remembered in the store's `methods` meta."""
-    fixed = lambda c: {k: v for k, v in c.items() if k not in ("name", "methods", "seeds")}  # noqa: E731
+    fixed = experiment_identity
     previous = store.get_meta("config")
     if previous is not None:
         # a config stored by an older ckl lacks options added since: read it with today's
@@ -273,16 +293,25 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
     label, T = spec.display, stream.T
     ckpt = _checkpoint_dir(run_dir, label, seed)
     # what is on disk, as the main process sees it (it alone writes; the others follow)
-    done, failed, resumable = on_main(accelerator, lambda: _progress_on_disk(store, label, seed, ckpt), share=True)
+    attack = config.eval.attack is not None and any(ch.forget for ch in stream.stages)
+    done, failed, resumable, damaged, final_needed = on_main(accelerator, lambda: _progress_on_disk(store, label, seed, ckpt, T, attack), share=True)
     if failed:
         say(f"{label} seed {seed}: a stage failed earlier (see `ckl show`); not retried")
         return
-    if done >= set(range(T + 1)):
+    if damaged:
+        say(f"warning: {label} seed {seed}: checkpoint {ckpt} discarded: {damaged}; recomputing from the base model")
+    if done >= set(range(T + 1)) and (resumable or not final_needed):
         return
     method = build_method(spec.name, spec.options, where=label)
     start_row = 0
     if resumable:
-        model, tokenizer, state = load_checkpoint(ckpt, method)
+        try:
+            model, tokenizer, state = checkpoint.load_verified(ckpt, method, label, T)
+        except CheckpointError as err:  # what the checksums cannot see (a checkpoint from before them)
+            say(f"warning: {label} seed {seed}: checkpoint {ckpt} discarded: {err}; recomputing from the base model")
+            on_main(accelerator, lambda: checkpoint.discard(ckpt))
+            method, resumable = build_method(spec.name, spec.options, where=label), False
+    if resumable:
         start_row = state["stage"]
         if start_row not in done:  # checkpoint written, row not yet: evaluate it now
             _record(store, label, seed, start_row, model, tokenizer, probes, stream, config, StageInfo(**state["info"]), accelerator, method)
@@ -324,20 +353,32 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             seconds=stats.seconds, trainable_params=stats.trainable_params, total_params=stats.total_params,
             tokens_seen=stats.tokens_seen, notes=notes, peak_memory_mb=_peak_memory_mb(),
         )
-        on_main(accelerator, lambda: _save_checkpoint(ckpt, model, tokenizer, change.stage, method.state_dict(), info))
-        _record(store, label, seed, change.stage, model, tokenizer, probes, stream, config, info, accelerator, method)
+        on_main(accelerator, lambda: checkpoint.save(ckpt, model, tokenizer, change.stage, method.state_dict(), info, label))
+        if change.stage not in done:  # rows kept from before a discarded checkpoint are not evaluated again
+            _record(store, label, seed, change.stage, model, tokenizer, probes, stream, config, info, accelerator, method)
         if progress:
             progress.advance()
 
 
-def _progress_on_disk(store: Store, label: str, seed: int, ckpt: Path) -> tuple[set[int], bool, bool]:
-    """(rows recorded, whether a stage failed, whether a checkpoint exists to resume from)."""
+def _progress_on_disk(store: Store, label: str, seed: int, ckpt: Path, T: int, attack: bool) -> tuple[set[int], bool, bool, str | None, bool]:
+    """(rows recorded, whether a stage failed, whether a verified checkpoint exists to
+    resume from, why a checkpoint was discarded or None, whether the final model is still
+    needed for the relearning attack). A checkpoint is verified (and discarded when
+    damaged) only when it is needed: rows are missing, or the final model is to be attacked."""
     done = set(store.completed_rows(label, seed))
     failed = any(i["status"] == "failed" for i in store.stage_infos(label, seed))
-    pending = ckpt.with_name(ckpt.name + ".new")
-    if not (ckpt / "ckl_state.json").exists() and (pending / "ckl_state.json").exists():
-        pending.rename(ckpt)  # a crash hit between writing a checkpoint and its rename
-    return done, failed, (ckpt / "ckl_state.json").exists()
+    final_needed = attack and T not in store.attacks(label, seed)
+    checkpoint.adopt_legacy(ckpt.parent.parent, label, seed, store.get_meta("method_order") or [])
+    if not checkpoint.exists(ckpt):
+        return done, failed, False, None, final_needed
+    if failed or (done >= set(range(T + 1)) and not final_needed):
+        return done, failed, True, None, final_needed
+    try:
+        checkpoint.verify(ckpt, label, T)
+    except CheckpointError as err:
+        checkpoint.discard(ckpt)
+        return done, failed, False, str(err), final_needed
+    return done, failed, True, None, final_needed
 
 
 def _record(store, label, seed, row, model, tokenizer, probes, stream, config, info: StageInfo, accelerator=None, method=None) -> None:
@@ -349,47 +390,6 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
             model, tokenizer, probes, config.eval.unlearning, config.model or store.path.parent / "base_model")))
     on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
-
-
-def _save_checkpoint(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info: StageInfo) -> None:
-    """Model and method state of one stage, replacing the previous stage's atomically."""
-    tmp = ckpt.with_name(ckpt.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save(model, tokenizer, tmp)
-    data, tensors = _split_state(method_state)
-    if tensors:
-        save_file(tensors, str(tmp / "ckl_state.safetensors"))
-    state = {"stage": stage, "method": data, "info": asdict(info)}
-    atomic_write_text(tmp / "ckl_state.json", json.dumps(state))
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        ckpt.rename(old)
-    tmp.rename(ckpt)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Method state -> (JSON part, tensors keyed "part/key") for checkpointing."""
-    data: dict = {}
-    tensors: dict[str, torch.Tensor] = {}
-    for part, values in state.items():
-        data[part] = {}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{part}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                data[part][key] = value
-    return data, tensors
-
-
-def _join_state(data: dict, tensor_file: Path) -> dict:
-    state = {part: dict(values) for part, values in data.items()}
-    if tensor_file.exists():
-        for name, tensor in load_file(str(tensor_file)).items():
-            part, key = name.split("/", 1)
-            state.setdefault(part, {})[key] = tensor
-    return state
 
 
 def _check_finite(model) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import string
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckl.errors import InputError
 
@@ -89,15 +91,69 @@ class Probe:
 # ---------------------------------------------------------------------------- reading
 
 
+def open_input(path: str | Path) -> BinaryIO:
+    """Open a user's input file for reading (binary). A missing or unreadable file, a
+    directory, a symlink loop, and anything that is not a regular file (a FIFO or a device,
+    which could block forever or never end) are InputErrors naming the file."""
+    where = str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(where, None, None, "file not found") from None
+    except OSError as err:  # a symlink loop, a path through a file, no permission
+        raise InputError(where, None, None, f"cannot read file: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(where, None, None, "is a directory; expected a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(where, None, None, "is not a regular file (a FIFO, socket or device); give a file")
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise InputError(where, None, None, f"cannot read file: {err.strerror}") from None
+
+
+def read_input_text(path: str | Path) -> str:
+    """The whole of a user's text file (UTF-8; `open_input`'s checks first)."""
+    with open_input(path) as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(str(path), data[: err.start].count(b"\n") + 1, None, "not valid UTF-8") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def parse_json(text: str, path: str, line: int | None) -> Any:
+    """json.loads for user input: a key given twice in one object, a number beyond Python's
+    4,300-digit limit and nesting too deep are InputErrors naming the file and line."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise InputError(path, line, str(err), "this key appears twice in one object; give it once") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, line if line is not None else err.lineno, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+    except ValueError:  # int() refused a literal of more than 4,300 digits
+        raise InputError(path, line, None, "invalid JSON (a number with more than 4300 digits)") from None
+    except RecursionError:
+        raise InputError(path, line, None, "invalid JSON (nested too deeply)") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; bad JSON is an InputError."""
+    handle = open_input(path)
     path = str(path)
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
-    except (IsADirectoryError, PermissionError) as err:
-        raise InputError(path, None, None, f"cannot read file: {err.strerror}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -106,12 +162,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise InputError(path, number, None, "not valid UTF-8") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            except RecursionError:
-                raise InputError(path, number, None, "invalid JSON (nested too deeply)") from None
+            obj = parse_json(line, path, number)
             if not isinstance(obj, dict):
                 raise InputError(path, number, None, f"expected a JSON object, got {type(obj).__name__}")
             try:  # an escaped lone surrogate ("\ud800") parses, but no UTF-8 file or database can hold it
@@ -139,8 +190,15 @@ def _int(obj: dict, key: str, path: str, line: int, default: int | None, minimum
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(path, line, key, f"must be an integer >= {minimum}, got {value!r}")
+        raise InputError(path, line, key, f"must be an integer >= {minimum}, got {_short(value)}")
+    if value > MAX_STAGE:  # a stage number: beyond this it is a typo, and SQLite cannot hold every integer
+        raise InputError(path, line, key, f"must be at most {MAX_STAGE}, got {_short(value)}")
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + f"... ({len(text)} characters)"
 
 
 def _texts(obj: dict, key: str, path: str, line: int, need_subject: bool, required: bool) -> tuple[str, ...]:
@@ -157,13 +215,20 @@ def _texts(obj: dict, key: str, path: str, line: int, need_subject: bool, requir
         for v in value:
             if "{subject}" not in v:
                 raise InputError(path, line, key, f"template {v!r} has no '{{subject}}' placeholder")
-            try:  # templates are filled with str.format: any other brace would fail mid-run
-                filled = v.format(subject="\x00")
-            except (KeyError, IndexError, ValueError, AttributeError, TypeError):
-                filled = ""
-            if "\x00" not in filled:
+            if not template_fields_ok(v):  # templates are filled with str.format: nothing else may run
                 raise InputError(path, line, key, f"template {v!r} may hold no braces but '{{subject}}' (write a literal brace as '{{{{' or '}}}}')")
     return tuple(v.strip() for v in value)
+
+
+def template_fields_ok(template: str, fields: tuple[str, ...] = ("subject",)) -> bool:
+    """Whether every format field of `template` is a plain `{name}` of `fields`: no
+    attribute or index access (`{subject.__class__}`), conversion or format spec
+    (`{subject:>1000000000}` would build a gigabyte string)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # a lone brace
+        return False
+    return all(name is None or (name in fields and not spec and conversion is None) for _, name, spec, conversion in parsed)
 
 
 def read_relations(path: str | Path) -> dict[str, Relation]:

@@ -99,8 +99,8 @@ def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: b
             raise
         raise InputError(  # transformers refused to import the directory's own Python files
             str(d / "config.json"), None, "auto_map",
-            "this model needs Python code shipped with it, which ckl runs only when allowed: "
-            "set `trust_remote_code: true` in the experiment if you trust it",
+            "this model needs Python code shipped with it, which ckl runs only when allowed: for `ckl run`, "
+            "set `trust_remote_code: true` in the experiment if you trust it (ckl update never runs a model's own code)",
         ) from None
 
 
@@ -123,11 +123,28 @@ def check_directory(d: Path, allow_pickle: bool = False) -> list[Path]:
             raise InputError(
                 str(d), None, None,
                 f"only pickle weights found ({pickles[0].name}); pickle files can run arbitrary code when loaded. "
-                "Convert them to safetensors, or pass --allow-pickle if you trust this file",
+                "Convert them to safetensors (ckl update reads only safetensors), or, for `ckl run`, set "
+                "`allow_pickle: true` in the experiment if you trust this file",
             )
         if not pickles:
             raise InputError(str(d), None, None, "no model weights (*.safetensors) in directory")
     return safetensors
+
+
+def context_length(d: str | Path) -> int | None:
+    """The longest sequence, in tokens, the model in directory `d` takes (from its
+    config.json: n_positions, max_position_embeddings or n_ctx), None when it names none."""
+    import json
+
+    try:
+        config = json.loads((Path(d) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _load(d: Path, safetensors: list, allow_pickle: bool, trust_remote_code: bool, dtype):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ckl.errors import InputError
 from ckl.facts import Probe
 
 FILENAME = "results.sqlite"
@@ -148,6 +149,8 @@ class Store:
 
     Raises:
         RuntimeError: the file was written by a newer ckl (higher schema version).
+        InputError: the file is not a ckl results store, or is damaged (SQLite's
+            `PRAGMA quick_check` fails); nothing is written to it.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -156,9 +159,42 @@ class Store:
             path = path / FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if path.exists() and not path.is_file():
+            raise InputError(str(path), None, None, "is not a regular file; a results store is an SQLite file")
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a writer takes the
         # write lock up front instead of failing to upgrade a read lock later.
         self._conn = sqlite3.connect(str(path), timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            self._check_intact()
+            self._open()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            if isinstance(err, sqlite3.OperationalError) and _is_locked(err):
+                raise
+            raise self._damaged(str(err)) from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _damaged(self, detail: str) -> InputError:
+        return InputError(
+            str(self.path), None, None,
+            f"is not a ckl results store or is damaged ({detail}). ckl wrote nothing to it. If it is a run's "
+            "results.sqlite, move it and that run's checkpoints/ folder away and run the same command again to "
+            "recompute, or run into a new --out directory",
+        )
+
+    def _check_intact(self) -> None:
+        """Refuse a file that is not SQLite, is damaged, or is another program's database,
+        before anything is written to it."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise self._damaged(f"an SQLite database with other tables: {', '.join(sorted(tables)[:5])}")
+        problems = [r[0] for r in self._conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise self._damaged("; ".join(problems[:3]))
+
+    def _open(self) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
         self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
         # NORMAL is crash-safe under WAL; only a power cut can drop the last commits,

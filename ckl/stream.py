@@ -35,8 +35,10 @@ from ckl.facts import (
     fact_row,
     iter_jsonl,
     jsonl_text,
+    parse_json,
     read_changes,
     read_facts,
+    read_input_text,
     read_relations,
     relation_row,
 )
@@ -102,11 +104,9 @@ class Stream:
         changes_path = d / "changes.jsonl"
         records = read_changes(changes_path, base, relations) if changes_path.exists() else []
         meta_path = d / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise InputError(str(meta_path), None, None, f"invalid JSON: {err}") from None
-        meta = meta if isinstance(meta, dict) else {}
+        meta = parse_json(read_input_text(meta_path), str(meta_path), None) if meta_path.exists() or meta_path.is_symlink() else {}
+        if not isinstance(meta, dict):
+            raise InputError(str(meta_path), 1, None, f"expected a JSON object ({{\"stages\": ..., \"meta\": {{...}}}}), got {type(meta).__name__}")
         stages = meta.get("stages")
         if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= MAX_STAGE):
             raise InputError(str(meta_path), None, "stages", f"must be an integer in [0, {MAX_STAGE}], got {stages!r}")
@@ -258,9 +258,8 @@ def _read_qa_subjects(path: Path, base: Sequence[Fact], records: Sequence[Change
     if not path.exists():
         return None
     known = {f.subject for f in base} | {r.fact.subject for r in records}
-    _read_lines(path)  # encoding and readability errors
     names = []
-    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):  # blank lines still count
+    for line, raw in enumerate(read_input_text(path).splitlines(), 1):  # blank lines still count
         name = raw.strip()
         if name and name not in known:
             raise InputError(str(path), line, None, f"subject {name!r} has no fact in facts.jsonl or changes.jsonl")
@@ -269,15 +268,9 @@ def _read_qa_subjects(path: Path, base: Sequence[Fact], records: Sequence[Change
 
 
 def _read_lines(path: Path) -> tuple[str, ...]:
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return ()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise InputError(str(path), line, None, "not valid UTF-8") from None
-    except (IsADirectoryError, PermissionError) as err:
-        raise InputError(str(path), None, None, f"cannot read file: {err.strerror}") from None
+    text = read_input_text(path)
     return tuple(line.rstrip("\n") for line in text.splitlines() if line.strip())
 
 

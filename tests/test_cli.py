@@ -77,6 +77,26 @@ def test_bad_config_key_exits_2_naming_line_and_key_and_writes_nothing(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unexpected_error_is_one_line_naming_the_command_with_a_hint_to_rerun_with_debug(monkeypatch):
+    from typer.testing import CliRunner
+
+    import ckl.methods.base
+    from ckl.cli import app
+
+    def broken():
+        raise KeyError("a bug deep inside")
+
+    monkeypatch.setattr(ckl.methods.base, "load_builtin", broken)
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(" ".join(lines)) < 400 and "Traceback" not in result.output
+    assert "ckl methods failed unexpectedly (KeyError: 'a bug deep inside')" in " ".join(result.output.split())
+    assert "ckl --debug methods" in result.output
+    debug = CliRunner().invoke(app, ["--debug", "methods"])
+    assert isinstance(debug.exception, KeyError)  # --debug lets the traceback through
+
+
 def test_methods_lists_every_part_with_supported_kinds():
     r = ckl("methods")
     assert r.returncode == 0

@@ -194,3 +194,18 @@ def test_a_world_that_cannot_be_built_stops_the_run_before_anything_is_written(t
         run_experiment(config, tmp_path / "run", say=lambda m: None)
     assert info.value.field == "world.min_probe_word_count" and "read fewer times" in info.value.message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_block_size_above_the_models_context_is_refused_before_anything_is_written(tmp_path, stream_dir, tiny_model_dir):
+    from ckl import lm
+
+    limit = lm.context_length(tiny_model_dir)
+    assert limit == 256
+    config = _config(stream_dir, tiny_model_dir, methods=[{"name": "naive", "train": {"epochs": 1, "block_size": limit + 1}}])
+    with pytest.raises(InputError, match="above the model's context length") as info:
+        run_experiment(config, tmp_path / "run", say=lambda m: None)
+    assert info.value.field == "methods[0].train.block_size" and not (tmp_path / "run").exists()
+    config = ExperimentConfig.model_validate({"world": {"people": 30}, "pretrain": {"block_size": 1024}, "methods": [{"name": "naive", "skip": ["forget"]}]})
+    with pytest.raises(InputError, match="context length of the model ckl pretrains") as info:
+        run_experiment(config, tmp_path / "run", say=lambda m: None)
+    assert info.value.field == "pretrain.block_size" and not (tmp_path / "run").exists()

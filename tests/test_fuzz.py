@@ -222,6 +222,20 @@ STREAM_CASES = {
     "huge stage count": ("meta.json", lambda p: p.write_text(json.dumps({"stages": 10**12})), None),
     "general text not UTF-8": ("general_train.txt", lambda p: p.write_bytes(b"fine\n\xff\xfe\n"), 2),
     "stray brace": ("relations.jsonl", lambda p: _replace_line(p, 0, json.dumps({**_first(p), "templates": ["{subject} {x}"]}).encode()), 1),
+    # issue 18: tracebacks, hangs and silently accepted inputs
+    "valid_from beyond 4300 digits": ("facts.jsonl", lambda p: _replace_line(p, 0, json.dumps({**_first(p), "valid_from": 0}).replace(
+        '"valid_from": 0', '"valid_from": ' + "9" * 5000).encode()), 1),
+    "valid_from beyond any stage": ("facts.jsonl", lambda p: _replace_line(p, 0, json.dumps({**_first(p), "valid_from": 10**30}).encode()), 1),
+    "stages beyond 4300 digits": ("meta.json", lambda p: p.write_text('{"stages": ' + "9" * 5000 + "}"), None),
+    "a key twice in a line": ("facts.jsonl", lambda p: _replace_line(p, 1, json.dumps(_first(p))[:-1].encode() + b', "object": "other"}'), 2),
+    "meta.json a list": ("meta.json", lambda p: p.write_text("[1, 2]"), 1),
+    "meta.json a directory": ("meta.json", lambda p: (p.unlink(), p.mkdir()), None),
+    "facts.jsonl a symlink loop": ("facts.jsonl", lambda p: (p.unlink(), os.symlink(p.name, p)), None),
+    "changes.jsonl a FIFO": ("changes.jsonl", lambda p: (p.unlink(), os.mkfifo(p)), None),  # reading it would wait forever
+    "template with attribute access": ("relations.jsonl", lambda p: _replace_line(p, 0, json.dumps(
+        {**_first(p), "templates": ["{subject} {subject.__class__}"]}).encode()), 1),
+    "template with a gigabyte format spec": ("relations.jsonl", lambda p: _replace_line(p, 0, json.dumps(
+        {**_first(p), "templates": ["{subject}{subject:>1000000000}"]}).encode()), 1),
 }
 
 
@@ -234,6 +248,16 @@ def test_inputs_that_once_crashed_the_stream_loader_are_input_errors(base_stream
     with pytest.raises(InputError) as err:
         Stream.load(stream)
     assert err.value.file == str(stream / name) and err.value.line == line
+    assert NEEDLES.get(case, "") in str(err.value)
+
+
+NEEDLES = {
+    "valid_from beyond 4300 digits": "more than 4300 digits", "valid_from beyond any stage": "must be at most",
+    "stages beyond 4300 digits": "more than 4300 digits", "a key twice in a line": "field 'object': this key appears twice",
+    "meta.json a list": "expected a JSON object", "meta.json a directory": "is a directory",
+    "facts.jsonl a symlink loop": "cannot read file", "changes.jsonl a FIFO": "not a regular file",
+    "template with attribute access": "may hold no braces but '{subject}'", "template with a gigabyte format spec": "may hold no braces",
+}
 
 
 @pytest.mark.parametrize("text,line", [
@@ -249,3 +273,22 @@ def test_configs_that_once_crashed_the_loader_are_input_errors(tmp_path, text, l
     assert err.value.file == str(path)
     if line is not None:
         assert err.value.line == line
+
+
+@pytest.mark.parametrize("text,field,needle", [  # issue 18: tracebacks or silently accepted
+    (yaml.safe_dump({**VALID_CONFIG, "seeds": [0]}).replace("- 0", "- " + "9" * 5000), None, "more than 4300 digits"),
+    (yaml.safe_dump({**VALID_CONFIG, "seeds": [1e26]}), "seeds[0]", ""),
+    (yaml.safe_dump({**VALID_CONFIG, "seeds": [10**26]}), "seeds[0]", "less than or equal to 4294967295"),
+    (yaml.safe_dump({**VALID_CONFIG, "methods": [{"name": "lora+lora", "skip": ["forget"]}]}), "methods[0].name", "'lora' is listed twice"),
+    (yaml.safe_dump(VALID_CONFIG) + "methods:\n- name: naive\n", "methods", "appears twice"),
+    (yaml.safe_dump({**VALID_CONFIG, "methods": [{"name": "naive", "skip": ["forget"], "train": {"epochs": 10**21}}]}),
+     "methods[0].train", "epochs must be at most 1,000,000,000"),
+])
+def test_configs_with_huge_numbers_a_part_twice_or_a_key_twice_are_refused(tmp_path, text, field, needle):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert err.value.file == str(path) and err.value.field == field and needle in err.value.message
+    if field == "methods":
+        assert err.value.line == text.count("\n") - 1  # the second `methods:`, above its one item

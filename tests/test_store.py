@@ -249,3 +249,77 @@ def test_two_processes_writing_one_store_at_once_lose_no_rows(tmp_path: Path) ->
             assert s.accuracy(method, 0)[1] == {"invariant": 0.5}
             assert {i["notes"]["writer"] for i in s.stage_infos(method, 0)} == {method}
         assert len(s.probes()) == 40
+
+
+def _filled_store(path: Path) -> bytes:
+    with Store(path) as s:
+        s.add_probes(PROBES)
+        for row in range(3):
+            s.record_row("naive", 0, row, _outcomes({"i1", "s1"}), StageInfo(seconds=0.1))
+    return path.read_bytes()
+
+
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "garbage": lambda data: b"this is not a database\n" * 100,
+    "a corrupted page": lambda data: data[:4096] + b"\xff" * 4096 + data[8192:],
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_truncated_or_garbage_results_store_is_a_plain_error_and_is_left_as_it_was(tmp_path: Path, damage: str) -> None:
+    from ckl.errors import InputError
+
+    path = tmp_path / FILENAME
+    damaged = DAMAGE[damage](_filled_store(path))
+    path.write_bytes(damaged)
+    with pytest.raises(InputError, match="not a ckl results store or is damaged") as info:
+        Store(path)
+    assert "run the same command again" in info.value.message
+    assert path.read_bytes() == damaged
+
+
+def test_another_programs_sqlite_database_is_not_taken_as_a_store(tmp_path: Path) -> None:
+    from ckl.errors import InputError
+
+    path = tmp_path / "mail.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT)")
+    with pytest.raises(InputError, match="other tables: messages"):
+        Store(path)
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["messages"]
+
+
+def test_ckl_show_on_a_damaged_store_exits_2_with_one_message(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ckl.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / FILENAME).write_bytes(b"garbage" * 1000)
+    result = CliRunner().invoke(app, ["show", str(run)])
+    assert result.exit_code == 2 and "not a ckl results store or is damaged" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_store_with_random_damage_opens_or_is_refused_never_a_crash(tmp_path: Path) -> None:
+    import random
+
+    from ckl.errors import InputError
+
+    path = tmp_path / FILENAME
+    data = _filled_store(path)
+    rng = random.Random(18)
+    refused = 0
+    for _ in range(20):
+        at = rng.randrange(len(data))
+        damaged = bytearray(data)
+        damaged[at : at + 64] = rng.randbytes(min(64, len(data) - at))
+        path.write_bytes(bytes(damaged))
+        try:
+            Store(path).close()
+        except InputError:
+            refused += 1
+    assert refused > 0

@@ -171,3 +171,46 @@ def test_methods_whose_knowledge_lives_outside_the_weights_are_refused(files, ti
     assert result.exit_code == 2, result.output
     assert "outside the model's weights" in result.output and method in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_update_without_a_gate_refuses_to_write_a_model_unless_no_gates_is_given(files, tiny_model_dir, tmp_path):
+    result = run(files, tiny_model_dir, tmp_path / "out", "--epochs", "1")
+    assert result.exit_code == 2 and "no gate given" in result.output and "--no-gates" in result.output
+    assert "all gates passed" not in result.output and not (tmp_path / "out").exists()
+    result = run(files, tiny_model_dir, tmp_path / "out", "--epochs", "1", "--gate", "acquisition>=0", "--no-gates")
+    assert result.exit_code == 2 and "conflicts with --gate" in result.output
+    result = run(files, tiny_model_dir, tmp_path / "out", "--epochs", "1", "--no-gates")
+    assert result.exit_code == 0, result.output
+    assert "no gates checked (--no-gates)" in " ".join(result.output.split()) and "all gates passed" not in result.output
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_the_pickle_refusal_names_an_option_that_exists(tmp_path, tiny_model_dir):
+    import shutil
+
+    from ckl import lm
+    from ckl.config import ExperimentConfig
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    with pytest.raises(InputError) as err:
+        lm.load(model)
+    assert "--allow-pickle" not in err.value.message  # no command has that option
+    assert "`allow_pickle: true`" in err.value.message and "allow_pickle" in ExperimentConfig.model_fields
+    result = CliRunner().invoke(app, ["update", "--help"])
+    assert "--allow-pickle" not in result.output
+
+
+def test_an_options_file_with_a_key_twice_or_that_is_a_fifo_is_refused(files, tiny_model_dir, tmp_path):
+    import os
+
+    options = tmp_path / "options.yaml"
+    options.write_text("train: {epochs: 2}\nreplay: {fraction: 0.5}\ntrain: {epochs: 200}\n")
+    result = run(files, tiny_model_dir, tmp_path / "out", "--options", str(options), "--gate", "acquisition>=0.5")
+    assert result.exit_code == 2 and f"{options}:3: field 'train': this key appears twice" in " ".join(result.output.split())
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading it would wait forever
+    result = run(files, tiny_model_dir, tmp_path / "out", "--options", str(fifo), "--gate", "acquisition>=0.5")
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    assert not (tmp_path / "out").exists()

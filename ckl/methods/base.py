@@ -301,6 +301,9 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         config = make_config(entry.config, options.pop(names[0], {}), f"{where}.{names[0]}")
         _no_leftovers(options, where)
         return entry.factory(config)
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{where}.name: part {twice!r} is listed twice in {expression!r}; each part composes once (give its options once, under `{twice}:`)")
     for n in names:
         if n not in registry:
             raise ValueError(f"{where}.name: unknown method or part {n!r} (known: {', '.join(sorted(registry))}){_broken_hint()}")

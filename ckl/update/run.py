@@ -5,6 +5,7 @@ The workflow, in order (everything that can be wrong with the inputs is checked 
 steps 1-2, before the model is loaded, and ends with exit code 2 and nothing written):
 
     1. parse the gates; check --out is a new or empty directory outside --model
+       (no gate at all is refused unless --no-gates asks to write the model unchecked)
     2. read and cross-check the fact files; build the method; refuse forget requests
        the method cannot apply
     3. load the model (read only: the input directory is never written)
@@ -61,6 +62,7 @@ class UpdateRequest:
     seed: int = 0
     save_rejected: bool = False
     batch_size: int = 64
+    no_gates: bool = False  # write the model without checking any gate (explicitly asked for)
 
 
 @dataclass
@@ -84,15 +86,10 @@ def _check_out(out: Path, model: Path) -> None:
 def _method_options(req: UpdateRequest) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if req.options is not None:
-        import yaml
+        from ckl.config import parse_yaml
+        from ckl.facts import read_input_text
 
-        try:
-            loaded = yaml.safe_load(Path(req.options).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(str(req.options), None, None, "file not found") from None
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            raise InputError(str(req.options), None if line is None else line + 1, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+        loaded, _ = parse_yaml(read_input_text(req.options), str(req.options))  # FIFOs, keys given twice, huge numbers refused
         if loaded is not None and not isinstance(loaded, dict):
             raise InputError(str(req.options), None, None, "expected a mapping of method options, e.g. {train: {epochs: 20}}")
         options = dict(loaded or {})
@@ -259,6 +256,12 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     options = _method_options(req)
     method = _build(req, options, inputs)
     check_measurable(gates, _measured(inputs))
+    if not gates and not req.no_gates:  # the last input check: every other mistake is named first
+        raise InputError("--gate", None, None, (
+            "no gate given: the model would be written whatever it learned or forgot. Give at least one, "
+            "e.g. --gate \"retention>=0.98\" --gate \"acquisition>=0.9\", or --no-gates to write it unchecked"))
+    if gates and req.no_gates:
+        raise InputError("--no-gates", None, None, "conflicts with --gate; give one or the other")
 
     model, tokenizer = lm.load(model_dir)
     accelerator = make_accelerator()
@@ -346,6 +349,9 @@ def _tell(report: dict[str, Any], out: Path, say: Callable[[str], None]) -> None
         say(f"  gate {g['gate']}: {'passed' if g['passed'] else 'FAILED'} (measured {value})")
     if report["error"]:
         say(f"update FAILED: {report['error']}")
+    if report["passed"] and not report["gates"]:
+        say(f"no gates checked (--no-gates): updated model in {report['model_written']}; report in {out / 'report.html'}")
+        return
     if report["passed"]:
         say(f"all gates passed: updated model in {report['model_written']}; report in {out / 'report.html'}")
         return
