@@ -18,7 +18,7 @@ from ckl.facts import PROBE_KINDS, read_input_text
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float: NaN and inf refused
 
 
 class WorldSpec(Strict):
