@@ -13,12 +13,12 @@ def check_number(value, name: str, low: float | None = None, low_open: bool = Fa
     """A finite int or float (bools refused), >= low (> low when low_open), <= high."""
     if optional and value is None:
         return
+    bounds = " and ".join(([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + ([f"<= {high}"] if high is not None else []))
+    what = f"a finite number{' ' + bounds if bounds else ''}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")  # NaN and inf are refused here
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 MAX_COUNT = 10**9  # epochs, steps, sizes: a count beyond this is a typo, and would not fit the store's integers
@@ -40,5 +40,5 @@ def check_flag(value, name: str) -> None:
 
 def check_unit(value, name: str) -> None:
     """A number in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails the comparison
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")

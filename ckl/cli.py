@@ -29,6 +29,11 @@ def _command_name(ctx) -> str:
     return " ".join(["ckl", *reversed(names), *([ctx.invoked_subcommand] if ctx.invoked_subcommand else [])])
 
 
+# Typer >= 0.20 parses with its own copy of click, whose usage errors (BadParameter for
+# `--people x`) derive from typer.TyperException, not click.ClickException.
+_TYPER_CLICK = (typer.TyperException,) if hasattr(typer, "TyperException") else ()
+
+
 class _Commands(TyperGroup):
     """Every command runs under one handler: a user mistake (InputError) is one message
     and exit 2; anything unexpected is one line naming the command and exit 1, with the
@@ -39,8 +44,8 @@ class _Commands(TyperGroup):
 
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort, *_TYPER_CLICK):
+            raise  # usage errors (a bad option value): the parser's own message, exit 2
         except InputError as err:
             _fail(err)
         except Exception as err:

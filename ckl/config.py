@@ -18,7 +18,7 @@ from ckl.facts import PROBE_KINDS, read_input_text
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float: NaN and inf refused
 
 
 class WorldSpec(Strict):
@@ -154,8 +154,9 @@ def _dotted(path: tuple) -> str:
 
 def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     """(data, node tree) of a user's YAML text (yaml.safe_load: no object tags). Invalid
-    YAML, a key given twice in one mapping (YAML would keep the last silently) and an
-    integer beyond Python's 4,300-digit limit are InputErrors naming the file and line."""
+    YAML, a key given twice in one mapping (YAML would keep the last silently), a string
+    with an unpaired surrogate escape and an integer beyond Python's 4,300-digit limit are
+    InputErrors naming the file and line."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         _refuse_duplicate_keys(root, file, text)
@@ -191,6 +192,17 @@ def _refuse_duplicate_keys(root: yaml.Node | None, file: str, text: str) -> None
                 stack += [key, value]
         elif isinstance(node, yaml.SequenceNode):
             stack += node.value
+        elif isinstance(node, yaml.ScalarNode) and not _encodable(node.value):  # "\ud800": no path or file can hold it
+            line = text[: node.start_mark.index].count("\n") + 1
+            raise InputError(file, line, None, "a string holds an unpaired surrogate escape (\\ud800-\\udfff)")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

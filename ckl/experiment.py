@@ -170,7 +170,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     # a bad stream or model directory stops the run here, before anything is written
     stream = Stream.load(config.stream) if config.stream is not None else None
     if config.model is not None:
-        lm.check_directory(Path(config.model), config.allow_pickle)
+        lm.check_directory(Path(config.model), config.allow_pickle, config.trust_remote_code)
     _check_block_sizes(config)
     experiment = experiment_hash(experiment_identity(resolved))
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here

@@ -25,6 +25,12 @@ MAX_STAGE = 10_000  # a stage number beyond this is a typo, not a plan (every st
 # form about a subject whose facts were only ever read as statements (Allen-Zhu & Li,
 # "Physics of Language Models 3.1": knowledge extraction).
 PROBE_KINDS = ("statement", "paraphrase", "question", "extraction")
+# The longest text field (a subject, an object, a candidate, a template, an id) read from
+# any input. Scoring lays every probe's prompt and candidates out in one row with a
+# row-by-row attention mask, so one megabyte-long answer would ask for hundreds of GiB;
+# refusing it when it is read costs nothing. The longest field of every dataset ckl
+# imports (CounterFact, zsRE, KnowUnDo, the Pile targets) is under 350 characters.
+MAX_TEXT_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -181,8 +187,15 @@ def text_field(obj: dict, key: str, path: str, line: int, required: bool = True)
             raise InputError(path, line, key, "missing required field")
         return None
     if not isinstance(value, str) or not value.strip():
-        raise InputError(path, line, key, f"must be a non-empty string, got {value!r}")
+        raise InputError(path, line, key, f"must be a non-empty string, got {_short(value)}")
+    check_text_length(value.strip(), path, line, key)
     return value.strip()
+
+
+def check_text_length(text: str, path: str, line: int | None, key: str | None) -> None:
+    """A text longer than MAX_TEXT_CHARS characters is an InputError naming where it is."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(path, line, key, f"is {len(text)} characters long; at most {MAX_TEXT_CHARS} are allowed (docs/formats.md)")
 
 
 def _int(obj: dict, key: str, path: str, line: int, default: int | None, minimum: int = 0) -> int | None:
@@ -209,6 +222,8 @@ def _texts(obj: dict, key: str, path: str, line: int, need_subject: bool, requir
         value = []
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise InputError(path, line, key, "must be a list of non-empty strings")
+    for v in value:
+        check_text_length(v.strip(), path, line, key)
     if required and not value:
         raise InputError(path, line, key, "must not be empty")
     if need_subject:

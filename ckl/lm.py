@@ -87,24 +87,52 @@ def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: b
 
     Raises:
         InputError: the directory is missing, has no weights, has only pickle weights
-            and `allow_pickle` is False, or needs its own Python code (`auto_map`) and
+            and `allow_pickle` is False, or names Python code of its own (`auto_map` in
+            config.json or tokenizer_config.json, on any model_type) and
             `trust_remote_code` is False.
     """
     d = Path(directory)
-    safetensors = check_directory(d, allow_pickle)
+    safetensors = check_directory(d, allow_pickle, trust_remote_code)
     try:
         return _load(d, safetensors, allow_pickle, trust_remote_code, dtype)
     except ValueError as err:
         if trust_remote_code or "trust_remote_code" not in str(err):
             raise
         raise InputError(  # transformers refused to import the directory's own Python files
-            str(d / "config.json"), None, "auto_map",
-            "this model needs Python code shipped with it, which ckl runs only when allowed: for `ckl run`, "
-            "set `trust_remote_code: true` in the experiment if you trust it (ckl update never runs a model's own code)",
+            str(d / "config.json"), None, "auto_map", "this model needs Python code shipped with it, " + _REMOTE_CODE_HINT,
         ) from None
 
 
-def check_directory(d: Path, allow_pickle: bool = False) -> list[Path]:
+_REMOTE_CODE_HINT = (
+    "which ckl runs only when allowed: for `ckl run`, set `trust_remote_code: true` in the experiment if you "
+    "trust it (ckl update never runs a model's own code)"
+)
+
+
+def _remote_code_refusal(d: Path) -> InputError | None:
+    """An InputError when config.json or tokenizer_config.json names Python code of the
+    model's own (`auto_map`). transformers ignores `auto_map` on a model_type it knows
+    when remote code is off, so the model would load with other code than its author's:
+    ckl refuses it instead of choosing silently."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((d / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a missing or unreadable file is reported by the loader itself
+        if isinstance(config, dict) and config.get("auto_map"):
+            known = config.get("model_type") if name == "config.json" else None
+            instead = (f"; or delete `auto_map` from {name} to load it with transformers' own {known!r} code"
+                       if isinstance(known, str) and known else "")
+            return InputError(
+                str(d / name), None, "auto_map",
+                "this model names Python code shipped with it (`auto_map`), " + _REMOTE_CODE_HINT + instead,
+            )
+    return None
+
+
+def check_directory(d: Path, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[Path]:
     """The checks `load` makes before reading anything, so that a run can refuse a bad
     model directory before it writes anything. Returns the safetensors files.
 
@@ -128,6 +156,8 @@ def check_directory(d: Path, allow_pickle: bool = False) -> list[Path]:
             )
         if not pickles:
             raise InputError(str(d), None, None, "no model weights (*.safetensors) in directory")
+    if not trust_remote_code and (refusal := _remote_code_refusal(d)) is not None:
+        raise refusal
     return safetensors
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ckl import lm
+from ckl.checks import check_number
 from ckl.copy_mix import copy_documents, demonstration
 from ckl.distributed import on_main
 from ckl.facts import PROBE_KINDS
@@ -62,10 +63,8 @@ class PretrainConfig:
             raise ValueError(f"knowledge_target must be in [0, 1], got {self.knowledge_target!r}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
-        if self.max_seconds < 0:
-            raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds!r}")
-        if self.copy_fraction < 0:
-            raise ValueError(f"copy_fraction must be >= 0, got {self.copy_fraction!r}")
+        check_number(self.max_seconds, "max_seconds", low=0)
+        check_number(self.copy_fraction, "copy_fraction", low=0)
         if isinstance(self.biographies, bool) or not isinstance(self.biographies, int) or self.biographies < 1:
             raise ValueError(f"biographies must be an integer >= 1, got {self.biographies!r}")
         if isinstance(self.questions, bool) or not isinstance(self.questions, int) or self.questions < -1:

@@ -49,3 +49,40 @@ def test_ckl_run_on_such_a_model_exits_2_with_one_message(tmp_path, tiny_stream,
     assert result.exit_code == 2, result.output
     assert "trust_remote_code" in result.output and "Traceback" not in result.output
     assert not marker.exists()
+
+
+def test_auto_map_on_a_known_model_type_is_refused_not_ignored(tmp_path, tiny_model_dir, tiny_stream):
+    """Issue 18: with remote code off, transformers ignored `auto_map` on a model_type it
+    knows (gpt2) and loaded the model with its own class; now it is refused, naming the
+    option that allows it."""
+    d = tmp_path / "gpt2_with_code"
+    shutil.copytree(tiny_model_dir, d)
+    config = json.loads((d / "config.json").read_text())
+    assert config["model_type"] == "gpt2"
+    config["auto_map"] = {"AutoModelForCausalLM": "custom.CustomModel"}
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError) as err:
+        lm.load(d)
+    assert (err.value.file, err.value.field) == (str(d / "config.json"), "auto_map")
+    assert "`trust_remote_code: true`" in err.value.message and "delete `auto_map`" in err.value.message
+    with pytest.raises(InputError):
+        lm.check_directory(d)  # what `ckl run` checks before it writes anything
+    tiny_stream.save(tmp_path / "stream")
+    exp = {"name": "x", "stream": str(tmp_path / "stream"), "model": str(d),
+           "methods": [{"name": "naive", "skip": ["forget"], "train": {"epochs": 1}}]}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(exp))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "x.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "trust_remote_code" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_map_in_the_tokenizer_config_is_refused_too(tmp_path, tiny_model_dir):
+    d = tmp_path / "tokenizer_with_code"
+    shutil.copytree(tiny_model_dir, d)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["custom.CustomTokenizer", None]}
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError) as err:
+        lm.load(d)
+    assert (err.value.file, err.value.field) == (str(d / "tokenizer_config.json"), "auto_map")
+    assert "trust_remote_code" in err.value.message

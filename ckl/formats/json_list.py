@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ckl.errors import InputError
+from ckl.facts import MAX_TEXT_CHARS
 
 _WS = " \t\n\r"
 
@@ -82,4 +83,6 @@ def text_field(record: Any, key: str, path: str, number: int, line: int) -> str:
         raise InputError(path, line, key, f"record {number}: missing required field")
     if not isinstance(value, str) or not value.strip():
         raise InputError(path, line, key, f"record {number}: must be a non-empty string, got {value!r}")
+    if len(value.strip()) > MAX_TEXT_CHARS:
+        raise InputError(path, line, key, f"record {number}: is {len(value.strip())} characters long; at most {MAX_TEXT_CHARS} are allowed (docs/formats.md)")
     return value.strip()

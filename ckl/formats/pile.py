@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckl.errors import InputError
+from ckl.facts import MAX_TEXT_CHARS
 from ckl.formats.text_targets import TEXT_RELATION, text_fact, trim_end
 from ckl.stream import Change, Stream
 
@@ -121,6 +122,9 @@ def load_pile(path: str | Path, config: PileConfig | None = None) -> Stream:
     facts, shortened = [], 0
     for doc_id, text in records:
         prompt, continuation, short = _split(text, config.prefix_words, config.suffix_words)
+        for part, what in ((prompt, "prompt"), (continuation, "continuation")):
+            if len(part) > MAX_TEXT_CHARS:
+                raise InputError(str(path), None, "text", f"doc_id {doc_id}: its {what} is {len(part)} characters long; at most {MAX_TEXT_CHARS} are allowed (docs/formats.md)")
         shortened += short
         facts.append(text_fact(f"pile-{doc_id}", prompt, continuation))
     n_unseen = config.unseen

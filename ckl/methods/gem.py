@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.checks import check_count
+from ckl.checks import check_count, check_number
 from ckl.facts import Fact, fact_row
 from ckl.methods.agem import flat_grad, memory_batch, memory_gradient, set_flat_grad, trainable
 from ckl.methods.base import Part, StageContext, register_part
@@ -52,8 +52,7 @@ class GemConfig:
     def __post_init__(self) -> None:
         for name in ("memory_per_cohort", "memory_batch", "block_size"):
             check_count(getattr(self, name), name)
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or self.margin < 0:
-            raise ValueError(f"margin must be a number >= 0, got {self.margin!r}")
+        check_number(self.margin, "margin", low=0)
 
 
 def solve_dual(gram: torch.Tensor, linear: torch.Tensor, margin: float = 0.0, tol: float = 1e-12) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
 
 # prefixes that wrappers add to parameter names: DDP, torch.compile, PEFT
@@ -115,8 +116,7 @@ class L2Config:
     strength: float = field(default=0.01, metadata={"help": "lambda: loss += lambda/2 * ||theta - theta_stage_start||^2"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or self.strength < 0:
-            raise ValueError(f"strength must be a number >= 0, got {self.strength!r}")
+        check_number(self.strength, "strength", low=0)
 
 
 class L2(Part):

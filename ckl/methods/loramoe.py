@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from ckl.checks import check_count
+from ckl.checks import check_count, check_number
 from ckl.methods.attached import attach, attached, load_module_state, model_device_dtype, module_state
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.layers import find_blocks
@@ -65,10 +65,8 @@ class LoraMoeConfig:
             check_count(getattr(self, name), name)
         if self.experts < 2:
             raise ValueError(f"experts must be at least 2 (a router needs a choice), got {self.experts!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-        if isinstance(self.balance, bool) or not isinstance(self.balance, (int, float)) or self.balance < 0:
-            raise ValueError(f"balance must be a number >= 0, got {self.balance!r}")
+        check_number(self.alpha, "alpha", low=0, low_open=True)
+        check_number(self.balance, "balance", low=0)
         ok = self.target_modules in ("mlp", "all-linear") or (
             isinstance(self.target_modules, list) and self.target_modules and all(isinstance(t, str) and t for t in self.target_modules)
         )

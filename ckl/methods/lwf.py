@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ckl.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
 
 
@@ -35,10 +36,8 @@ class LwfConfig:
     temperature: float = field(default=2.0, metadata={"help": "softmax temperature T of teacher and student (the term is scaled by T^2)"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"weight must be a number >= 0, got {self.weight!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
+        check_number(self.weight, "weight", low=0)
+        check_number(self.temperature, "temperature", low=0, low_open=True)
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.editing.covariance import KeyStatistics
 from ckl.editing.keys import capture, context_weighted_mean
 from ckl.editing.layers import add_update, blocks, mlp_output_projection, value_matrix
@@ -63,8 +64,7 @@ class MemitConfig(RomeConfig):
                 raise ValueError(f"{name} must be an integer >= {1 if name == 'span' else 0}, got {value!r}")
         if type(self.per_prompt_keys) is not bool:
             raise ValueError(f"per_prompt_keys must be true or false, got {self.per_prompt_keys!r}")
-        if isinstance(self.covariance_weight, bool) or not isinstance(self.covariance_weight, (int, float)) or self.covariance_weight <= 0:
-            raise ValueError(f"covariance_weight must be a number > 0, got {self.covariance_weight!r}")
+        check_number(self.covariance_weight, "covariance_weight", low=0, low_open=True)
 
 
 def edited_layers(config: MemitConfig, model) -> list[int]:

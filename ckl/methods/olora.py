@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.l2 import canonical_name
 from ckl.methods.lora import Lora, LoraConfig
@@ -38,8 +39,7 @@ class OLoraConfig:
 
     def __post_init__(self) -> None:
         LoraConfig(r=self.r, alpha=self.alpha, target_modules=self.target_modules)  # same checks, same messages
-        if isinstance(self.orthogonal, bool) or not isinstance(self.orthogonal, (int, float)) or self.orthogonal < 0:
-            raise ValueError(f"orthogonal must be a number >= 0, got {self.orthogonal!r}")
+        check_number(self.orthogonal, "orthogonal", low=0)
 
 
 def lora_a_matrices(model) -> dict[str, torch.nn.Parameter]:

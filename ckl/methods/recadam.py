@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.l2 import AnchorCache, snapshot, squared_distance
 
@@ -36,10 +37,8 @@ class RecAdamConfig:
     t0: int = field(default=50, metadata={"help": "optimiser step of the stage at which task loss and pull weigh the same (lambda = 0.5); scale it to the stage's length"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or self.gamma < 0:
-            raise ValueError(f"gamma must be a number >= 0, got {self.gamma!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or self.k <= 0:
-            raise ValueError(f"k must be a positive number, got {self.k!r}")
+        check_number(self.gamma, "gamma", low=0)
+        check_number(self.k, "k", low=0, low_open=True)
         if isinstance(self.t0, bool) or not isinstance(self.t0, int) or self.t0 < 0:
             raise ValueError(f"t0 must be an integer >= 0, got {self.t0!r}")
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.checks import check_number
 from ckl.editing.covariance import KeyStatistics, solve
 from ckl.editing.keys import capture
 from ckl.editing.layers import add_update, blocks, mlp_output_projection, value_matrix
@@ -69,9 +70,7 @@ class RomeConfig:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < -1:
             raise ValueError(f"layer must be an integer >= 0 (or -1 for the default), got {self.layer!r}")
         for name in ("lr", "kl_weight", "weight_decay", "clamp", "stop_loss"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (name in ("lr", "clamp") and value == 0):
-                raise ValueError(f"{name} must be a number {'> 0' if name in ('lr', 'clamp') else '>= 0'}, got {value!r}")
+            check_number(getattr(self, name), name, low=0, low_open=name in ("lr", "clamp"))
         if self.subject_token not in SUBJECT_TOKENS:
             raise ValueError(f"subject_token must be one of {', '.join(SUBJECT_TOKENS)}, got {self.subject_token!r}")
         if not isinstance(self.essence_prompt, str) or "{subject}" not in self.essence_prompt:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.checks import check_count
+from ckl.checks import check_count, check_number
 from ckl.errors import DivergenceError
 from ckl.train.batching import IGNORE, pack, shard_batches
 
@@ -46,12 +46,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
             check_count(getattr(self, name), name)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0):
-            raise ValueError(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
+        check_number(self.lr, "lr", low=0, low_open=True)
+        check_number(self.weight_decay, "weight_decay", low=0)
+        check_number(self.max_grad_norm, "max_grad_norm", low=0)
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not isinstance(self.shuffle, bool):

@@ -64,10 +64,8 @@ class UnlearnConfig:
             raise ValueError(f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
         check_number(self.weight, "weight", 0)
         check_number(self.retain_weight, "retain_weight", 0)
-        check_number(self.stop_accuracy, "stop_accuracy", 0, optional=True)
-        check_number(self.stop_logprob, "stop_logprob", optional=True)
-        if self.stop_accuracy is not None and self.stop_accuracy > 1:
-            raise ValueError(f"stop_accuracy must be in [0, 1], got {self.stop_accuracy!r}")
+        check_number(self.stop_accuracy, "stop_accuracy", 0, optional=True, high=1)
+        check_number(self.stop_logprob, "stop_logprob", optional=True, high=0)  # a log-probability: above 0 would stop at once
         for name in ("batch_size", "max_length", "retain_facts", "check_every"):
             check_count(getattr(self, name), name)
 
