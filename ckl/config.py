@@ -7,6 +7,8 @@ config dataclasses here, so a typo fails in a second, not after an hour of pretr
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -152,15 +154,28 @@ def _dotted(path: tuple) -> str:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads floats the way people write them: YAML 1.1 (which
+    PyYAML implements) takes `1e-3` and `3E5` for strings, YAML 1.2 and every user for
+    numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     """(data, node tree) of a user's YAML text (yaml.safe_load: no object tags). Invalid
     YAML, a key given twice in one mapping (YAML would keep the last silently), a string
     with an unpaired surrogate escape and an integer beyond Python's 4,300-digit limit are
     InputErrors naming the file and line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
         _refuse_duplicate_keys(root, file, text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no object tags
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         # lines counted by "\n", as everywhere in ckl (YAML also breaks lines at a lone "\r")

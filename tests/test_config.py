@@ -111,3 +111,16 @@ def test_x_keys_hold_yaml_anchors_for_shared_settings(tmp_path):
     text = "x-train: &t {epochs: 3, lr: 0.01}\n" + GOOD.replace("train: {epochs: 2}", "train: *t")
     config = load_config(_write(tmp_path, text))
     assert config.methods[0].options["train"] == {"epochs": 3, "lr": 0.01}
+
+
+def test_floats_written_as_people_write_them_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3", which was refused as "not a number"
+    from ckl.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: e\nworld: {people: 20, min_probe_word_count: 0, background_people: 4}\n"
+                    "methods:\n  - name: naive\n    skip: [forget]\n    train: {epochs: 1, lr: 1e-3}\n"
+                    "  - name: replay\n    skip: [forget]\n    train: {epochs: 1, lr: 2E-4}\n    replay: {fraction: 5e-1}\n")
+    config = load_config(path)
+    assert [m.train["lr"] for m in config.methods] == [0.001, 0.0002]
+    assert config.methods[1].options["replay"]["fraction"] == 0.5
