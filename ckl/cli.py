@@ -67,8 +67,19 @@ app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pre
                   help="ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ckl import __version__
+
+        print(f"ckl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an unexpected error")) -> None:
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of an unexpected error"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print ckl's version and exit"),
+) -> None:
     """ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot."""
 # Piped output (logs, CI) gets a wide console so tables are not squeezed to 80 columns.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))

@@ -136,3 +136,10 @@ def test_pretrain_target_facts_option_is_checked_before_anything_is_written(tmp_
     r = ckl("pretrain", "--world", tmp_path / "w", "--out", tmp_path / "m", "--target-facts", "everything", "--batch-size", 8)
     assert r.returncode == 2 and "target_facts" in r.stderr and "'everything'" in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_version_prints_the_package_version():
+    from ckl import __version__
+
+    r = ckl("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"ckl {__version__}"
