@@ -8,6 +8,8 @@ adapter is trained for each stage.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 
 import torch
@@ -52,7 +54,10 @@ class Lora(Part):
             target_modules=self.config.target_modules,
             task_type="CAUSAL_LM",
         )
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning
+            # about their code that every LoRA run printed; nothing the user can act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             torch.manual_seed(rng_for(ctx.seed, "lora", ctx.stage).randrange(2**31))
             return get_peft_model(model, peft_config)
 

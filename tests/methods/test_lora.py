@@ -19,3 +19,20 @@ def test_lora_trains_only_adapters_and_merges_them_into_a_plain_model(tiny_strea
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("attn" in k for k in changed)
     assert "transformer.wte.weight" not in changed  # embeddings are not adapted
+
+
+def test_wrapping_a_model_prints_no_library_deprecation_warning(tiny_stream, tiny_model_dir):
+    # PEFT reads transformers' deprecated is_gradient_checkpointing; users saw its FutureWarning on every LoRA run
+    import warnings
+
+    from ckl import lm
+    from ckl.methods.base import StageContext
+    from ckl.methods.lora import Lora, LoraConfig
+
+    model, tokenizer = lm.load(tiny_model_dir)
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = Lora(LoraConfig(r=4)).prepare(model, ctx)
+    assert any("lora_A" in name for name, _ in wrapped.named_parameters())  # it did wrap the model
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
