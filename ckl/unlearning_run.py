@@ -58,7 +58,7 @@ def attack_final(config, spec, seed: int, stream: Stream, probes: list[Probe], s
     """Run the configured relearning attack on the final model of (spec, seed) unless it
     is stored already or the run is incomplete. The model is the final checkpoint as the
     method left it: with its state restored (a memory or adapters kept beside the weights)."""
-    from ckl.experiment import load_checkpoint
+    from ckl.checkpoint import load as load_checkpoint
     from ckl.methods.base import build_method
 
     label, T = spec.display, stream.T
