@@ -24,22 +24,22 @@ from pathlib import Path
 
 import torch
 
-from ckl import lm
-from ckl.editing import covariance
-from ckl.evaluate.scoring import score_probes
-from ckl.facts import ChangeRecord, Fact
+from ckl.model import lm
+from ckl.methods.edit import _covariance as covariance
+from ckl.model.scoring import score_probes
+from ckl.data.facts import ChangeRecord, Fact
 from ckl.methods.base import StageContext, build_method
-from ckl.methods.memit import edited_layers
-from ckl.methods.rome import default_layer
-from ckl.stream import Change, Stream, make_probes
-from ckl.world import WorldConfig, build_world
+from ckl.methods.edit.memit import edited_layers
+from ckl.methods.edit.rome import default_layer
+from ckl.data.stream import Change, Stream, make_probes
+from ckl.data.world import WorldConfig, build_world
 
 
 def base_model(cache: Path, people: int, seconds: float) -> tuple[Stream, Path]:
     """The bench world and a model pretrained on it (cached)."""
     from accelerate import Accelerator
 
-    from ckl.pretrain import PretrainConfig, pretrain
+    from ckl.train.pretrain import PretrainConfig, pretrain
 
     world_dir, model_dir = cache / f"world-{people}", cache / f"model-{people}-shuffled"  # pretrained with a new document order each epoch
     if not (world_dir / "meta.json").exists():

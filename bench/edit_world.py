@@ -26,11 +26,11 @@ import time
 
 import torch
 
-from ckl import lm
-from ckl.evaluate.scoring import score_probes
-from ckl.facts import ChangeRecord, Fact
+from ckl.model import lm
+from ckl.model.scoring import score_probes
+from ckl.data.facts import ChangeRecord, Fact
 from ckl.methods.base import StageContext, build_method
-from ckl.stream import Change, Stream, make_probes
+from ckl.data.stream import Change, Stream, make_probes
 
 
 def main() -> None:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import transformers
 
-from ckl import lm
-from ckl.evaluate.scoring import reference_exact_match, reference_score, score_probes
-from ckl.pretrain import tokenizer_corpus
-from ckl.world import WorldConfig, build_world
+from ckl.model import lm
+from ckl.model.scoring import reference_exact_match, reference_score, score_probes
+from ckl.train.pretrain import tokenizer_corpus
+from ckl.data.world import WorldConfig, build_world
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

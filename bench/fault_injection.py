@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ckl.store import Store  # noqa: E402
+from ckl.results.store import Store  # noqa: E402
 
 CONFIG = {
     "name": "faults",
@@ -84,7 +84,7 @@ def checkpoint_bit(config: Path, out: Path, rng: random.Random, reference: Path)
     at = rng.randrange(len(data))
     data[at] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(data))
-    from ckl.checkpoint import checkpoint_dir
+    from ckl.run.checkpoint import checkpoint_dir
 
     [label] = [m["name"] for m in CONFIG["methods"] if checkpoint_dir(out, m["name"], 0) == ckpt]
     with sqlite3.connect(out / "results.sqlite") as db:  # its last row, so that the next run must read the checkpoint

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from ckl.pretrain import PretrainConfig, pretrain
-from ckl.world import WorldConfig, build_world
+from ckl.train.pretrain import PretrainConfig, pretrain
+from ckl.data.world import WorldConfig, build_world
 
 
 def main() -> None:

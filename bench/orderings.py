@@ -20,8 +20,8 @@ import math
 
 from scipy.stats import kendalltau
 
-from ckl.store import Store
-from ckl.summary import summarize
+from ckl.results.store import Store
+from ckl.results.summary import summarize
 
 PAIRS = (("retention", "extraction_retention"), ("retention", "paraphrase_retention"),
          ("acquisition", "extraction_acquisition"), ("acquisition", "paraphrase_acquisition"))

@@ -42,12 +42,12 @@ import time
 import torch
 import transformers
 
-from ckl import lm
-from ckl.pretrain import tokenizer_corpus
-from ckl.stream import render_documents
+from ckl.model import lm
+from ckl.train.pretrain import tokenizer_corpus
+from ckl.data.stream import render_documents
 from ckl.train.batching import pack, shard_batches
 from ckl.train.loop import TrainConfig, rng_for, train
-from ckl.world import WorldConfig, build_world
+from ckl.data.world import WorldConfig, build_world
 
 WORLD = dict(people=100, learn_per_stage=20, update_per_stage=20, forget_per_stage=5, general_train=200, general_heldout=100)
 LR, BATCH, BLOCK, CLIP, SEED = 3e-3, 16, 128, 1.0, 0
@@ -237,7 +237,7 @@ def main() -> None:
     stream = build_world(WorldConfig(**WORLD))
     tokenizer = lm.make_tokenizer(tokenizer_corpus(stream))
     general = list(stream.general_train)
-    # the pretraining documents of `ckl.pretrain`, rendered once up front for both loops
+    # the pretraining documents of `ckl.train.pretrain`, rendered once up front for both loops
     docs = [render_documents(stream.base, stream.relations, rng_for(SEED, "pretrain", e)) + general for e in range(args.epochs)]
     packed = [pack(tokenizer, d, BLOCK) for d in docs]
     positions = sum(ids.numel() for ids, _, _ in packed)  # computed positions, padding included

@@ -22,12 +22,12 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ckl import lm  # noqa: E402
-from ckl.evaluate.scoring import score_probes  # noqa: E402
+from ckl.model import lm  # noqa: E402
+from ckl.model.scoring import score_probes  # noqa: E402
 from ckl.methods.base import StageContext, build_method  # noqa: E402
-from ckl.pretrain import PretrainConfig, pretrain  # noqa: E402
-from ckl.stream import Change, make_probes  # noqa: E402
-from ckl.world import WorldConfig, build_world  # noqa: E402
+from ckl.train.pretrain import PretrainConfig, pretrain  # noqa: E402
+from ckl.data.stream import Change, make_probes  # noqa: E402
+from ckl.data.world import WorldConfig, build_world  # noqa: E402
 from tests.conftest import TINY_PRETRAIN, TINY_WORLD  # noqa: E402
 
 METHODS = ["ga", "graddiff", "kl", "npo", "simnpo", "ihl", "idk", "relearn", "ihl+lora", "npo+lora"]

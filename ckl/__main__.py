@@ -1,5 +1,5 @@
 """`python -m ckl` (and `accelerate launch -m ckl ...`) runs the CLI."""
 
-from ckl.cli import main
+from ckl.app.cli import main
 
 main()

@@ -26,7 +26,7 @@ def accelerator():
 
 @pytest.fixture(scope="session")
 def tiny_stream():
-    from ckl.world import WorldConfig, build_world
+    from ckl.data.world import WorldConfig, build_world
 
     return build_world(WorldConfig(**TINY_WORLD))
 
@@ -34,8 +34,8 @@ def tiny_stream():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_stream, accelerator):
     """A model that knows the tiny world's base facts (the pretraining target is asserted
-    in tests/test_pretrain.py)."""
-    from ckl.pretrain import PretrainConfig, pretrain
+    in tests/train/test_pretrain.py)."""
+    from ckl.train.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("model") / "base"
     _, _, result = pretrain(tiny_stream, PretrainConfig(**TINY_PRETRAIN), accelerator, out)
@@ -45,6 +45,6 @@ def tiny_model_dir(tmp_path_factory, tiny_stream, accelerator):
 
 @pytest.fixture
 def tiny_model(tiny_model_dir):
-    from ckl import lm
+    from ckl.model import lm
 
     return lm.load(tiny_model_dir)

@@ -1,13 +1,13 @@
 """Two processes updating one store's records at the same moment lose nothing.
 
-(Rows written by two processes at once: tests/test_store.py.)"""
+(Rows written by two processes at once: tests/results/test_store.py.)"""
 
 from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
 
-from ckl.store import FILENAME, Store
+from ckl.results.store import FILENAME, Store
 
 
 def _append(path: str, who: str, n: int, start) -> None:
@@ -18,7 +18,7 @@ def _append(path: str, who: str, n: int, start) -> None:
 
 
 def _register(path: str, resolved: dict, start) -> None:
-    from ckl.experiment import _check_same_experiment
+    from ckl.run.experiment import _check_same_experiment
 
     with Store(path) as store:
         start.wait()

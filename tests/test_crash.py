@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from ckl.store import Store
-from ckl.summary import NUMERIC, summarize
+from ckl.results.store import Store
+from ckl.results.summary import NUMERIC, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 3

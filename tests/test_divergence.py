@@ -8,11 +8,11 @@ import re
 
 import torch
 
-from ckl import lm
-from ckl.config import ExperimentConfig
-from ckl.experiment import _checkpoint_dir, run_experiment
+from ckl.model import lm
+from ckl.run.config import ExperimentConfig
+from ckl.run.experiment import _checkpoint_dir, run_experiment
 from ckl.methods.base import TrainingMethod
-from ckl.store import Store
+from ckl.results.store import Store
 
 
 def _config(stream_dir, model_dir, methods) -> ExperimentConfig:

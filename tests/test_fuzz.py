@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from ckl.cli import app
-from ckl.config import load_config
-from ckl.errors import InputError
-from ckl.stream import Stream
+from ckl.app.cli import app
+from ckl.run.config import load_config
+from ckl.core.errors import InputError
+from ckl.data.stream import Stream
 
 FIELDS = ["name", "templates", "paraphrases", "questions", "candidates", "id", "subject", "relation",
           "object", "valid_from", "valid_until", "stage", "kind"]

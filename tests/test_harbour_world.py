@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ckl.stream import Stream
+from ckl.data.stream import Stream
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "harbour_world"
 FILES = ("relations.jsonl", "facts.jsonl", "changes.jsonl", "general_train.txt", "general_heldout.txt", "meta.json")

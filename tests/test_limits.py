@@ -13,10 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ckl.cli import app
-from ckl.errors import InputError
-from ckl.facts import MAX_TEXT_CHARS, fact_row, jsonl_text, relation_row
-from ckl.stream import Stream
+from ckl.app.cli import app
+from ckl.core.errors import InputError
+from ckl.data.facts import MAX_TEXT_CHARS, fact_row, jsonl_text, relation_row
+from ckl.data.stream import Stream
 
 LONG = " ".join(["word"] * (MAX_TEXT_CHARS // 5 + 1))  # multi-word, just over the limit
 MEGABYTE = "ab " * 350_000  # the input: about 1 MB, 350,000 words
@@ -94,8 +94,8 @@ def test_ckl_update_refuses_a_long_object_in_a_fact_file_before_any_work(tmp_pat
 
 
 def test_importers_refuse_a_long_answer(tmp_path):
-    from ckl.formats.counterfact import counterfact_stream
-    from ckl.formats.pile import load_pile
+    from ckl.data.formats.counterfact import counterfact_stream
+    from ckl.data.formats.pile import load_pile
 
     record = {"case_id": 0, "prompt": "The mother tongue of Ada Vale is", "subject": "Ada Vale", "ground_truth": "French",
               "target_new": LONG, "rephrase_prompt": "Ada Vale grew up speaking", "locality_prompt": "Bo Lind speaks",

@@ -1,7 +1,7 @@
 """Safe loading: a model directory's own Python code never runs unless the user allows it.
 
-(Pickle weights refused without opt-in: tests/test_lm.py; YAML object tags refused:
-tests/test_config.py.)"""
+(Pickle weights refused without opt-in: tests/model/test_lm.py; YAML object tags refused:
+tests/run/test_config.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ckl import lm
-from ckl.cli import app
-from ckl.errors import InputError
+from ckl.model import lm
+from ckl.app.cli import app
+from ckl.core.errors import InputError
 
 
 def _model_with_code(tmp_path, tiny_model_dir):

@@ -3,7 +3,7 @@ functions of per-probe outcomes.
 
 An outcome is a dict with at least: probe_id, cohort, kind, em (greedy exact match),
 rank_ok (the gold answer ranks first among the candidates) and predicted (the top-ranked
-candidate), as `Store.outcomes` returns them. Editing streams (ckl.formats.edits) give
+candidate), as `Store.outcomes` returns them. Editing streams (ckl.data.formats.edits) give
 every probe exactly two candidates, so rank_ok is CounterFact's pairwise comparison.
 
 Cohorts: `stageJ` holds the facts edited in stage J with their new objects (statement =

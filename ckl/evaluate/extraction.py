@@ -6,7 +6,7 @@ The metric formulas are the pure functions of `ckl.evaluate.unlearning`; this mo
 only produces their inputs, batched: all (probe, prefix length) pairs of EL_n are one
 left-padded batch decoded together with a KV cache, not one generate() per prefix.
 
-Probe text is tokenised as the scorer does (`ckl.evaluate.scoring`): prompt and " " +
+Probe text is tokenised as the scorer does (`ckl.model.scoring`): prompt and " " +
 answer separately, without special tokens, ids concatenated.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ckl.checks import check_count
+from ckl.core.checks import check_count
 from ckl.evaluate import unlearning as U
-from ckl.facts import Probe
+from ckl.data.facts import Probe
 
 
 @dataclass

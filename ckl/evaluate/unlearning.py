@@ -1,6 +1,6 @@
 """Unlearning metrics (../shared/METRICS.md, "Unlearning"): pure functions, numbers in,
 numbers out. `ckl.evaluate.extraction` runs the model to get their inputs and
-`ckl.summary` reads the store and calls them.
+`ckl.results.summary` reads the store and calls them.
 
 Accuracies are greedy exact match on statement probes unless a run says otherwise.
 

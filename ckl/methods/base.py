@@ -24,11 +24,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ckl.facts import Fact, Relation
-from ckl.lm import count_parameters
-from ckl.stream import Change, render_documents
+from ckl.data.facts import Fact, Probe, Relation
+from ckl.model.lm import count_parameters
+from ckl.data.stream import Change, render_documents
 from ckl.train.loop import LossTerm, TrainConfig, rng_for, train
 
 TEACHING_KINDS = frozenset({"learn", "update", "edit"})
@@ -70,15 +70,42 @@ class ApplyStats:
     not_applied: dict[str, int] = field(default_factory=dict)  # change kind -> facts left unapplied
 
 
-class Method(Protocol):
-    name: str
-    kinds: frozenset[str]
+class Method:
+    """Everything the runner (experiment, checkpoints, `ckl update`) calls on a method, with
+    the plain case as the default; a method overrides what applies to it. Training methods
+    are `TrainingMethod` (parts around the loop); editors subclass this directly."""
 
-    def apply(self, model, change: Change, ctx: StageContext) -> tuple[Any, ApplyStats]: ...
+    name: str = ""
+    kinds: frozenset[str] = frozenset()  # change kinds it applies; the rest are reported unapplied
+    train_config: TrainConfig | None = None  # the training loop's settings, for methods that train
+    parts: Sequence[Part] = ()  # the parts of a training method
 
-    def state_dict(self) -> dict: ...
+    def apply(self, model, change: Change, ctx: StageContext) -> tuple[Any, ApplyStats]:
+        raise NotImplementedError
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def state_dict(self) -> dict:
+        """What the method must remember across stages (JSON-able data or tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def restore(self, model):
+        """A model loaded from a checkpoint, after `load_state_dict`, with what the method
+        keeps beside the weights (adapters, a hooked memory) re-attached."""
+        return model
+
+    def transform_probes(self, probes: Sequence[Probe]) -> Sequence[Probe]:
+        """The probes as the method's model is asked them. In-context methods (IKE) put
+        demonstrations in the prompt; ids stay. The default asks them as they are."""
+        return probes
+
+    def kept_outside_weights(self) -> list[str]:
+        """Names of the method (or its parts) that keep what they learned outside the
+        model's weights (adapters beside them, a hooked memory, prompt demonstrations). A
+        model they changed is complete only with their state, so its saved Hugging Face
+        directory alone does not hold what was learned (`ckl update` refuses them)."""
+        return []
 
 
 class Part(LossTerm):
@@ -86,6 +113,7 @@ class Part(LossTerm):
 
     name: str = ""
     kinds: frozenset[str] = frozenset()  # change kinds this part adds to a method
+    keeps_modules: bool = False  # True: it attaches modules beside the weights (adapters), re-attached by `restore`
 
     def prepare(self, model, ctx: StageContext):
         return model
@@ -136,13 +164,32 @@ REGISTRY: dict[str, Registered] = {}
 
 
 def register_part(name: str, config: type, factory: Callable[[Any], Part], help: str, kinds: Sequence[str] = ()) -> None:
-    """Make a part available by name (called once at the bottom of its module)."""
-    REGISTRY[name] = Registered(name, config, factory, help, frozenset(kinds), "part")
+    """Make a part available by name (called once at the bottom of its module).
+
+    Raises:
+        ValueError: another module already registered `name`."""
+    _register(Registered(name, config, factory, help, frozenset(kinds), "part"))
 
 
 def register_method(name: str, config: type, factory: Callable[[Any], Method], help: str, kinds: Sequence[str]) -> None:
-    """Make a non-training method available by name."""
-    REGISTRY[name] = Registered(name, config, factory, help, frozenset(kinds), "method")
+    """Make a non-training method available by name.
+
+    Raises:
+        ValueError: another module already registered `name`."""
+    _register(Registered(name, config, factory, help, frozenset(kinds), "method"))
+
+
+def _origin(entry: Registered) -> str:
+    return f"{entry.factory.__module__}.{entry.factory.__qualname__}"
+
+
+def _register(entry: Registered) -> None:
+    # The same factory registering again (its module imported twice) is harmless; another
+    # one under a taken name would silently replace a method, so it is refused.
+    old = REGISTRY.get(entry.name)
+    if old is not None and _origin(old) != _origin(entry):
+        raise ValueError(f"the method name {entry.name!r} is taken: {_origin(old)} registered it, {_origin(entry)} cannot")
+    REGISTRY[entry.name] = entry
 
 
 BROKEN: dict[str, str] = {}  # module -> why it could not be imported (load_builtin)
@@ -195,7 +242,7 @@ def make_config(cls: type, values: dict[str, Any], where: str):
 # ------------------------------------------------------------------- training method
 
 
-class TrainingMethod:
+class TrainingMethod(Method):
     """A composition of parts around the one training loop.
 
     Supports learn / update / edit through next-token training on the new facts, plus
@@ -248,7 +295,7 @@ class TrainingMethod:
             return None
         if ctx.known is None:
             raise ValueError("train.until needs a runner that can score facts (StageContext.known)")
-        from ckl.distributed import on_main
+        from ckl.core.distributed import on_main
 
         def done(epoch: int) -> bool:
             if (epoch + 1) % config.check_every:
@@ -264,6 +311,9 @@ class TrainingMethod:
         for part in self.parts:
             model = part.restore(model)
         return model
+
+    def kept_outside_weights(self) -> list[str]:
+        return [p.name for p in self.parts if p.keeps_modules]
 
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.parts}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckl.facts import atomic_write_text
+from ckl.data.facts import atomic_write_text
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
@@ -33,7 +33,7 @@ def compare_table(run_dirs: list[str | Path]):
     from rich.markup import escape
 
     from ckl.report.data import gather
-    from ckl.table import summary_table
+    from ckl.report.table import summary_table
 
     data = gather(list(run_dirs), drill=False)
     summary = {escape(m.label): m.summary for m in data.methods}  # "[...]" in a name is text, not markup

@@ -1,6 +1,6 @@
 """Everything a report shows, gathered from run directories (their SQLite stores).
 
-Reads only: the store (`ckl.store`), the per-method numbers (`ckl.summary`) and the
+Reads only: the store (`ckl.results.store`), the per-method numbers (`ckl.results.summary`) and the
 matrix helpers (`ckl.evaluate.metrics`). Nothing here renders; `html.py` and `plots.py`
 turn a `ReportData` into a page.
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckl.errors import InputError
-from ckl.editing_report import editing_summary, is_editing_run
-from ckl.store import FILENAME, Store
-from ckl.summary import summarize
+from ckl.core.errors import InputError
+from ckl.results.editing import editing_summary, is_editing_run
+from ckl.results.store import FILENAME, Store
+from ckl.results.summary import summarize
 
 KINDS = ("statement",)
 DRILL_LIMIT = 200  # probes listed per method and list; the count says how many there are
@@ -43,7 +43,7 @@ class MethodReport:
     run: str
     method: str
     label: str  # unique across the report: "method", or "run: method" with several runs
-    summary: dict[str, Any]  # ckl.summary.summarize entry: means, *_std, seeds, ...
+    summary: dict[str, Any]  # ckl.results.summary.summarize entry: means, *_std, seeds, ...
     matrix: list[list[float | None]] | None  # mean over complete seeds, rows 0..T
     curves: dict[str, list[float | None]]  # cohort -> accuracy after each row 0..T
     drill_seed: int | None = None
@@ -51,7 +51,7 @@ class MethodReport:
     forgotten_total: int = 0
     not_learned: list[dict[str, Any]] = field(default_factory=list)
     not_learned_total: int = 0
-    editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.editing_report)
+    editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.results.editing)
 
     @property
     def complete(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from ckl.evaluate.metrics import format_fuar
 from ckl.report import plots
 from ckl.report.data import MethodReport, ReportData
-from ckl.table import COLUMNS, cell
+from ckl.report.table import COLUMNS, cell
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 

@@ -93,7 +93,7 @@ def heatmaps(matrices: Sequence[tuple[str, list[list[float | None]]]], prefix: s
 def editing_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "editing") -> str:
     """Sequential editing: after each batch, against the number of edits so far, the
     efficacy over every edit so far, their locality, and the accuracy on untouched
-    knowledge; one line per method (`ckl.editing_report.sequential_curve` rows)."""
+    knowledge; one line per method (`ckl.results.editing.sequential_curve` rows)."""
     panels = (
         ("efficacy of every edit so far", lambda c: c["all"]["efficacy"]),
         ("locality (agreement with the pre-edit model)", lambda c: c["all"]["locality"]),

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.checks import check_count, check_number
-from ckl.errors import DivergenceError
+from ckl.core.checks import check_count, check_number
+from ckl.core.errors import DivergenceError
 from ckl.train.batching import IGNORE, pack, shard_batches
 
 
@@ -121,7 +121,7 @@ def train(
 
     Args:
         documents: epoch -> training documents (rendered anew each epoch so templates and
-            fact order vary; see `ckl.stream.render_documents`).
+            fact order vary; see `ckl.data.stream.render_documents`).
         accelerator: an `accelerate.Accelerator`; DDP / FSDP come from it.
         seed: makes batch order reproducible.
         terms: parts contributing loss terms and gradient filters, in order.
@@ -252,6 +252,6 @@ def _release(accelerator) -> None:
 
 def rng_for(seed: int, *parts: object) -> random.Random:
     """A `random.Random` derived from a seed and names, the same in every process."""
-    from ckl.stream import stable_hash
+    from ckl.data.stream import stable_hash
 
     return random.Random(stable_hash(str(seed), *map(str, parts)))

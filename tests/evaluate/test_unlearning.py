@@ -57,7 +57,7 @@ def test_distinct_n_and_perplexity():
 
 @pytest.fixture(scope="module")
 def random_lm():
-    from ckl import lm
+    from ckl.model import lm
 
     tok = lm.make_tokenizer(["the cat sat on the mat .", "a dog ran in the park , and then slept ."])
     return lm.tiny_model(tok, lm.TinyModelConfig(2, 32, 2), seed=3), tok
@@ -104,9 +104,9 @@ def test_a_memorised_answer_scores_full_ma_and_el_and_a_forgotten_one_does_not(t
 
 
 def test_unlearning_summary_from_a_hand_filled_store(tmp_path):
-    from ckl.facts import Probe
-    from ckl.store import Outcome, StageInfo, Store
-    from ckl.unlearning_summary import summarize_unlearning
+    from ckl.data.facts import Probe
+    from ckl.results.store import Outcome, StageInfo, Store
+    from ckl.results.unlearning import summarize_unlearning
 
     def probe(cohort, fid, change):
         return Probe(f"{cohort}/{fid}/statement", "p", "a", ("a",), "statement", cohort, fid, 1 if cohort != "invariant" else 0, change)

@@ -1,11 +1,13 @@
 """Every registered part, alone and composed, honours the method contract on a tiny model:
-its config round-trips, apply returns a working model, the same seed gives the same
+its config round-trips through JSON and YAML, apply returns a working model, the same seed gives the same
 weights, and change kinds it cannot handle are reported, never silently dropped."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+import yaml
 
 from ckl.methods.base import StageContext, build_method, load_builtin
 
@@ -17,13 +19,15 @@ EXPRESSIONS = PARTS + ["lora+replay", "kadapter+replay", "olora+replay", "loramo
 def test_config_round_trips(name):
     entry = load_builtin()[name]
     config = entry.config()
-    assert entry.config(**dataclasses.asdict(config)) == config
+    stored = dataclasses.asdict(config)  # as a run stores it: through JSON and YAML
+    assert entry.config(**json.loads(json.dumps(stored))) == config
+    assert entry.config(**yaml.safe_load(yaml.safe_dump(stored))) == config
     for f in dataclasses.fields(entry.config):
         assert f.metadata.get("help"), f"{name}.{f.name} has no help"
 
 
 def _apply(expression, stream, model_dir, accelerator, seed=0):
-    from ckl import lm
+    from ckl.model import lm
 
     model, tokenizer = lm.load(model_dir)
     method = build_method(expression, {"train": {"epochs": 2, "lr": 3e-3}})

@@ -28,9 +28,25 @@ def test_a_broken_method_file_leaves_the_others_usable_and_is_named(broken_modul
 def test_ckl_methods_lists_what_could_not_be_loaded(broken_module):
     from typer.testing import CliRunner
 
-    from ckl.cli import app
+    from ckl.app.cli import app
 
     with pytest.warns(RuntimeWarning):
         result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "replay" in result.output
     assert "not loaded" in result.output and "zz_broken_method" in result.output
+
+
+def test_a_second_method_under_a_taken_name_is_refused_and_the_first_stays():
+    from ckl.methods.naive import NaiveConfig
+
+    registry = base.load_builtin()
+    first = registry["naive"]
+
+    class Impostor(base.Part):
+        name = "naive"
+
+    with pytest.raises(ValueError, match=r"'naive' is taken: ckl\.methods\.naive\..* registered it, .*Impostor cannot"):
+        base.register_part("naive", NaiveConfig, Impostor, "not the real one")
+    assert base.load_builtin()["naive"] is first
+    base.register_part("naive", first.config, first.factory, first.help, first.kinds)  # its own module again: fine
+    assert base.load_builtin()["naive"].factory is first.factory

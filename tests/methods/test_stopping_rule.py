@@ -3,8 +3,8 @@
 
 import pytest
 
-from ckl import lm
-from ckl.evaluate.scoring import known_fraction
+from ckl.model import lm
+from ckl.model.scoring import known_fraction
 from ckl.methods.base import StageContext, build_method
 from ckl.train.loop import TrainConfig
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckl.facts import Probe
-from ckl.store import Outcome, StageInfo, Store
+from ckl.data.facts import Probe
+from ckl.results.store import Outcome, StageInfo, Store
 
 SCRIPT = "<script>alert(1)</script>"
 TITLE_SCRIPT = "<script>document.title='pwned'</script>"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ckl.errors import InputError
+from ckl.core.errors import InputError
 from ckl.report.data import gather, pareto_front
 from tests.report.fakerun import HOSTILE_METHOD, SCRIPT, make_run
 
@@ -57,7 +57,7 @@ def test_a_directory_without_results_is_a_clear_input_error(tmp_path):
 
 def test_an_unfinished_method_is_listed_as_incomplete_and_left_out_of_the_plots(tmp_path):
     from ckl.report.html import report_page
-    from ckl.store import StageInfo, Store
+    from ckl.results.store import StageInfo, Store
 
     run = make_run(tmp_path / "run")
     with Store(run / "results.sqlite") as store:

@@ -2,12 +2,12 @@
 sequential-editing curve: efficacy of every edit so far, locality and untouched
 knowledge after each batch."""
 
-from ckl.config import ExperimentConfig
-from ckl.experiment import run_experiment
-from ckl.formats.counterfact import counterfact_stream
+from ckl.run.config import ExperimentConfig
+from ckl.run.experiment import run_experiment
+from ckl.data.formats.counterfact import counterfact_stream
 from ckl.report.data import gather
 from ckl.report.html import report_page
-from tests.formats.test_editing_formats import cf, write
+from tests.data.formats.test_editing_formats import cf, write
 
 
 def test_the_report_of_an_editing_run_plots_the_sequential_curve(tmp_path):

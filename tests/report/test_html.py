@@ -5,7 +5,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ckl.cli import app
+from ckl.app.cli import app
 from ckl.report import write_report
 from ckl.report.plots import heatmaps
 from tests.report.fakerun import HOSTILE_METHOD, make_run

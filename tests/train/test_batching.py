@@ -1,6 +1,6 @@
 import torch
 
-from ckl import lm
+from ckl.model import lm
 from ckl.train.batching import IGNORE, pack, shard_batches
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ckl import lm
-from ckl.errors import DivergenceError
+from ckl.model import lm
+from ckl.core.errors import DivergenceError
 from ckl.train.loop import LossTerm, TrainConfig, train
 
 DOCS = ["Alda Venmore was born in Port Elmira .", "Brenwen Holt works for Corvane Labs .", "It was sunny ."]

@@ -1,6 +1,6 @@
 """Forget and retain text for the unlearning parts: facts -> rendered documents -> batches.
 
-Facts are rendered with `ckl.stream.render_documents`, the templates the model learned
+Facts are rendered with `ckl.data.stream.render_documents`, the templates the model learned
 them from, afresh for every pass over them (new template choices and order each pass,
 like the teaching text). Each document is its own row (EOS appended, as in training):
 the per-sequence objectives (NPO, SimNPO) need every document as one sequence, which
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ckl.facts import Fact, Relation, fact_row
-from ckl.methods.replay import ReservoirBuffer
-from ckl.stream import Change, render_documents
+from ckl.data.facts import Fact, Relation, fact_row
+from ckl.methods.data.replay import ReservoirBuffer
+from ckl.data.stream import Change, render_documents
 from ckl.train.batching import IGNORE
 from ckl.train.loop import rng_for
 
@@ -74,7 +74,7 @@ class TextBatches:
 class RetainPool:
     """A bounded sample of the facts the model should still know: a reservoir of the base
     knowledge, kept true as stages update, edit, teach and forget facts (the same
-    bookkeeping as the replay buffer, `ckl.methods.replay`)."""
+    bookkeeping as the replay buffer, `ckl.methods.data.replay`)."""
 
     def __init__(self, capacity: int):
         self.buffer = ReservoirBuffer(capacity)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from ckl.facts import Fact
+from ckl.data.facts import Fact
 from ckl.methods.base import StageContext, register_part
-from ckl.formats.refusals import DEFAULT_FILE, read_refusals
+from ckl.data.formats.refusals import DEFAULT_FILE, read_refusals
 from ckl.methods.unlearn.part import UnlearnConfig, Unlearning, substitute
-from ckl.stream import stable_hash
+from ckl.data.stream import stable_hash
 
 
 

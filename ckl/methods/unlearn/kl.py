@@ -4,7 +4,7 @@ Minimization" baseline of Maini et al. 2024, "TOFU: A Task of Fictitious Unlearn
 LLMs").
 
 loss = weight * (-NLL(forget batch)) + retain_weight * KL(p_ref || p_model) on a retain
-batch, averaged over its token positions (`ckl.methods.lwf.distillation_kl`, T = 1).
+batch, averaged over its token positions (`ckl.methods.distill.lwf.distillation_kl`, T = 1).
 The reference is a frozen copy of the model as the stage starts.
 
 Retain set, stopping rule and modes as for `graddiff` and `ga`. Cost: a second model in

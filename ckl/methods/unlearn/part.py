@@ -34,12 +34,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ckl.checks import check_count, check_number
-from ckl.facts import Fact
+from ckl.core.checks import check_count, check_number
+from ckl.data.facts import Fact
 from ckl.methods.base import Part, StageContext
-from ckl.methods.lwf import distillation_kl
+from ckl.methods.distill.lwf import distillation_kl
 from ckl.methods.unlearn.data import RetainPool, TextBatches
-from ckl.stream import Change, make_probes
+from ckl.data.stream import Change, make_probes
 
 
 @dataclass
@@ -215,7 +215,7 @@ class Unlearning(Part):
 
     def _forgotten(self, model, step: int) -> bool:
         """Score the current group's forget facts; True when the stopping rule holds."""
-        from ckl.evaluate.scoring import score_probes  # evaluation sits downstream of training
+        from ckl.model.scoring import score_probes  # evaluation sits downstream of training
 
         c, ctx, group = self.config, self.ctx, self._group()
         if c.stop_accuracy is None and c.stop_logprob is None:

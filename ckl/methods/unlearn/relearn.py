@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.errors import InputError
-from ckl.facts import Fact, Relation
+from ckl.core.errors import InputError
+from ckl.data.facts import Fact, Relation
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.unlearn.part import UnlearnConfig, Unlearning, substitute
-from ckl.stream import stable_hash
+from ckl.data.stream import stable_hash
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.checks import check_number
+from ckl.core.checks import check_number
 from ckl.methods.base import register_part
 from ckl.methods.unlearn.objectives import sequence_logprobs, simnpo_loss
 from ckl.methods.unlearn.part import UnlearnConfig, Unlearning

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ckl.stream import Change, make_probes
+from ckl.data.stream import Change, make_probes
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def retained(tiny_stream, forget_facts):
 @pytest.fixture
 def exact_match(tiny_stream):
     """exact_match(model, tokenizer, facts, kinds) -> greedy exact-match accuracy."""
-    from ckl.evaluate.scoring import score_probes
+    from ckl.model.scoring import score_probes
 
     def score(model, tokenizer, facts, kinds=("statement", "question")) -> float:
         probes = make_probes(facts, tiny_stream.relations, "t", 0, "forget", kinds, 1)
@@ -44,7 +44,7 @@ def exact_match(tiny_stream):
 @pytest.fixture
 def unlearn(tiny_stream, tiny_model_dir, accelerator):
     """unlearn(expression, options, change) -> (model, tokenizer, stats, method, losses)."""
-    from ckl import lm
+    from ckl.model import lm
     from ckl.methods.base import StageContext, build_method
 
     def run(expression, options, change, seed=0):

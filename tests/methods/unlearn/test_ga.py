@@ -5,7 +5,7 @@ import math
 import random
 
 from ckl.methods.base import build_method
-from ckl.stream import render_documents
+from ckl.data.stream import render_documents
 
 
 def test_ga_lowers_forget_likelihood_and_stops_at_the_logprob_threshold(unlearn, forget_only):

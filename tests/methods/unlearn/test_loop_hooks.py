@@ -3,7 +3,7 @@ when the stage has no text to teach, `should_stop` ends training early."""
 
 import torch
 
-from ckl import lm
+from ckl.model import lm
 from ckl.train.loop import LossTerm, TrainConfig, train
 
 

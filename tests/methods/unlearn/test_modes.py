@@ -4,7 +4,7 @@ with scopes, penalties and replay, and the retain set's state across stages."""
 import torch
 
 from ckl.methods.unlearn.data import RetainPool
-from ckl.stream import Change
+from ckl.data.stream import Change
 
 
 def test_sequential_mode_forgets_one_request_after_another(unlearn, forget_only, exact_match):

@@ -3,11 +3,11 @@ with the refusal / the alternative answer instead of the fact."""
 
 import pytest
 
-from ckl.errors import InputError
+from ckl.core.errors import InputError
 from ckl.methods.base import build_method
 from ckl.methods.unlearn.idk import DEFAULT_FILE, read_refusals
 from ckl.methods.unlearn.relearn import alternative
-from ckl.stream import stable_hash
+from ckl.data.stream import stable_hash
 
 # refusals written with the tiny world's own words (its word-level tokenizer knows no others)
 REFUSALS = ["that is not known", "not known to the world"]

@@ -1,0 +1,481 @@
+"""The `ckl` command.
+
+Process-wide set-up (logging levels, progress-bar switches) happens here, never at
+import time of the library. User mistakes become one message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from ckl.core.errors import InputError
+
+
+
+def _command_name(ctx) -> str:
+    """`ckl run`, `ckl import counterfact`: the command a user typed, for messages."""
+    names, c = [], ctx
+    while c.parent is not None:
+        names.append(c.info_name)
+        c = c.parent
+    return " ".join(["ckl", *reversed(names), *([ctx.invoked_subcommand] if ctx.invoked_subcommand else [])])
+
+
+# Typer >= 0.20 parses with its own copy of click, whose usage errors (BadParameter for
+# `--people x`) derive from typer.TyperException, not click.ClickException.
+_TYPER_CLICK = (typer.TyperException,) if hasattr(typer, "TyperException") else ()
+
+
+class _Commands(TyperGroup):
+    """Every command runs under one handler: a user mistake (InputError) is one message
+    and exit 2; anything unexpected is one line naming the command and exit 1, with the
+    traceback only under `ckl --debug`. No traceback reaches a user otherwise."""
+
+    def invoke(self, ctx):
+        import click
+
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort, *_TYPER_CLICK):
+            raise  # usage errors (a bad option value): the parser's own message, exit 2
+        except InputError as err:
+            _fail(err)
+        except Exception as err:
+            if ctx.find_root().params.get("debug"):
+                raise
+            from rich.markup import escape
+
+            command = _command_name(ctx)
+            what = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300] if str(err) else type(err).__name__
+            err_console.print(
+                f"[bold red]error:[/] {escape(command)} failed unexpectedly ({escape(what)}); "
+                f"rerun as `{escape(command.replace('ckl', 'ckl --debug', 1))} ...` to see the traceback, and report it if the inputs are valid",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ckl import __version__
+
+        print(f"ckl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of an unexpected error"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print ckl's version and exit"),
+) -> None:
+    """ckl: teach, update, edit and unlearn facts in language models, and measure what they forgot."""
+# Piped output (logs, CI) gets a wide console so tables are not squeezed to 80 columns.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160")))
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ckl never downloads at run time
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fail(err: Exception) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _guard(fn):
+    """Run `fn`, turning user mistakes into exit code 2 with one message."""
+    try:
+        return fn()
+    except InputError as err:
+        _fail(err)
+    except FileNotFoundError as err:
+        _fail(InputError(str(err.filename), None, None, "not found"))
+
+
+@app.command()
+def world(
+    out: Path = typer.Option(..., "--out", help="directory to write the stream to"),
+    seed: int = typer.Option(0, help="random seed (the same seed gives identical files)"),
+    people: int = typer.Option(200, help="people in the base knowledge"),
+    stages: int = typer.Option(2, help="number of stages of changes"),
+    learn: int = typer.Option(40, help="new people per stage"),
+    update: int = typer.Option(40, help="facts updated per stage"),
+    forget: int = typer.Option(10, help="deletion requests per stage"),
+    qa_fraction: float = typer.Option(0.5, "--qa-fraction", help="fraction of people whose question-answer lines are trained; questions about the rest are extraction probes"),
+    background_people: int = typer.Option(100, "--background-people", help="people outside every cohort whose biographies teach the held-out phrasings"),
+    min_probe_word_count: int = typer.Option(20, "--min-probe-word-count", help="refuse a world whose probe words are read fewer times than this in training text"),
+) -> None:
+    """Write a synthetic temporal world (a stream directory of JSONL files)."""
+    from ckl.data.world import WorldConfig, build_world
+
+    try:
+        config = WorldConfig(
+            seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget,
+            qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
+        )
+        stream = build_world(config)
+    except ValueError as err:  # WorldConfig names its fields; say the flags instead
+        flags = {"learn_per_stage": "learn", "update_per_stage": "update", "forget_per_stage": "forget"}
+        message = re.sub(r"WorldConfig\.(\w+)", lambda m: "--" + flags.get(m.group(1), m.group(1)).replace("_", "-"), str(err))
+        _fail(InputError("<options>", None, None, message))
+    stream.save(out)
+    n = sum(len(c.learn) + len(c.update) + len(c.edit) + len(c.forget) for c in stream.stages)
+    console.print(f"wrote {out}: {len(stream.base)} base facts, {stream.T} stages, {n} changes")
+
+
+@app.command()
+def pretrain(
+    stream_dir: Path = typer.Option(..., "--world", "--stream", help="stream directory (from `ckl world`)"),
+    out: Path = typer.Option(..., "--out", help="directory for the Hugging Face model"),
+    target: float = typer.Option(0.97, help="invariant statement accuracy to reach"),
+    knowledge_target: float = typer.Option(0.8, "--knowledge-target", help="invariant paraphrase and extraction accuracy to reach too (0 = statements only)"),
+    biographies: int = typer.Option(1, help="biographies per person per epoch"),
+    max_epochs: int = typer.Option(300, help="epoch budget"),
+    max_seconds: float = typer.Option(0.0, help="wall-time budget (0 = none)"),
+    n_layer: int = typer.Option(4), n_embd: int = typer.Option(128), n_head: int = typer.Option(4),
+    lr: float = typer.Option(3e-3), seed: int = typer.Option(0),
+    batch_size: int = typer.Option(16, "--batch-size", help="blocks per step"),
+    target_facts: str = typer.Option("invariant", "--target-facts", help="facts the target is measured on: invariant | base (all of K0, e.g. for an imported editing stream)"),
+) -> None:
+    """Train the tiny default base model from scratch on the stream's base knowledge."""
+    _quiet_libraries()
+    from ckl.run.experiment import make_accelerator
+    from ckl.train.pretrain import PretrainConfig, knowledge_line
+    from ckl.train.pretrain import pretrain as run_pretrain
+    from ckl.data.stream import Stream
+
+    stream = _guard(lambda: Stream.load(stream_dir))
+    try:
+        config = PretrainConfig(
+            n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds,
+            target=target, knowledge_target=knowledge_target, biographies=biographies, seed=seed,
+            batch_size=batch_size, target_facts=target_facts,
+        )
+    except ValueError as err:
+        _fail(InputError("<options>", None, None, str(err)))
+    _, _, result = run_pretrain(stream, config, make_accelerator(), out, progress=lambda e, k: console.print(f"epoch {e}: {knowledge_line(k)}"))
+    console.print(f"saved {out}: {result.parameters:,} parameters, {knowledge_line(result.knowledge)} after {result.epochs} epochs, {result.seconds:.0f}s")
+    if not result.reached_target:
+        err_console.print(f"[yellow]warning:[/] target (statements {target}, paraphrase and extraction {knowledge_target}) not reached within the budget")
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., metavar="EXPERIMENT.yaml", help="experiment config"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM to use instead of the config's model/pretrain"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="log the finished run to MLflow (params, per-stage metrics, the report)"),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local file store ./mlruns)"),
+) -> None:
+    """Run every method x seed of an experiment; resumes if run again."""
+    _quiet_libraries()
+    from ckl.run.config import load_config
+    from ckl.run.experiment import end_processes, is_main_process, run_experiment
+    from ckl.core.progress import RunProgress
+    from ckl.run.rundir import path_component
+
+    config = _guard(lambda: load_config(config_path))
+    if model is not None:
+        if not (model / "config.json").exists():
+            _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
+        config.model, config.pretrain = str(model.resolve()), None
+    run_dir = out or Path("runs") / path_component(config.name)  # a name like "../../etc" stays one directory under runs/
+    if mlflow:
+        from ckl.report.tracking import require_mlflow
+
+        _guard(require_mlflow)  # before the run, not after it
+    try:
+        if not is_main_process():  # under `accelerate launch` the main process alone reports
+            try:
+                run_experiment(config, run_dir, say=lambda message: None)
+            except (InputError, FileNotFoundError):  # the same error the main process prints
+                raise typer.Exit(2) from None
+            return
+        with RunProgress(console) as progress:
+            _guard(lambda: run_experiment(config, run_dir, say=console.print, progress=progress))
+    finally:
+        end_processes()
+    show(run_dir)
+    if mlflow:
+        from ckl.report import write_report
+        from ckl.report.tracking import log_run
+
+        report_path = write_report([run_dir], run_dir / "report.html")
+        run_id = _guard(lambda: log_run(run_dir, mlflow_uri, report=report_path))
+        console.print(f"logged to MLflow: run {run_id}; report in {report_path}")
+
+
+@app.command()
+def show(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="run directory"),
+    matrix: bool = typer.Option(True, help="print each method's matrix"),
+    markdown: bool = typer.Option(False, "--markdown", help="print only the metrics table, as Markdown (mean ± std over seeds)"),
+) -> None:
+    """Print a run's metrics table (and each method's results matrix)."""
+    from ckl.results.store import Store
+    from ckl.results.summary import summarize
+    from ckl.report.table import markdown_table, matrix_table, summary_table
+
+    if not (run_dir / "results.sqlite").exists():
+        _fail(InputError(str(run_dir), None, None, "no results.sqlite here; is this a run directory?"))
+    from ckl.results.unlearning import has_forget, summarize_unlearning, unlearning_markdown, unlearning_table
+
+    with Store(run_dir / "results.sqlite") as store:
+        summary = summarize(store)
+        unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]  # methods that applied deletions
+        forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
+    from ckl.results.editing import editing_markdown, is_editing_run
+
+    with Store(run_dir / "results.sqlite") as store:
+        editing = editing_markdown(store) if is_editing_run(store) else None
+    if markdown:
+        print(markdown_table(summary))
+        if forgetting:
+            print("\nUnlearning (docs/unlearning.md):\n\n" + unlearning_markdown(forgetting))
+        if editing:
+            print("\nEditing (docs/editing.md):\n\n" + editing)
+        return
+    if matrix:
+        for method, entry in summary.items():
+            for s in entry["per_seed"][:1]:
+                if s.get("matrix"):
+                    console.print(matrix_table(f"{method} (seed {s['seed']})", s["matrix"]))
+    console.print(summary_table(summary, title=f"{run_dir}"))
+    if forgetting:
+        console.print(unlearning_table(forgetting, title="unlearning (docs/unlearning.md)"))
+    if editing:
+        console.print("\n[bold]Editing (docs/editing.md)[/]\n" + editing, highlight=False, soft_wrap=True)
+    for method, entry in summary.items():
+        for kind, n in entry["not_applied"].items():
+            console.print(f"[yellow]note:[/] {method} does not support '{kind}': {n} request(s) per seed were not applied")
+
+
+@app.command()
+def methods() -> None:
+    """List every method and part with what it does and the change kinds it supports."""
+    from rich.table import Table
+
+    from ckl.methods.base import TEACHING_KINDS, load_builtin
+
+    table = Table(header_style="bold")
+    for col in ("name", "family", "supports", "description"):
+        table.add_column(col)
+    for name, entry in sorted(load_builtin().items()):
+        kinds = entry.kinds | (TEACHING_KINDS if entry.family == "part" else frozenset())
+        order = [k for k in ("learn", "update", "edit", "forget") if k in kinds]
+        table.add_row(name, entry.family, ", ".join(order), entry.help)
+    console.print(table)
+    console.print("Parts compose with '+': e.g. lora+replay. A training method supports learn, update and edit, plus what its parts add.")
+    from rich.markup import escape
+
+    from ckl.methods.base import BROKEN
+
+    for module, why in sorted(BROKEN.items()):
+        console.print(f"[red]not loaded[/red]: {escape(module)} ({escape(why)})")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="output directory"),
+    model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM instead of pretraining the tiny default"),
+) -> None:
+    """World -> pretrain -> naive, replay, lora, lora+replay -> the table and summary.json."""
+    _quiet_libraries()
+    from ckl.app.demo import run_demo
+
+    if model is not None and not (model / "config.json").exists():
+        _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
+    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None))
+    console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run directories"),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="the HTML file to write"),
+) -> None:
+    """Write one self-contained HTML report (plots, tables, drill-down) of one or more runs."""
+    from ckl.report import write_report
+
+    path = _guard(lambda: write_report(runs, out))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run directories")) -> None:
+    """Print the key table of several runs side by side."""
+    from rich.markup import escape
+
+    from ckl.report import compare_table
+
+    table, front = _guard(lambda: compare_table(runs))
+    console.print(table)
+    if front:
+        console.print("Pareto front of retention and acquisition: " + escape(", ".join(front)))
+
+
+@app.command()
+def update(
+    model: Path = typer.Option(..., "--model", help="the Hugging Face model directory to update (never modified)"),
+    out: Path = typer.Option(..., "--out", help="new directory for the updated model and the report"),
+    method: str = typer.Option("replay", "--method", help="method expression, e.g. replay or lora+replay (see `ckl methods`)"),
+    relations: Path = typer.Option(..., "--relations", help="relations.jsonl: templates to train and probe with"),
+    facts: Optional[Path] = typer.Option(None, "--facts", help="facts.jsonl: what the model knows now (for ids, replay and the keep-set)"),
+    learn: Optional[Path] = typer.Option(None, "--learn", help="facts.jsonl of new facts"),
+    update_file: Optional[Path] = typer.Option(None, "--update", help="facts whose object changed (JSONL: id, object[, subject, relation, old_object])"),
+    forget: Optional[Path] = typer.Option(None, "--forget", help="facts to unlearn (JSONL: id[, subject, relation, object])"),
+    keep: Optional[Path] = typer.Option(None, "--keep", help="facts.jsonl that must stay known (default: sampled from --facts)"),
+    gate: list[str] = typer.Option([], "--gate", help='a condition to ship, e.g. "retention>=0.98" (repeatable)'),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML of method options, e.g. {train: {epochs: 20}, replay: {fraction: 0.5}}"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (overrides --options)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (overrides --options)"),
+    keep_size: int = typer.Option(200, "--keep-size", help="facts sampled into the keep-set"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    save_rejected: bool = typer.Option(False, "--save-rejected", help="when a gate fails, still write the model, to OUT/rejected_model"),
+    no_gates: bool = typer.Option(False, "--no-gates", help="write the model without checking any gate (otherwise at least one --gate is required)"),
+) -> None:
+    """Apply new, changed and deleted facts to a model, check the gates, write the model and a report."""
+    _quiet_libraries()
+    from ckl.core.progress import RunProgress
+    from ckl.app.update import UpdateRequest, run_update
+
+    request = UpdateRequest(
+        model=model, out=out, method=method, relations=relations, facts=facts, learn=learn, update=update_file,
+        forget=forget, keep=keep, gates=list(gate), options=options, epochs=epochs, lr=lr, keep_size=keep_size,
+        seed=seed, save_rejected=save_rejected, no_gates=no_gates,
+    )
+    with RunProgress(console) as progress:
+        result = _guard(lambda: run_update(request, say=console.print, progress=progress))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+import_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")
+app.add_typer(import_app, name="import")
+
+
+def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch: int, untouched: int, forms: bool, taught_targets: bool, seed: int) -> None:
+    from ckl.data.formats.editing_import import import_stream
+
+    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched, forms=forms, taught_targets=taught_targets, seed=seed))
+    meta = stream.meta
+    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
+    if forms:
+        console.print(f"  facts taught in the forms of {meta['groups']} template group(s)")
+    if taught_targets:
+        console.print(f"  {len(meta['retargeted'])} new target(s) replaced by objects the base model is taught (meta.json: retargeted)")
+
+
+def _edit_importer(fmt: str, name: str):
+    """The `ckl import counterfact|zsre` command: both formats take the same options."""
+
+    def command(
+        source: Path = typer.Argument(..., metavar="FILE", help=f"{name}'s JSON file"),
+        out: Path = typer.Option(..., "--out", help="stream directory to write"),
+        edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
+        batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
+        untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
+        single_form: bool = typer.Option(False, "--single-form", help="teach each fact only in its record's own prompt (the earlier stream; subject-keyed editors cannot reach it)"),
+        keep_targets: bool = typer.Option(False, "--keep-targets", help="keep every record's new target, even one the base model is never taught to produce"),
+        seed: int = typer.Option(0, "--seed", help="seed for the replacement targets"),
+    ) -> None:
+        _import_edits(fmt, source, out, edits, batch, untouched, not single_form, not keep_targets, seed)
+
+    command.__doc__ = f"{name} -> an editing stream: true facts taught first, then edited in batches."
+    return command
+
+
+for _fmt, _name in (("counterfact", "CounterFact"), ("zsre", "zsRE")):
+    import_app.command(_fmt)(_edit_importer(_fmt, _name))
+
+
+@import_app.command("knowundo")
+def import_knowundo(
+    source: Path = typer.Argument(..., metavar="DIR", help="the KnowUnDo privacy folder (full.json, unlearn_*.json, retention_*.json)"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    people: int = typer.Option(0, help="keep the first N people (0 = all)"),
+    unseen_people: int = typer.Option(0, help="hold out the last N of them: never taught (the never-seen floor)"),
+    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
+) -> None:
+    """KnowUnDo privacy -> an unlearning stream (teach all, forget unlearn_*)."""
+    from ckl.data.formats.knowundo import KnowUndoConfig, load_knowundo
+
+    _write_scenario(out, lambda: load_knowundo(source, KnowUndoConfig(people=people, unseen_people=unseen_people, stages=stages)))
+
+
+@import_app.command("pile")
+def import_pile(
+    source: Path = typer.Argument(..., metavar="CSV", help="the Pile extraction targets (doc_id,corpus,text)"),
+    out: Path = typer.Option(..., "--out", help="stream directory to write"),
+    limit: int = typer.Option(0, help="use the first N targets (0 = all)"),
+    prefix_words: int = typer.Option(32, help="words of each target given as the prompt"),
+    suffix_words: int = typer.Option(32, help="words after it to memorise, then unlearn"),
+    forget: int = typer.Option(0, help="targets to unlearn (0 = half of the taught ones)"),
+    unseen: int = typer.Option(0, help="targets held out entirely (the never-seen floor)"),
+    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
+) -> None:
+    """The Pile extraction targets -> an unlearning stream (memorise, then forget)."""
+    from ckl.data.formats.pile import PileConfig, load_pile
+
+    _write_scenario(out, lambda: load_pile(source, PileConfig(limit=limit, prefix_words=prefix_words, suffix_words=suffix_words, forget=forget, unseen=unseen, stages=stages)))
+
+
+# the names of earlier releases, kept working (not listed in --help)
+app.command("import-knowundo", hidden=True)(import_knowundo)
+app.command("import-pile", hidden=True)(import_pile)
+
+
+def _write_scenario(out: Path, load) -> None:
+    """Build a stream (options checked first, nothing written on an error) and save it."""
+    try:
+        stream = _guard(load)
+    except ValueError as err:
+        _fail(InputError("<options>", None, None, str(err)))
+    stream.save(out)
+    forgets = sum(len(c.forget) for c in stream.stages)
+    console.print(f"wrote {out}: {len(stream.base)} facts to teach, {forgets} deletion requests in {stream.T} stage(s), {len(stream.unseen)} never-seen facts")
+
+
+@app.command()
+def locate(
+    model: Path = typer.Option(..., "--model", help="a local Hugging Face causal LM"),
+    stream_dir: Path = typer.Option(..., "--stream", "--world", help="stream directory whose base facts are traced"),
+    facts: int = typer.Option(20, "--facts", help="base facts to trace"),
+    samples: int = typer.Option(4, help="noise draws per fact"),
+) -> None:
+    """Causal tracing: per layer, how much restoring one hidden state recovers a fact."""
+    _quiet_libraries()
+    from ckl.methods.edit.locate import locate_table
+
+    result, table = _guard(lambda: locate_table(model, stream_dir, facts=facts, samples=samples))
+    console.print(table)
+    console.print("Each cell: mean recovered probability of the true object when that state is restored in a run with the subject's embeddings corrupted by noise.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

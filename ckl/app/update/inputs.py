@@ -1,0 +1,113 @@
+"""The files a practitioner hands `ckl update`, read and checked before any work.
+
+    --relations  relations.jsonl (docs/formats.md): templates to train and probe with
+    --facts      facts.jsonl: what the model knows now (optional; resolves ids in
+                 --update/--forget, feeds replay, and is the pool the keep-set is
+                 sampled from)
+    --learn      facts.jsonl: new facts (ids must be new)
+    --update     one changed fact per line: {id, object} for a fact in --facts, or
+                 {id, subject, relation, object[, old_object]} for one that is not;
+                 the old object (from --facts or `old_object`) is probed as stale
+    --forget     one fact per line: {id} for a fact in --facts, or
+                 {id, subject, relation, object}
+    --keep       facts.jsonl: facts that must stay known
+
+Every mistake is an InputError naming file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckl.core.errors import InputError
+from ckl.data.facts import ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_relations, text_field
+from ckl.data.stream import Change
+
+
+@dataclass
+class UpdateInputs:
+    relations: dict[str, Relation]
+    known: list[Fact]  # --facts (may be empty)
+    change: Change  # stage 1: learn / update / forget
+    keep: list[Fact] | None  # --keep, or None to sample from `known`
+
+
+def _resolve(obj: dict, path: str, line: int, known: dict[str, Fact], relations: dict[str, Relation], need_object: bool) -> tuple[Fact, str | None]:
+    """(the fact as the line describes it, its previous object if known)."""
+    fid = text_field(obj, "id", path, line, True)
+    old = known.get(fid)
+    subject = text_field(obj, "subject", path, line, old is None)
+    relation = text_field(obj, "relation", path, line, old is None)
+    if old is not None:
+        for key, given in (("subject", subject), ("relation", relation)):
+            if given is not None and given != getattr(old, key):
+                raise InputError(path, line, key, f"{given!r} does not match fact {fid!r} in --facts ({getattr(old, key)!r})")
+        subject, relation = old.subject, old.relation
+    if relation not in relations:
+        raise InputError(path, line, "relation", f"unknown relation {relation!r} (known: {', '.join(sorted(relations))})")
+    obj_text = text_field(obj, "object", path, line, need_object or old is None)
+    return Fact(fid, subject, relation, obj_text or old.object, 1), (old.object if old else None)
+
+
+def read_updates(path: str | Path, known: dict[str, Fact], relations: dict[str, Relation]) -> list[ChangeRecord]:
+    path = str(path)
+    records = []
+    for line, obj in iter_jsonl(path):
+        fact, previous = _resolve(obj, path, line, known, relations, need_object=True)
+        old_object = text_field(obj, "old_object", path, line, False) or previous
+        if old_object is not None and previous is not None and old_object != previous:
+            raise InputError(path, line, "old_object", f"{old_object!r} does not match fact {fact.id!r} in --facts ({previous!r})")
+        if old_object == fact.object:
+            raise InputError(path, line, "object", f"new object equals the current one ({fact.object!r})")
+        records.append(ChangeRecord(1, "update", fact, old_object=old_object))
+    return records
+
+
+def read_forgets(path: str | Path, known: dict[str, Fact], relations: dict[str, Relation]) -> list[Fact]:
+    path = str(path)
+    return [_resolve(obj, path, line, known, relations, need_object=False)[0] for line, obj in iter_jsonl(path)]
+
+
+def _no_duplicates(groups: dict[str, list[str]]) -> None:
+    where: dict[str, str] = {}
+    for source, ids in groups.items():
+        for fid in ids:
+            if fid in where:
+                raise InputError(source, None, "id", f"fact {fid!r} is also in {where[fid]}: a fact changes once per update")
+            where[fid] = source
+
+
+def read_inputs(relations: Path, facts: Path | None, learn: Path | None, update: Path | None,
+                forget: Path | None, keep: Path | None) -> UpdateInputs:
+    """Read and cross-check every input file.
+
+    Raises:
+        InputError: a file is missing or malformed, a learned id already exists, a fact
+            is changed twice, or nothing is asked of the model.
+    """
+    rels = read_relations(relations)
+    known = read_facts(facts, rels) if facts else []
+    by_id = {f.id: f for f in known}
+    learned = read_facts(learn, rels) if learn else []
+    for f in learned:
+        if f.id in by_id:
+            raise InputError(str(learn), None, "id", f"fact {f.id!r} already exists in --facts; change it with --update")
+    updates = read_updates(update, by_id, rels) if update else []
+    forgets = read_forgets(forget, by_id, rels) if forget else []
+    _no_duplicates({str(learn): [f.id for f in learned], str(update): [r.fact.id for r in updates], str(forget): [f.id for f in forgets]})
+    if not (learned or updates or forgets):
+        raise InputError("<options>", None, None, "nothing to do: give --learn, --update or --forget with at least one fact")
+    change = Change(1, learn=tuple(Fact(f.id, f.subject, f.relation, f.object, 1) for f in learned),
+                    update=tuple(updates), forget=tuple(forgets))
+    kept = read_facts(keep, rels) if keep else None
+    if kept is not None:
+        touched = change.touched()
+        clash = next((f.id for f in kept if f.id in touched), None)
+        if clash is not None:
+            raise InputError(str(keep), None, "id", f"fact {clash!r} is also being changed; a keep-set fact must stay as it is")
+        if not kept:
+            raise InputError(str(keep), None, None, "no facts in the keep-set file")
+    elif not known:
+        raise InputError("<options>", None, None, "give --keep FILE (facts that must stay) or --facts FILE to sample them from")
+    return UpdateInputs(rels, known, change, kept)

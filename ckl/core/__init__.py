@@ -1,0 +1,1 @@
+"""Foundations every layer may use: input errors, value checks, progress, the distributed wrapper."""

@@ -1,0 +1,1 @@
+"""Facts, streams of changes, the synthetic world and the importers (the lowest data layer)."""

@@ -1,0 +1,1 @@
+"""Data methods: replay and its policies."""

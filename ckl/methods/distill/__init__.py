@@ -1,0 +1,1 @@
+"""Distillation parts (LwF, recovery)."""

@@ -1,0 +1,1 @@
+"""Gradient-projection methods (A-GEM, GEM)."""

@@ -1,0 +1,1 @@
+"""Post-stage parts that merge weights (interpolation, task arithmetic, LiNeS, EMA)."""

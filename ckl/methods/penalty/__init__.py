@@ -1,0 +1,1 @@
+"""Regularisation penalties towards earlier weights (L2, EWC, RecAdam, importance)."""

@@ -1,0 +1,1 @@
+"""Parts that choose which weights train (LoRA, freezing, expansion, adapters)."""

@@ -1,0 +1,125 @@
+"""Per-method summaries of a run: the numbers `ckl show`, `ckl demo` and reports print.
+
+Reads the store, then calls the pure metric functions of `ckl.evaluate.metrics`.
+Definitions (all on the run's matrix metric, exact match unless configured otherwise,
+over statement probes unless `kinds` says otherwise):
+    retention      R[T][invariant] / R[0][invariant]
+    acquisition    accuracy after the last stage on every learned (new) fact
+    update         accuracy after the last stage on the new object of updated facts
+    stale          accuracy after the last stage on the old object of updated facts
+    generalization the same acquisition/update cohorts, on held-out paraphrase probes
+    extraction_*   retention and acquisition on extraction probes: questions about the
+                   people whose question-answer lines were never trained (knowledge
+                   extraction, Allen-Zhu & Li, "Physics of Language Models 3.1")
+    paraphrase_*   retention and acquisition on held-out paraphrase probes
+    FUAR           multi-stage form (Jang et al. 2022): forgetting of invariant facts per
+                   fact gained, stage by stage
+    ACC, BWT, FWT, forgetting, plasticity on the cohort matrix (GEM 2017, Chaudhry 2018)
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ckl.evaluate import metrics as M
+from ckl.results.store import Store
+
+
+def _pooled(store: Store, method: str, seed: int, row: int, cohorts: set[str], changes: set[str], metric: str, kinds) -> float | None:
+    """Accuracy at `row` pooled over probes of the given cohorts and change kinds."""
+    rows = [o for c in cohorts for o in store.outcomes(method, seed, row, cohort=c) if o["change"] in changes and o["kind"] in kinds]
+    if not rows:
+        return None
+    key = "em" if metric == "em" else "rank_ok"
+    return sum(o[key] for o in rows) / len(rows)
+
+
+def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kinds=("statement",)) -> dict[str, Any]:
+    T = int(store.get_meta("T"))
+    acc = store.accuracy(method, seed, metric=metric, kinds=kinds)
+    infos = store.stage_infos(method, seed)
+    out: dict[str, Any] = {"method": method, "seed": seed, "complete": len(acc) == T + 1 and all(i["status"] == "ok" for i in infos)}
+    if not out["complete"]:
+        out["failed"] = [i["row"] for i in infos if i["status"] == "failed"]
+        return out
+    R = M.cohort_matrix(acc, T)
+    out["matrix"] = R
+    out.update(M.summary_metrics(R))
+    stages = set(f"stage{j}" for j in range(1, T + 1))
+    stales = set(f"stale{j}" for j in range(1, T + 1))
+    forgets = set(f"forget{j}" for j in range(1, T + 1))
+    out["invariant_before"], out["invariant_after"] = R[0][0], R[T][0]
+    out["acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, kinds)
+    out["update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, kinds)
+    out["stale"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, kinds)
+    out["forget_kept"] = _pooled(store, method, seed, T, forgets, {"forget"}, metric, kinds)
+    out["paraphrase_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("paraphrase",))
+    out["paraphrase_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("paraphrase",))
+    out["question_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("question",))
+    out["extraction_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("extraction",))
+    out["extraction_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("extraction",))
+    for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
+        by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
+        out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None
+    by_change = store.accuracy_by_change(method, seed, metric=metric, kinds=kinds)
+    gains = []
+    for j in range(1, T + 1):
+        def at(row: int, change: str) -> float | None:
+            return by_change.get(row, {}).get((f"stage{j}", change))
+
+        ul = (at(j - 1, "update"), at(j, "update"))
+        nl = (at(j - 1, "learn"), at(j, "learn"))
+        gains.append(M.StageGain(
+            il_before=R[j - 1][0], il_after=R[j][0],
+            ul_before=ul[0] if None not in ul else None, ul_after=ul[1] if None not in ul else None,
+            nl_before=nl[0] if None not in nl else None, nl_after=nl[1] if None not in nl else None,
+        ))
+    out["fuar"] = M.fuar_stages(gains)
+    ppl = [i["perplexity"] for i in infos]
+    out["perplexity_before"], out["perplexity_after"] = ppl[0], ppl[-1]
+    if ppl[0] and ppl[-1]:
+        change = M.perplexity_change(ppl[0], ppl[-1])
+        out["perplexity_delta"], out["perplexity_ratio"] = change["delta"], change["ratio"]
+    out["trainable_params"] = max(i["trainable_params"] for i in infos)
+    out["seconds"] = sum(i["seconds"] for i in infos)
+    out["tokens_seen"] = sum(i["tokens_seen"] for i in infos)
+    out["not_applied"] = {}
+    for i in infos:
+        for kind, n in (i["notes"] or {}).get("not_applied", {}).items():
+            out["not_applied"][kind] = out["not_applied"].get(kind, 0) + n
+    return out
+
+
+NUMERIC = (
+    "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "fwt", "forgetting", "plasticity",
+    "invariant_before", "invariant_after", "paraphrase_acquisition", "paraphrase_invariant", "question_acquisition",
+    "extraction_acquisition", "extraction_invariant", "extraction_retention", "paraphrase_retention",
+    "forget_kept", "perplexity_before", "perplexity_after", "perplexity_delta", "perplexity_ratio",
+    "trainable_params", "seconds", "tokens_seen",
+)
+
+
+def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> dict[str, dict[str, Any]]:
+    """Per method: the mean over seeds of each number, its standard deviation under
+    `<key>_std` (0 with one seed), the seeds, and the per-seed summaries."""
+    metric = metric or store.get_meta("metric", "em")
+    per_method: dict[str, list[dict]] = {}
+    for method, seed in store.runs():
+        per_method.setdefault(method, []).append(summarize_seed(store, method, seed, metric, kinds))
+    # the order of the experiment's `methods` list (a method re-run later keeps its place)
+    place = {label: i for i, label in enumerate(store.get_meta("method_order") or [])}
+    per_method = dict(sorted(per_method.items(), key=lambda kv: place.get(kv[0], len(place))))
+    out: dict[str, dict[str, Any]] = {}
+    for method, seeds in per_method.items():
+        done = [s for s in seeds if s["complete"]]
+        entry: dict[str, Any] = {"seeds": [s["seed"] for s in done], "incomplete_seeds": [s["seed"] for s in seeds if not s["complete"]]}
+        for key in NUMERIC:
+            values = [s[key] for s in done if s.get(key) is not None]
+            entry[key] = statistics.fmean(values) if values else None
+            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+        entry["fuar_no_gain_seeds"] = sum(1 for s in done if s.get("fuar") is None)
+        entry["not_applied"] = done[0]["not_applied"] if done else {}
+        entry["per_seed"] = seeds
+        out[method] = entry
+    return out

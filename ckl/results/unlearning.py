@@ -1,0 +1,164 @@
+"""Per-method unlearning numbers of a run (`ckl show`, docs/unlearning.md).
+
+Read from the store, computed by the pure functions of `ckl.evaluate.unlearning`, on
+the run's metric (exact match unless configured) over statement probes:
+
+    forget_before / forget_after   accuracy on every forgotten fact, row 0 / row T
+    floor                          never-seen accuracy: the `unseen` cohort at row 0 if
+                                   the stream has one, else each stage's new facts just
+                                   before that stage teaches them (rows j-1), pooled
+    efficacy                       (before - after) / (before - floor)
+    kept_before / kept_after,      invariant facts (everything no stage touched) and its
+      retention                    after / before ratio
+    boundary_*                     the same on the forgotten subjects' other facts
+    attack_before / attack_after   re-probed forgotten facts before / after the
+                                   relearning attack; attack_original: the same facts at
+                                   row 0; recovered: (after - before) / (original - before)
+    ma_*, el_*, answer_ppl_*,      text-target metrics of the forgotten facts at row 0
+      distinct_*                   (`_before`) and row T (`_after`), with eval.unlearning;
+    kept_ma_after                  MA of the kept (invariant) facts at row T
+    seconds                        wall time of all stages (the unlearning itself)
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ckl.evaluate import unlearning as U
+from ckl.results.store import Store
+
+KEYS = (
+    "forget_before", "forget_after", "floor", "efficacy", "kept_before", "kept_after", "retention",
+    "boundary_before", "boundary_after", "boundary_retention", "attack_original", "attack_before",
+    "attack_after", "recovered", "attack_unseen_before", "attack_unseen_after",
+    "ma_before", "ma_after", "el_before", "el_after", "answer_ppl_before", "answer_ppl_after",
+    "distinct_before", "distinct_after", "kept_ma_after", "seconds",
+)
+
+
+def _mean_of(outcomes: list[dict], key: str) -> float | None:
+    return sum(o[key] for o in outcomes) / len(outcomes) if outcomes else None
+
+
+def _pooled_notes(notes: dict, cohorts: list[str], key: str) -> float | None:
+    """A text-target metric pooled over cohorts, weighted by how many facts each measured."""
+    parts = [(notes[c][key], notes[c]["n"]) for c in cohorts if c in notes and notes[c].get(key) is not None]
+    total = sum(n for _, n in parts)
+    return sum(v * n for v, n in parts) / total if total else None
+
+
+def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", kinds=("statement",)) -> dict[str, Any]:
+    """The unlearning numbers of one (method, seed); None where not measurable."""
+    T = int(store.get_meta("T"))
+    key = "em" if metric == "em" else "rank_ok"
+    infos = {i["row"]: i for i in store.stage_infos(method, seed)}
+    if set(range(T + 1)) - {r for r, i in infos.items() if i["status"] == "ok"}:
+        return {"complete": False}
+
+    def rows(row: int, keep=lambda o: True) -> list[dict]:
+        return [o for o in store.outcomes(method, seed, row) if o["kind"] in kinds and keep(o)]
+
+    first, last = rows(0), rows(T)
+    forget = lambda o: o["change"] == "forget"
+    out: dict[str, Any] = {"complete": True}
+    out["forget_before"] = _mean_of([o for o in first if forget(o)], key)
+    out["forget_after"] = _mean_of([o for o in last if forget(o)], key)
+    unseen = [o for o in first if o["cohort"] == "unseen"]
+    if unseen:
+        out["floor"] = _mean_of(unseen, key)
+    else:  # the world's new facts just before their stage teaches them
+        pre = [o for j in range(1, T + 1) for o in rows(j - 1) if o["cohort"] == f"stage{j}" and o["change"] == "learn"]
+        out["floor"] = _mean_of(pre, key)
+    out["efficacy"] = U.forget_efficacy(out["forget_before"], out["forget_after"], out["floor"])
+    inv = lambda o: o["cohort"] == "invariant"
+    out["kept_before"], out["kept_after"] = _mean_of([o for o in first if inv(o)], key), _mean_of([o for o in last if inv(o)], key)
+    out["retention"] = U.ratio(out["kept_before"], out["kept_after"])
+    boundary = set(store.get_meta("boundary", []) or [])
+    edge = lambda o: inv(o) and o["fact_id"] in boundary
+    out["boundary_before"], out["boundary_after"] = _mean_of([o for o in first if edge(o)], key), _mean_of([o for o in last if edge(o)], key)
+    out["boundary_retention"] = U.ratio(out["boundary_before"], out["boundary_after"])
+    attack = store.attacks(method, seed).get(T)
+    if attack and attack["probe_ids"]:
+        at_start = {o["probe_id"]: o["em"] for o in first}
+        out["attack_original"] = sum(at_start[p] for p in attack["probe_ids"]) / len(attack["probe_ids"])
+        out["attack_before"], out["attack_after"] = attack["accuracy_before"], attack["accuracy_after"]
+        out["recovered"] = U.recovered_fraction(out["attack_original"], out["attack_before"], out["attack_after"])
+        out["attack_unseen_before"], out["attack_unseen_after"] = attack.get("unseen_before"), attack.get("unseen_after")
+        out["attack"] = attack["config"]
+    notes0, notesT = (infos[0]["notes"] or {}).get("unlearning"), (infos[T]["notes"] or {}).get("unlearning")
+    if notes0 and notesT:
+        forget_cohorts = [f"forget{j}" for j in range(1, T + 1)]
+        for name, k in (("ma", "ma"), ("el", "el"), ("answer_ppl", "answer_ppl"), ("distinct", "distinct")):
+            out[f"{name}_before"] = _pooled_notes(notes0, forget_cohorts, k)
+            out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, k)
+        out["kept_ma_after"] = _pooled_notes(notesT, ["invariant"], "ma")
+    out["seconds"] = sum(i["seconds"] for r, i in infos.items() if r > 0)
+    return out
+
+
+def summarize_unlearning(store: Store, metric: str | None = None, kinds=("statement",), methods=None) -> dict[str, dict[str, Any]]:
+    """Per method (all, or those named in `methods`): the mean over complete seeds of each
+    number (None if never measured)."""
+    metric = metric or store.get_meta("metric", "em")
+    per_method: dict[str, list[dict]] = {}
+    for method, seed in store.runs():
+        if methods is not None and method not in methods:
+            continue
+        per_method.setdefault(method, []).append(unlearning_seed(store, method, seed, metric, kinds))
+    out = {}
+    for method, seeds in per_method.items():
+        done = [s for s in seeds if s["complete"]]
+        entry: dict[str, Any] = {"seeds": len(done)}
+        for k in KEYS:
+            values = [s[k] for s in done if s.get(k) is not None]
+            entry[k] = statistics.fmean(values) if values else None
+        out[method] = entry
+    return out
+
+
+def has_forget(store: Store) -> bool:
+    """Whether the run's stream has deletion requests (its probes have a forget cohort)."""
+    return any(p.change == "forget" for p in store.probes())
+
+
+COLUMNS = (
+    ("forget_before", "forget before", "{:.3f}"),
+    ("forget_after", "forget after", "{:.3f}"),
+    ("floor", "floor", "{:.3f}"),
+    ("efficacy", "efficacy", "{:.2f}"),
+    ("retention", "retention", "{:.3f}"),
+    ("boundary_retention", "boundary", "{:.3f}"),
+    ("attack_after", "after attack", "{:.3f}"),
+    ("recovered", "recovered", "{:.2f}"),
+    ("ma_after", "MA", "{:.3f}"),
+    ("kept_ma_after", "kept MA", "{:.3f}"),
+    ("el_after", "EL", "{:.3f}"),
+    ("answer_ppl_after", "answer ppl", "{:.1f}"),
+    ("distinct_after", "distinct", "{:.2f}"),
+    ("seconds", "seconds", "{:.1f}"),
+)
+
+
+def _cell(entry: dict, key: str, fmt: str) -> str:
+    value = entry.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
+def unlearning_markdown(summary: dict[str, dict[str, Any]]) -> str:
+    lines = ["| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for method, entry in summary.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(entry, k, f) for k, _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def unlearning_table(summary: dict[str, dict[str, Any]], title: str = ""):
+    from rich.table import Table
+
+    table = Table(title=title or None, header_style="bold")
+    table.add_column("method")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for method, entry in summary.items():
+        table.add_row(method, *(_cell(entry, k, f) for k, _, f in COLUMNS))
+    return table

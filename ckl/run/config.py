@@ -1,0 +1,324 @@
+"""The experiment config: YAML, loaded safely and validated before any work starts.
+
+Validation errors name the file, the line and the key (e.g. `methods[1].replay.fraction`)
+and the CLI exits with code 2. Method options are checked against the registered parts'
+config dataclasses here, so a typo fails in a second, not after an hour of pretraining.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ckl.core.errors import InputError
+from ckl.data.facts import PROBE_KINDS, read_input_text
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float: NaN and inf refused
+
+
+class WorldSpec(Strict):
+    seed: int = 0
+    people: int = Field(200, ge=2)
+    stages: int = Field(2, ge=1)
+    learn_per_stage: int = Field(40, ge=0)
+    update_per_stage: int = Field(40, ge=0)
+    edit_per_stage: int = Field(0, ge=0)
+    forget_per_stage: int = Field(10, ge=0)
+    general_train: int = Field(400, ge=0)
+    general_heldout: int = Field(200, ge=0)
+    qa_fraction: float = Field(0.5, gt=0, le=1, strict=True)
+    background_people: int = Field(100, ge=0)
+    min_probe_word_count: int = Field(20, ge=0)
+
+
+class PretrainSpec(Strict):
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_head: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    block_size: int = Field(128, ge=8)
+    max_epochs: int = Field(300, ge=1)
+    max_seconds: float = Field(0.0, ge=0)
+    target: float = Field(0.97, gt=0, le=1)
+    knowledge_target: float = Field(0.8, ge=0, le=1, strict=True)  # paraphrase and extraction accuracy to reach too
+    eval_every: int = Field(5, ge=1)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    shuffle: bool = True  # shuffle each epoch's documents before packing (ckl.train.loop.train)
+    biographies: int = Field(1, ge=1)  # biographies per person per epoch
+    questions: int = Field(2, ge=-1)  # question-answer lines per QA-trained person per epoch (-1 = every fact's)
+    refusals: bool = False  # the tokenizer also learns the words of TOFU's refusals (for the idk part)
+    seed: int = 0
+    copy_fraction: float = Field(0.0, ge=0)
+    target_facts: Literal["invariant", "base"] = "invariant"
+
+
+class EvalSpec(Strict):
+    kinds: list[Literal["statement", "paraphrase", "question", "extraction"]] = list(PROBE_KINDS)
+    batch_size: int = Field(256, ge=1)
+    max_candidates: int = Field(10, ge=2)
+    metric: Literal["em", "rank"] = "em"
+    # Unlearning (docs/unlearning.md): text-target metrics on every row (options of
+    # ckl.evaluate.extraction.ExtractionConfig, {} for the defaults) and a relearning
+    # attack on each method's final model (ckl.run.attack.AttackConfig).
+    unlearning: dict[str, Any] | None = None
+    attack: dict[str, Any] | None = None
+
+    @field_validator("unlearning", "attack")
+    @classmethod
+    def _unlearning_options(cls, value, info):
+        if value is not None:
+            from ckl.run.attack import AttackConfig
+            from ckl.evaluate.extraction import ExtractionConfig
+            from ckl.methods.base import make_config
+
+            make_config(AttackConfig if info.field_name == "attack" else ExtractionConfig, value, info.field_name)
+        return value
+
+
+class MethodSpec(BaseModel):
+    """`name` is a method or a composition of parts ("lora+replay"); every other key is
+    an option block for a part (`replay: {fraction: 0.5}`) or `train: {...}`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    label: str | None = None
+    # Change kinds the user accepts this method leaving unapplied (e.g. [forget] for a
+    # method without an unlearning part). Without it the run refuses to start.
+    skip: list[Literal["learn", "update", "edit", "forget"]] = []
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    stream: str | None = None
+    world: WorldSpec | None = None
+    model: str | None = None
+    pretrain: PretrainSpec | None = None
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
+    eval: EvalSpec = EvalSpec()
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_labels(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+        seen: set[str] = set()
+        for m in methods:
+            if m.display in seen:
+                raise ValueError(f"two methods are labelled {m.display!r}; give one a distinct `label`")
+            seen.add(m.display)
+        return methods
+
+
+def _line_of(root: yaml.Node | None, path: tuple) -> int | None:
+    """The 1-based line of the YAML node at `path` (keys and list indices), or of its
+    deepest existing ancestor."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    child = v
+                    line = k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads floats the way people write them: YAML 1.1 (which
+    PyYAML implements) takes `1e-3` and `3E5` for strings, YAML 1.2 and every user for
+    numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """(data, node tree) of a user's YAML text (yaml.safe_load: no object tags). Invalid
+    YAML, a key given twice in one mapping (YAML would keep the last silently), a string
+    with an unpaired surrogate escape and an integer beyond Python's 4,300-digit limit are
+    InputErrors naming the file and line."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        _refuse_duplicate_keys(root, file, text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no object tags
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        # lines counted by "\n", as everywhere in ckl (YAML also breaks lines at a lone "\r")
+        line = text[: mark.index].count("\n") + 1 if mark else None
+        raise InputError(file, line, None, f"invalid YAML: {getattr(err, 'problem', err)}") from None
+    except RecursionError:
+        raise InputError(file, None, None, "invalid YAML: nested too deeply") from None
+    except ValueError:  # int() refused a literal of more than 4,300 digits
+        raise InputError(file, None, None, "invalid YAML: a number with more than 4300 digits") from None
+    return data, root
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, file: str, text: str) -> None:
+    stack = [root] if root is not None else []
+    seen_nodes: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias shares its anchor's node
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in keys:
+                        line = text[: key.start_mark.index].count("\n") + 1
+                        raise InputError(file, line, key.value, "this key appears twice in one mapping; give it once")
+                    keys.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+        elif isinstance(node, yaml.ScalarNode) and not _encodable(node.value):  # "\ud800": no path or file can hold it
+            line = text[: node.start_mark.index].count("\n") + 1
+            raise InputError(file, line, None, "a string holds an unpaired surrogate escape (\\ud800-\\udfff)")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file (yaml.safe_load: no object tags).
+
+    Raises:
+        InputError: naming the file, line and key of the first problem.
+    """
+    from ckl.methods.base import build_method
+
+    path = Path(path)
+    file = str(path)
+    if not path.exists() and not path.is_symlink():
+        raise InputError(file, None, None, "config file not found")
+    text = read_input_text(path)  # newlines kept: lines are counted by "\n"; FIFOs and devices refused
+    data, root = parse_yaml(text, file)
+    if not isinstance(data, dict):
+        raise InputError(file, 1, None, "expected a mapping of keys (name, stream/world, model/pretrain, methods, ...)")
+    # Top-level keys starting with "x-" are free for YAML anchors (shared method settings),
+    # as in docker compose; they are not part of the experiment.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        raise InputError(file, _line_of(root, loc), _dotted(loc) or None, first["msg"]) from None
+    if (config.stream is None) == (config.world is None):
+        raise InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)")
+    if config.model is not None and config.pretrain is not None:
+        raise InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both")
+    check_world(config, file, root)
+    base = path.parent
+    if config.stream is not None:
+        config.stream = str((base / config.stream).resolve())
+    if config.model is not None:
+        config.model = str((base / config.model).resolve())
+    for i, spec in enumerate(config.methods):
+        try:
+            build_method(spec.name, spec.options, where=f"methods[{i}]")
+        except ValueError as err:
+            key = str(err).split(":", 1)[0]
+            parts = tuple(int(p) if p.isdigit() else p for p in key.replace("[", ".").replace("]", "").split("."))
+            raise InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]) from None
+    for i, message in unsupported_methods(config):
+        raise InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message)
+    return config
+
+
+def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
+    """Build the configured world once, before any work: its sizes, the QA half and the
+    probe-word check. A failure is an InputError naming `world.<option>` (and its line
+    when `root`, the YAML node tree, is given)."""
+    if config.world is None:
+        return
+    from ckl.data.world import WorldConfig, build_world
+
+    try:
+        build_world(WorldConfig(**config.world.model_dump()))
+    except ValueError as err:
+        message = str(err).removeprefix("WorldConfig.")
+        option = message.split("=", 1)[0].split(" ", 1)[0]
+        key = ("world", option) if option in WorldSpec.model_fields else ("world",)
+        raise InputError(file, _line_of(root, key), _dotted(key), message) from None
+
+
+def stream_kinds(config: ExperimentConfig) -> dict[str, int]:
+    """Change kinds the configured stream contains -> number of requests (over all stages)."""
+    if config.world is not None:
+        w = config.world
+        counts = {"learn": w.learn_per_stage, "update": w.update_per_stage, "edit": w.edit_per_stage, "forget": w.forget_per_stage}
+        return {k: n * w.stages for k, n in counts.items() if n}
+    from ckl.data.stream import Stream
+
+    stream = Stream.load(config.stream)
+    counts: dict[str, int] = {}
+    for change in stream.stages:
+        for kind in change.kinds:
+            counts[kind] = counts.get(kind, 0) + change.count(kind)
+    return counts
+
+
+def unsupported_methods(config: ExperimentConfig) -> list[tuple[int, str]]:
+    """(index, message) for each method that cannot apply a change kind the stream contains
+    and whose spec does not accept leaving it unapplied (`skip: [kind]`). The runner refuses
+    such a run rather than silently skipping requests."""
+    from ckl.methods.base import REGISTRY, build_method
+
+    present = stream_kinds(config)
+    problems = []
+    for i, spec in enumerate(config.methods):
+        method = build_method(spec.name, spec.options, where=f"methods[{i}]")
+        missing = [k for k in present if k not in method.kinds and k not in spec.skip]
+        if not missing:
+            continue
+        supporters = sorted(n for n, r in REGISTRY.items() if set(missing) & r.kinds)
+        hint = f"compose a part that supports it ({', '.join(supporters)}) or " if supporters else ""
+        counts = ", ".join(f"{present[k]} {k}" for k in missing)
+        problems.append((i, (
+            f"method {spec.display!r} does not support {', '.join(repr(k) for k in missing)} but the stream has "
+            f"{counts} request(s); {hint}add `skip: [{', '.join(missing)}]` to this method to run it with "
+            f"those requests reported as not applied"
+        )))
+    return problems

@@ -1,0 +1,187 @@
+"""Train the embedded default base model on the base knowledge K0.
+
+A word-level tokenizer and a small GPT-2-style model are trained from scratch on
+biographies of every base person and question-answer lines of the people in the stream's
+QA half (rendered anew each epoch with shuffled fact order and varied templates), plus
+general text and the background documents, shuffled before packing, until the model
+answers the
+invariant statement probes with greedy exact match >= `target` and its paraphrase and
+extraction probes >= `knowledge_target`, or the budget runs out.
+The result is a standard Hugging Face directory (safetensors + tokenizer).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ckl.model import lm
+from ckl.core.checks import check_number
+from ckl.data.copy_mix import copy_documents, demonstration
+from ckl.core.distributed import on_main
+from ckl.data.facts import PROBE_KINDS
+from ckl.data.stream import Stream, make_probes, render_documents
+from ckl.train.loop import TrainConfig, rng_for, train
+
+
+@dataclass
+class PretrainConfig:
+    """How to pretrain the default model (measured defaults: see README)."""
+
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_embd: int = field(default=128, metadata={"help": "hidden width"})
+    n_head: int = field(default=4, metadata={"help": "attention heads"})
+    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "blocks per step"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
+    max_epochs: int = field(default=300, metadata={"help": "epoch budget"})
+    max_seconds: float = field(default=0.0, metadata={"help": "wall-time budget in seconds (0 = none)"})
+    target: float = field(default=0.97, metadata={"help": "stop when invariant statement accuracy reaches this"})
+    knowledge_target: float = field(default=0.8, metadata={"help": "...and paraphrase and extraction accuracy reach this (0 = statements only). Waited for only where the stream teaches the form: extraction with a QA half (qa_subjects), paraphrase with background text that reads the held-out phrasings"})
+    eval_every: int = field(default=5, metadata={"help": "epochs between accuracy checks"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
+    refusals: bool = field(default=False, metadata={"help": "add the words of TOFU's refusal sentences (ckl.data.formats.refusals) to the tokenizer, so the idk unlearning part can teach them"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing (needed to memorise verbatim text: ckl.train.loop.train)"})
+    biographies: int = field(default=1, metadata={"help": "biographies per person per epoch, each in its own fact order and templates (Physics of LMs 3.1's multiplicity)"})
+    questions: int = field(default=2, metadata={"help": "question-answer lines per QA-trained person per epoch (-1 = one per fact)"})
+    seed: int = field(default=0, metadata={"help": "initialisation and data order"})
+    copy_fraction: float = field(default=0.0, metadata={"help": "copy-from-context documents per base fact per epoch (ckl.data.copy_mix; for in-context editing)"})
+    target_facts: str = field(default="invariant", metadata={"help": "facts the target is measured on: invariant | base (all of K0, e.g. for editing streams)"})
+
+    def __post_init__(self) -> None:
+        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape
+        TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size, schedule=self.schedule, shuffle=self.shuffle)
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {self.target!r}")
+        if isinstance(self.knowledge_target, bool) or not isinstance(self.knowledge_target, (int, float)) or not 0 <= self.knowledge_target <= 1:
+            raise ValueError(f"knowledge_target must be in [0, 1], got {self.knowledge_target!r}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
+        check_number(self.max_seconds, "max_seconds", low=0)
+        check_number(self.copy_fraction, "copy_fraction", low=0)
+        if isinstance(self.biographies, bool) or not isinstance(self.biographies, int) or self.biographies < 1:
+            raise ValueError(f"biographies must be an integer >= 1, got {self.biographies!r}")
+        if isinstance(self.questions, bool) or not isinstance(self.questions, int) or self.questions < -1:
+            raise ValueError(f"questions must be an integer >= -1 (-1 = every fact's), got {self.questions!r}")
+        if self.target_facts not in ("invariant", "base"):
+            raise ValueError(f"target_facts must be 'invariant' or 'base', got {self.target_facts!r}")
+
+
+@dataclass
+class PretrainResult:
+    epochs: int
+    accuracy: float  # statement accuracy on the target facts (what `target` is checked on)
+    seconds: float
+    reached_target: bool
+    parameters: int
+    history: list[tuple[int, float]]
+    # statement / paraphrase / question / extraction accuracy on the target facts at the
+    # last check (a kind absent from the stream is left out)
+    knowledge: dict[str, float] = field(default_factory=dict)
+    knowledge_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def tokenizer_corpus(stream: Stream, extra: Sequence[str] = ()) -> list[str]:
+    """Every text the stream can show the model: training renderings of all facts of all
+    stages, every probe prompt and candidate, the general text and `extra`."""
+    facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
+    texts = render_documents(facts, stream.relations, random.Random(0)) + list(extra)
+    for probe in stream.probes():
+        texts.append(probe.prompt)
+        texts.extend(probe.candidates)
+    return texts + list(stream.general_train) + list(stream.background) + list(stream.general_heldout)
+
+
+def knowledge_line(knowledge: dict[str, float]) -> str:
+    """"statement 0.990, paraphrase 0.850, ..." in the order of PROBE_KINDS."""
+    return ", ".join(f"{k} {knowledge[k]:.3f}" for k in PROBE_KINDS if k in knowledge)
+
+
+def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str | Path | None = None, progress=None, step_progress=None):
+    """Pretrain a tiny model on `stream`'s base knowledge.
+
+    `progress(epoch, knowledge)` is called after each accuracy check, with the accuracy
+    of each probe kind on the target facts (`knowledge_line` formats it), and
+    `step_progress(epoch, step, loss)` after each optimiser step.
+
+    Returns:
+        (model, tokenizer, PretrainResult); the model is also saved to `out_dir` if given.
+    """
+    from ckl.model.scoring import score_probes  # evaluation sits downstream of training
+
+    start = time.perf_counter()
+    extra = [demonstration("", "")] if config.copy_fraction else []
+    if config.refusals:
+        from ckl.data.formats.refusals import DEFAULT_FILE, read_refusals
+
+        extra += read_refusals(DEFAULT_FILE)
+    tokenizer = lm.make_tokenizer(tokenizer_corpus(stream, extra))
+    shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head)
+    model = lm.tiny_model(tokenizer, shape, seed=config.seed).to(accelerator.device)
+    if config.target_facts == "base":
+        probes = make_probes(stream.base, stream.relations, "base", 0, "base", PROBE_KINDS, 10, qa_subjects=stream.qa_subjects)
+    else:
+        probes = [p for p in stream.probes() if p.cohort == "invariant"]
+    kinds = np.array([p.kind for p in probes])
+    general = list(stream.general_train) + list(stream.background)
+    history: list[tuple[int, float]] = []
+    knowledge_history: list[tuple[int, dict[str, float]]] = []
+
+    def documents(epoch: int) -> list[str]:
+        rng = rng_for(config.seed, "pretrain", epoch)
+        copies = copy_documents(stream.base, stream.relations, rng, round(config.copy_fraction * len(stream.base)))
+        questions = None if config.questions == -1 else config.questions
+        docs = render_documents(stream.base, stream.relations, rng, questions=questions, qa_subjects=stream.qa_subjects, biographies=config.biographies)
+        return docs + general + copies
+
+    # A form is waited for only where the stream teaches it: an importer's held-out
+    # paraphrases, without background text, are a test the model may fail by design.
+    taught = {"extraction": stream.qa_subjects is not None, "paraphrase": bool(stream.background)}
+
+    def reached(by_kind: dict[str, float]) -> bool:
+        others = [by_kind[k] for k in ("paraphrase", "extraction") if k in by_kind and taught[k]]
+        return by_kind.get("statement", 1.0) >= config.target and all(a >= config.knowledge_target for a in others)
+
+    def check(epoch: int) -> bool:
+        done = epoch + 1
+        out_of_time = bool(config.max_seconds) and time.perf_counter() - start > config.max_seconds
+        if config.max_seconds:  # clocks differ per process: all follow the main one's
+            out_of_time = bool(on_main(accelerator, lambda: out_of_time, share=True))
+        if done % config.eval_every and done != config.max_epochs and not out_of_time:
+            return False
+        em = score_probes(model, tokenizer, probes).em if probes else np.ones(0, dtype=bool)
+        by_kind = {k: float(em[kinds == k].mean()) for k in PROBE_KINDS if (kinds == k).any()}
+        accuracy = by_kind.get("statement", 1.0)
+        model.train()
+        history.append((done, accuracy))
+        knowledge_history.append((done, by_kind))
+        if progress:
+            progress(done, by_kind)
+        stop = reached(by_kind) or bool(out_of_time)
+        return bool(on_main(accelerator, lambda: stop, share=True))  # every process stops at the same epoch
+
+    train_config = TrainConfig(epochs=config.max_epochs, lr=config.lr, batch_size=config.batch_size, block_size=config.block_size, schedule=config.schedule, shuffle=config.shuffle)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        train(model, tokenizer, documents, train_config, accelerator, seed=config.seed, on_epoch_end=check, progress=step_progress)
+    accuracy = history[-1][1] if history else 0.0
+    result = PretrainResult(
+        epochs=history[-1][0] if history else 0,
+        accuracy=accuracy,
+        seconds=time.perf_counter() - start,
+        reached_target=reached(knowledge_history[-1][1]) if knowledge_history else False,
+        parameters=lm.count_parameters(model)[1],
+        history=history,
+        knowledge=knowledge_history[-1][1] if knowledge_history else {},
+        knowledge_history=knowledge_history,
+    )
+    model.config.ckl_pretrain = {"config": asdict(config), "epochs": result.epochs, "accuracy": accuracy}
+    if out_dir is not None:
+        on_main(accelerator, lambda: lm.save(model, tokenizer, out_dir))  # one writer under data parallelism
+    return model, tokenizer, result

@@ -1,0 +1,63 @@
+"""Per-method summaries computed from a hand-filled store."""
+
+import pytest
+
+from ckl.data.facts import Probe
+from ckl.results.store import Outcome, StageInfo, Store
+from ckl.results.summary import summarize, summarize_seed
+
+PROBES = [
+    Probe("inv/a", "A lives in", "X", ("X", "Y"), "statement", "invariant", "a", 0, "base"),
+    Probe("inv/b", "B lives in", "X", ("X", "Y"), "statement", "invariant", "b", 0, "base"),
+    Probe("s1/c", "C lives in", "X", ("X", "Y"), "statement", "stage1", "c", 1, "learn"),
+    Probe("s1/d", "D lives in", "Y", ("X", "Y"), "statement", "stage1", "d", 1, "update"),
+    Probe("st1/d", "D lives in", "X", ("X", "Y"), "statement", "stale1", "d", 1, "update"),
+    Probe("s2/e", "E lives in", "X", ("X", "Y"), "statement", "stage2", "e", 2, "learn"),
+]
+# em per row:             inv/a inv/b s1/c s1/d st1/d s2/e
+EM = {0: (1, 1, 0, 0, 1, 0), 1: (1, 0, 1, 1, 0, 0), 2: (0, 0, 1, 0, 1, 1)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "results.sqlite")
+    s.set_meta("T", 2)
+    s.set_meta("metric", "em")
+    s.add_probes(PROBES)
+    for row, ems in EM.items():
+        outcomes = [Outcome(p.id, bool(e), bool(e), -1.0, p.answer) for p, e in zip(PROBES, ems)]
+        s.record_row("m", 0, row, outcomes, StageInfo(seconds=row * 1.5, trainable_params=10, tokens_seen=100 * row, perplexity=10.0 + row))
+    yield s
+    s.close()
+
+
+def test_summary_numbers_follow_their_definitions(store):
+    s = summarize_seed(store, "m", 0)
+    # matrix: invariant 1.0 / 0.5 / 0.0 ; stage1 (c, d) 0 / 1 / 0.5 ; stage2 (e) 0 / 0 / 1
+    assert s["matrix"] == [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.5, 1.0]]
+    assert s["retention"] == 0.0
+    assert s["acquisition"] == 1.0  # learned c and e both right after stage 2
+    assert s["update"] == 0.0  # d's new object wrong at the end
+    assert s["stale"] == 1.0  # d's old object right at the end
+    # FUAR: stage1 IL 1 -> 0.5 (0.5 lost), UL 0 -> 1, NL 0 -> 1 (2 gained);
+    #       stage2 IL 0.5 -> 0 (0.5 lost), NL 0 -> 1 (1 gained): (0.5 + 0.5) / (2 + 1)
+    assert s["fuar"] == pytest.approx(1 / 3)
+    assert s["bwt"] == pytest.approx(0.5 - 1.0)
+    assert s["seconds"] == pytest.approx(4.5) and s["tokens_seen"] == 300
+    assert (s["perplexity_before"], s["perplexity_after"], s["perplexity_delta"]) == (10.0, 12.0, 2.0)
+
+
+def test_incomplete_runs_are_reported_not_averaged(store):
+    store.record_row("m", 1, 0, [], StageInfo())
+    summary = summarize(store)["m"]
+    assert summary["seeds"] == [0] and summary["incomplete_seeds"] == [1]
+    assert summary["retention_std"] == 0.0
+
+
+def test_methods_are_listed_in_the_experiment_order_even_when_one_ran_again_later(store):
+    outcomes = [Outcome(p.id, True, True, -1.0, p.answer) for p in PROBES]
+    for row in (0, 1, 2):
+        store.record_row("first", 0, row, outcomes, StageInfo())  # recorded after "m" (a re-run, say)
+    assert list(summarize(store)) == ["m", "first"]  # recording order without an experiment order
+    store.set_meta("method_order", ["first", "m"])
+    assert list(summarize(store)) == ["first", "m"]

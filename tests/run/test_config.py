@@ -1,0 +1,126 @@
+import pytest
+
+from ckl.run.config import load_config
+from ckl.core.errors import InputError
+
+GOOD = """\
+name: tiny
+world: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 0}
+methods:
+  - name: naive
+    train: {epochs: 2}
+  - name: lora+replay
+    lora: {r: 4}
+    replay: {fraction: 0.5}
+seeds: [0, 1]
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_valid_config_loads_with_defaults(tmp_path):
+    config = load_config(_write(tmp_path, GOOD))
+    assert [m.display for m in config.methods] == ["naive", "lora+replay"]
+    assert config.methods[1].options == {"lora": {"r": 4}, "replay": {"fraction": 0.5}}
+    assert config.eval.metric == "em" and config.seeds == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "text,line,field,message",
+    [
+        (GOOD.replace("fraction: 0.5", "fraction: 1.5"), 8, "methods[1].replay", "fraction"),
+        (GOOD.replace("lora: {r: 4}", "lora: {rank: 4}"), 7, "methods[1].lora.rank", "unknown option"),
+        (GOOD.replace("name: naive", "name: naiive"), 4, "methods[0].name", "unknown method"),
+        (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train", "epochs"),
+        (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
+        (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "Extra inputs"),
+        (GOOD.replace("people: 12", "people: 1"), 2, "world.people", "greater than"),
+        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0"), 2, "world.qa_fraction", "greater than 0"),
+        (GOOD.replace("people: 12", "people: 12, min_probe_word_count: -1"), 2, "world.min_probe_word_count", "greater than"),
+        (GOOD.replace("people: 12", "people: 12, background_people: 0"), 2, "world.min_probe_word_count", "read fewer times"),
+        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0.01"), 2, "world.qa_fraction", "half of 0 people"),
+    ],
+)
+def test_config_errors_name_the_line_and_key(tmp_path, text, line, field, message):
+    with pytest.raises(InputError) as info:
+        load_config(_write(tmp_path, text))
+    err = info.value
+    assert (err.line, err.field) == (line, field), str(err)
+    assert message in err.message
+
+
+def test_stream_and_world_are_mutually_exclusive(tmp_path):
+    with pytest.raises(InputError, match="exactly one"):
+        load_config(_write(tmp_path, GOOD.replace("world: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 0}\n", "")))
+
+
+def test_invalid_yaml_and_unsafe_tags_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="invalid YAML"):
+        load_config(_write(tmp_path, "methods: [\n"))
+    with pytest.raises(InputError, match="invalid YAML"):
+        load_config(_write(tmp_path, "name: !!python/object/apply:os.system ['echo hi']\n"))
+
+
+def test_method_without_support_for_a_requested_kind_is_refused_unless_skipped(tmp_path):
+    text = GOOD.replace("forget_per_stage: 0", "forget_per_stage: 2")
+    with pytest.raises(InputError) as info:
+        load_config(_write(tmp_path, text))
+    err = info.value
+    assert (err.line, err.field) == (4, "methods[0]")
+    assert "'forget'" in err.message and "skip: [forget]" in err.message and "4 forget" in err.message
+    text = text.replace("  - name: naive\n", "  - name: naive\n    skip: [forget]\n").replace(
+        "  - name: lora+replay\n", "  - name: lora+replay\n    skip: [forget]\n")
+    config = load_config(_write(tmp_path, text))
+    assert config.methods[0].skip == ["forget"] and "skip" not in config.methods[0].options
+
+
+def test_run_experiment_refuses_unsupported_kinds_before_writing(tmp_path):
+    from ckl.run.config import ExperimentConfig
+    from ckl.run.experiment import run_experiment
+
+    config = ExperimentConfig.model_validate({"world": {"people": 30}, "methods": [{"name": "naive"}]})
+    with pytest.raises(InputError, match="does not support 'forget'"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_duplicate_labels_are_rejected(tmp_path):
+    with pytest.raises(InputError, match="label"):
+        load_config(_write(tmp_path, GOOD.replace("lora+replay", "naive").replace("    lora: {r: 4}\n    replay: {fraction: 0.5}\n", "")))
+
+
+def test_shipped_examples_are_valid():
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        try:
+            load_config(path)
+        except InputError as err:
+            # examples on an imported stream (editing, unlearning) need the import command
+            # in their header run first; without it the error must say exactly that
+            assert "stream directory not found" in err.message and "ckl import" in path.read_text(), (path, err)
+
+
+def test_x_keys_hold_yaml_anchors_for_shared_settings(tmp_path):
+    text = "x-train: &t {epochs: 3, lr: 0.01}\n" + GOOD.replace("train: {epochs: 2}", "train: *t")
+    config = load_config(_write(tmp_path, text))
+    assert config.methods[0].options["train"] == {"epochs": 3, "lr": 0.01}
+
+
+def test_floats_written_as_people_write_them_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3", which was refused as "not a number"
+    from ckl.run.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: e\nworld: {people: 20, min_probe_word_count: 0, background_people: 4}\n"
+                    "methods:\n  - name: naive\n    skip: [forget]\n    train: {epochs: 1, lr: 1e-3}\n"
+                    "  - name: replay\n    skip: [forget]\n    train: {epochs: 1, lr: 2E-4}\n    replay: {fraction: 5e-1}\n")
+    config = load_config(path)
+    assert [m.train["lr"] for m in config.methods] == [0.001, 0.0002]
+    assert config.methods[1].options["replay"]["fraction"] == 0.5
