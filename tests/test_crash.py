@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from ckl.results.store import Store
-from ckl.results.summary import NUMERIC, summarize
+from ckl.results import numbers
+from ckl.results.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 3
@@ -68,7 +69,7 @@ def _results(run_dir: Path):
             for m, s in store.runs() for row in store.completed_rows(m, s)
         }
         summary = {
-            method: {k: v for k, v in entry.items() if k.removesuffix("_std") in NUMERIC and k not in TIMING}
+            method: {k: v for k, v in entry.items() if k.removesuffix("_std") in numbers.keys("learning") and k not in TIMING}
             for method, entry in summarize(store).items()
         }
     return outcomes, summary

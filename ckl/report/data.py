@@ -20,6 +20,7 @@ from ckl.core.errors import InputError
 from ckl.results.editing import editing_summary, is_editing_run
 from ckl.results.store import FILENAME, Store
 from ckl.results.summary import summarize
+from ckl.results.unlearning import has_forget, summarize_unlearning
 
 KINDS = ("statement",)
 DRILL_LIMIT = 200  # probes listed per method and list; the count says how many there are
@@ -52,6 +53,8 @@ class MethodReport:
     not_learned: list[dict[str, Any]] = field(default_factory=list)
     not_learned_total: int = 0
     editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.results.editing)
+    editing_final: dict[str, Any] | None = None  # editing runs: the final numbers of that seed
+    unlearning: dict[str, Any] | None = None  # methods that applied deletions: ckl.results.unlearning means over seeds
 
     @property
     def complete(self) -> bool:
@@ -180,7 +183,10 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
             metric = store.get_meta("metric", "em")
             runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes())))
             editing = is_editing_run(store)
-            for method, entry in summarize(store, metric=metric, kinds=KINDS).items():
+            summaries = summarize(store, metric=metric, kinds=KINDS)
+            unlearners = [m for m, e in summaries.items() if e["seeds"] and "forget" not in e["not_applied"]]
+            forgetting = summarize_unlearning(store, metric, KINDS, unlearners) if unlearners and has_forget(store) else {}
+            for method, entry in summaries.items():
                 label = method if len(dbs) == 1 else f"{name}: {method}"
                 done = [s for s in entry["per_seed"] if s["complete"]]
                 report = MethodReport(name, method, label, entry, None, {})
@@ -192,6 +198,8 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                 if done and editing:
                     summary = editing_summary(store, method, seeds[0])
                     report.editing = summary["curve"] if summary else None
+                    report.editing_final = summary["final"] if summary else None
+                report.unlearning = forgetting.get(method)
                 if done and drill:
                     forgotten, not_learned = _drill(store, method, seeds[0], metric, int(T))
                     report.forgotten, report.forgotten_total = forgotten[:DRILL_LIMIT], len(forgotten)

@@ -15,7 +15,8 @@ from typing import Any
 from ckl.evaluate.metrics import format_fuar
 from ckl.report import plots
 from ckl.report.data import MethodReport, ReportData
-from ckl.report.table import COLUMNS, cell
+from ckl.report.table import cell, columns
+from ckl.results import numbers
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -80,13 +81,14 @@ def _runs(data: ReportData) -> str:
 
 
 def _key_table(data: ReportData) -> str:
-    headers = ["method"] + [h for _, h, _ in COLUMNS] + ["seed(s)"]
+    cols = columns()
+    headers = ["method"] + [n.label for n in cols] + ["seed(s)"]
     rows, classes = [], []
     for m in data.methods:
         if not m.complete:
-            rows.append([m.label, "incomplete"] + [""] * (len(COLUMNS) - 1) + [", ".join(map(str, m.summary["incomplete_seeds"]))])
+            rows.append([m.label, "incomplete"] + [""] * (len(cols) - 1) + [", ".join(map(str, m.summary["incomplete_seeds"]))])
         else:
-            rows.append([m.label] + [cell(m.summary, key, fmt) for key, _, fmt in COLUMNS] + [", ".join(map(str, m.summary["seeds"]))])
+            rows.append([m.label] + [cell(m.summary, n) for n in cols] + [", ".join(map(str, m.summary["seeds"]))])
         classes.append("front" if m.label in data.pareto else "")
     return table(headers, rows, row_classes=classes)
 
@@ -146,12 +148,35 @@ def _drill_down(methods: list[MethodReport]) -> str:
     return "".join(parts) or '<p class="muted">no complete method</p>'
 
 
+def _family_table(family: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per method of a family's key numbers (ckl.results.numbers)."""
+    cols = numbers.columns(family)
+    return table(["method"] + [n.label for n in cols], [[label] + [n.format(entry.get(n.key)) for n in cols] for label, entry in rows])
+
+
+def _unlearning_section(methods: list[MethodReport]) -> list[str]:
+    rows = [(m.label, m.unlearning) for m in methods if m.unlearning]
+    if not rows:
+        return []
+    return [
+        "<h2>Unlearning</h2>",
+        '<p class="note">Methods that applied the deletion requests, means over seeds. Forget before / after: '
+        "accuracy on the forgotten facts; floor: never-seen accuracy; efficacy: (before - after) / (before - floor); "
+        "retention and boundary: the kept facts and the forgotten subjects' other facts, after / before; after "
+        "attack and recovered: the relearning attack, when the run had one. Definitions in docs/unlearning.md.</p>",
+        _family_table("unlearning", rows),
+    ]
+
+
 def _editing_section(methods: list[MethodReport]) -> list[str]:
     edited = [(m.label, m.editing) for m in methods if m.editing]
     if not edited:
         return []
+    finals = [(m.label, m.editing_final) for m in methods if m.editing_final]
     return [
         "<h2>Sequential editing</h2>",
+        '<p class="note">After the last batch (first complete seed); definitions in docs/editing.md.</p>',
+        _family_table("editing", finals),
         '<p class="note">After each batch of edits (first complete seed): exact match of every edit made so far, '
         "agreement with the pre-edit model on the neighbourhood prompts, and accuracy on knowledge no edit "
         "touched. Gradual forgetting shows as falling lines; definitions in docs/editing.md.</p>",
@@ -192,6 +217,7 @@ def report_page(data: ReportData) -> str:
         "updated facts (should fall); dotted: facts each stage asked to forget (should fall).</p>",
         plots.cohort_curves([(m.label, m.curves) for m in done]) if done else "",
         *_editing_section(done),
+        *_unlearning_section(done),
         "<h2>Forgetting and transfer</h2>",
         '<p class="note">FUAR (Jang et al. 2022), BWT and FWT (Lopez-Paz &amp; Ranzato 2017), forgetting '
         "(Chaudhry et al. 2018); definitions in docs/metrics.md.</p>",

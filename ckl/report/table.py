@@ -7,63 +7,51 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ckl.evaluate.metrics import format_fuar
-
-COLUMNS = (
-    ("retention", "retention", "{:.3f}"),
-    ("acquisition", "acquired", "{:.3f}"),
-    ("update", "updated", "{:.3f}"),
-    ("stale", "stale", "{:.3f}"),
-    ("fuar", "FUAR", None),
-    ("acc", "ACC", "{:.3f}"),
-    ("bwt", "BWT", "{:+.3f}"),
-    ("forgetting", "forgetting", "{:.3f}"),
-    ("extraction_retention", "extr. ret.", "{:.3f}"),
-    ("extraction_acquisition", "extr. acq.", "{:.3f}"),
-    ("paraphrase_retention", "para. ret.", "{:.3f}"),
-    ("paraphrase_acquisition", "para. acq.", "{:.3f}"),
-    ("perplexity_after", "ppl", "{:.2f}"),
-    ("trainable_params", "trainable", "{:,.0f}"),
-    ("seconds", "seconds", "{:.1f}"),
-)
+from ckl.results import numbers
+from ckl.results.numbers import Number
 
 
-def cell(entry: dict[str, Any], key: str, fmt: str | None) -> str:
-    value = entry.get(key)
-    if key == "fuar":
-        text = format_fuar(value)  # None: no seed gained anything ("no gain")
-    elif value is None:
-        return "-"
-    else:
-        text = fmt.format(value)
-    std = entry.get(f"{key}_std")
-    if value is not None and std and len(entry.get("seeds", [])) > 1 and key not in ("trainable_params",):
-        text += f" ±{std:.3f}" if key != "seconds" else f" ±{std:.1f}"
+def columns() -> list[Number]:
+    """The key table's columns: the learning numbers marked `table` (ckl.results.numbers)."""
+    return numbers.columns("learning")
+
+
+def cell(entry: dict[str, Any], number: Number) -> str:
+    """A number's mean over seeds as its table shows it, with ± its std over several seeds."""
+    value = entry.get(number.key)
+    text = number.format(value)
+    if value is None and not callable(number.fmt):
+        return text
+    std = entry.get(f"{number.key}_std")
+    if value is not None and std and len(entry.get("seeds", [])) > 1 and number.key not in ("trainable_params",):
+        text += f" ±{std:.3f}" if number.key != "seconds" else f" ±{std:.1f}"
     return text
 
 
 def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
     table = Table(title=title or None, header_style="bold")
     table.add_column("method", no_wrap=True)  # a label is never squeezed; numbers wrap first
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    cols = columns()
+    for n in cols:
+        table.add_column(n.label, justify="right")
     for method, entry in summary.items():
         method = escape(method)  # a label is user text, not rich markup
         if not entry["seeds"]:
-            table.add_row(method, *["incomplete"] + [""] * (len(COLUMNS) - 1))
+            table.add_row(method, *["incomplete"] + [""] * (len(cols) - 1))
             continue
-        table.add_row(method, *(cell(entry, key, fmt) for key, _, fmt in COLUMNS))
+        table.add_row(method, *(cell(entry, n) for n in cols))
     return table
 
 
-def markdown_table(summary: dict[str, dict[str, Any]], columns=COLUMNS) -> str:
+def markdown_table(summary: dict[str, dict[str, Any]], cols: list[Number] | None = None) -> str:
     """The summary as a Markdown table (mean ± std over seeds), for docs and issues."""
-    lines = ["| method | seeds | " + " | ".join(h for _, h, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
+    cols = columns() if cols is None else cols
+    lines = ["| method | seeds | " + " | ".join(n.label for n in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, entry in summary.items():
         if not entry["seeds"]:
-            lines.append(f"| {method} | 0 | " + " | ".join("-" for _ in columns) + " |")
+            lines.append(f"| {method} | 0 | " + " | ".join("-" for _ in cols) + " |")
             continue
-        cells = (cell(entry, key, fmt) for key, _, fmt in columns)
+        cells = (cell(entry, n) for n in cols)
         lines.append(f"| {method} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -31,7 +31,9 @@ from typing import Any
 
 from ckl.core.errors import InputError
 from ckl.results.store import Store
-from ckl.results.summary import NUMERIC, summarize_seed
+from ckl.results import numbers
+from ckl.results.summary import summarize_seed
+from ckl.results.unlearning import has_forget, unlearning_seed
 
 RUN_TAG = "ckl.run_dir"
 _MAX_PARAM = 6000  # MLflow's limit on a parameter value
@@ -147,6 +149,7 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str | None 
         for chunk in _chunks([Param(k, v) for k, v in sorted(params.items())], 100):
             client.log_batch(parent, params=chunk)
         summaries = {}
+        forgets = has_forget(store)
         for method, seed in store.runs():
             child = client.create_run(
                 experiment_id, run_name=f"{method} seed {seed}",
@@ -158,9 +161,13 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str | None 
                 client.log_batch(child, params=chunk)
             metrics = _stage_metrics(store, method, seed, metric, now, Metric)
             summary = summarize_seed(store, method, seed, metric)
-            summaries[f"{method} seed {seed}"] = {k: summary.get(k) for k in ("complete", *NUMERIC)}
+            logged = {k: summary.get(k) for k in numbers.keys("learning")}
+            if forgets and summary["complete"] and "forget" not in summary["not_applied"]:  # a method that unlearned
+                forgot = unlearning_seed(store, method, seed, metric)
+                logged |= {f"unlearning.{k}": forgot.get(k) for k in numbers.keys("unlearning")}
+            summaries[f"{method} seed {seed}"] = {"complete": summary["complete"], **logged}
             last = max((m.step for m in metrics), default=0)
-            metrics += [Metric(k, float(summary[k]), now, last) for k in NUMERIC if summary.get(k) is not None]
+            metrics += [Metric(k, float(v), now, last) for k, v in logged.items() if v is not None]
             for chunk in _chunks(metrics):
                 client.log_batch(child, metrics=chunk)
             client.set_tag(child, "ckl.complete", str(summary["complete"]).lower())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckl.evaluate.editing import edit_metrics, has_edits, retention, sequential_curve
+from ckl.results import numbers
 from ckl.results.store import Store
 
 
@@ -29,6 +30,7 @@ def editing_summary(store: Store, method: str, seed: int) -> dict[str, Any] | No
     final["seconds_per_edit"] = seconds / final["edits"] if final["edits"] else None
     truths = [o for o in before if o["kind"] == "statement" and (o["cohort"].startswith(("stale", "local")) or o["cohort"] == "invariant")]
     final["base_acc"] = sum(o["em"] for o in truths) / len(truths) if truths else None
+    final.update(numbers.computed("editing", numbers.SeedView(store, method, seed, store.get_meta("metric", "em"), ("statement",), T)))
     return {"final": final, "curve": sequential_curve(at, T)}
 
 
@@ -36,20 +38,14 @@ def _f(value, fmt: str = "{:.3f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-FINAL_COLUMNS = (
-    ("efficacy", "efficacy"), ("generalization", "generalization"), ("locality", "locality"),
-    ("locality_acc", "locality acc."), ("es", "ES"), ("ps", "PS"), ("ns", "NS"), ("score", "score"),
-    ("retention", "retention"),
-)
-
-
 def final_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     """One row per method: the final metrics and seconds per edit."""
-    head = "| method | edits | " + " | ".join(t for _, t in FINAL_COLUMNS) + " | s / edit |"
-    lines = [head, "|" + "---|" * (len(FINAL_COLUMNS) + 3)]
+    cols = numbers.columns("editing")
+    head = "| method | edits | " + " | ".join(n.label for n in cols) + " | s / edit |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
     for method, s in summaries.items():
         f = s["final"]
-        cells = " | ".join(_f(f[k]) for k, _ in FINAL_COLUMNS)
+        cells = " | ".join(n.format(f.get(n.key)) for n in cols)
         lines.append(f"| {method} | {f['edits']} | {cells} | {_f(f['seconds_per_edit'], '{:.4f}')} |")
     return "\n".join(lines)
 

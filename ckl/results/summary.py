@@ -19,10 +19,10 @@ over statement probes unless `kinds` says otherwise):
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from ckl.evaluate import metrics as M
+from ckl.results import numbers
 from ckl.results.store import Store
 
 
@@ -88,16 +88,8 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     for i in infos:
         for kind, n in (i["notes"] or {}).get("not_applied", {}).items():
             out["not_applied"][kind] = out["not_applied"].get(kind, 0) + n
+    out.update(numbers.computed("learning", numbers.SeedView(store, method, seed, metric, tuple(kinds), T)))
     return out
-
-
-NUMERIC = (
-    "retention", "acquisition", "update", "stale", "fuar", "acc", "bwt", "fwt", "forgetting", "plasticity",
-    "invariant_before", "invariant_after", "paraphrase_acquisition", "paraphrase_invariant", "question_acquisition",
-    "extraction_acquisition", "extraction_invariant", "extraction_retention", "paraphrase_retention",
-    "forget_kept", "perplexity_before", "perplexity_after", "perplexity_delta", "perplexity_ratio",
-    "trainable_params", "seconds", "tokens_seen",
-)
 
 
 def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> dict[str, dict[str, Any]]:
@@ -114,10 +106,8 @@ def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> 
     for method, seeds in per_method.items():
         done = [s for s in seeds if s["complete"]]
         entry: dict[str, Any] = {"seeds": [s["seed"] for s in done], "incomplete_seeds": [s["seed"] for s in seeds if not s["complete"]]}
-        for key in NUMERIC:
-            values = [s[key] for s in done if s.get(key) is not None]
-            entry[key] = statistics.fmean(values) if values else None
-            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+        for key in numbers.keys("learning"):
+            entry[key], entry[f"{key}_std"] = numbers.mean_std(s.get(key) for s in done)
         entry["fuar_no_gain_seeds"] = sum(1 for s in done if s.get("fuar") is None)
         entry["not_applied"] = done[0]["not_applied"] if done else {}
         entry["per_seed"] = seeds

@@ -22,19 +22,11 @@ the run's metric (exact match unless configured) over statement probes:
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from ckl.evaluate import unlearning as U
+from ckl.results import numbers
 from ckl.results.store import Store
-
-KEYS = (
-    "forget_before", "forget_after", "floor", "efficacy", "kept_before", "kept_after", "retention",
-    "boundary_before", "boundary_after", "boundary_retention", "attack_original", "attack_before",
-    "attack_after", "recovered", "attack_unseen_before", "attack_unseen_after",
-    "ma_before", "ma_after", "el_before", "el_after", "answer_ppl_before", "answer_ppl_after",
-    "distinct_before", "distinct_after", "kept_ma_after", "seconds",
-)
 
 
 def _mean_of(outcomes: list[dict], key: str) -> float | None:
@@ -94,6 +86,7 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
             out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, k)
         out["kept_ma_after"] = _pooled_notes(notesT, ["invariant"], "ma")
     out["seconds"] = sum(i["seconds"] for r, i in infos.items() if r > 0)
+    out.update(numbers.computed("unlearning", numbers.SeedView(store, method, seed, metric, tuple(kinds), T)))
     return out
 
 
@@ -110,9 +103,8 @@ def summarize_unlearning(store: Store, metric: str | None = None, kinds=("statem
     for method, seeds in per_method.items():
         done = [s for s in seeds if s["complete"]]
         entry: dict[str, Any] = {"seeds": len(done)}
-        for k in KEYS:
-            values = [s[k] for s in done if s.get(k) is not None]
-            entry[k] = statistics.fmean(values) if values else None
+        for k in numbers.keys("unlearning"):
+            entry[k] = numbers.mean_std(s.get(k) for s in done)[0]
         out[method] = entry
     return out
 
@@ -122,33 +114,15 @@ def has_forget(store: Store) -> bool:
     return any(p.change == "forget" for p in store.probes())
 
 
-COLUMNS = (
-    ("forget_before", "forget before", "{:.3f}"),
-    ("forget_after", "forget after", "{:.3f}"),
-    ("floor", "floor", "{:.3f}"),
-    ("efficacy", "efficacy", "{:.2f}"),
-    ("retention", "retention", "{:.3f}"),
-    ("boundary_retention", "boundary", "{:.3f}"),
-    ("attack_after", "after attack", "{:.3f}"),
-    ("recovered", "recovered", "{:.2f}"),
-    ("ma_after", "MA", "{:.3f}"),
-    ("kept_ma_after", "kept MA", "{:.3f}"),
-    ("el_after", "EL", "{:.3f}"),
-    ("answer_ppl_after", "answer ppl", "{:.1f}"),
-    ("distinct_after", "distinct", "{:.2f}"),
-    ("seconds", "seconds", "{:.1f}"),
-)
-
-
-def _cell(entry: dict, key: str, fmt: str) -> str:
-    value = entry.get(key)
-    return "-" if value is None else fmt.format(value)
+def _row(entry: dict) -> list[str]:
+    return [n.format(entry.get(n.key)) for n in numbers.columns("unlearning")]
 
 
 def unlearning_markdown(summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    cols = numbers.columns("unlearning")
+    lines = ["| method | " + " | ".join(n.label for n in cols) + " |", "|---|" + "---|" * len(cols)]
     for method, entry in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(entry, k, f) for k, _, f in COLUMNS) + " |")
+        lines.append(f"| {method} | " + " | ".join(_row(entry)) + " |")
     return "\n".join(lines)
 
 
@@ -157,8 +131,8 @@ def unlearning_table(summary: dict[str, dict[str, Any]], title: str = ""):
 
     table = Table(title=title or None, header_style="bold")
     table.add_column("method")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    for n in numbers.columns("unlearning"):
+        table.add_column(n.label, justify="right")
     for method, entry in summary.items():
-        table.add_row(method, *(_cell(entry, k, f) for k, _, f in COLUMNS))
+        table.add_row(method, *_row(entry))
     return table

@@ -33,8 +33,9 @@ FORGETFUL = {0: (1, 1, 1, 0, 0, 1, 1, 0), 1: (1, 0, 1, 1, 1, 0, 1, 0), 2: (0, 0,
 KEEPER = {0: (1, 1, 1, 0, 0, 1, 1, 0), 1: (1, 1, 1, 1, 0, 1, 1, 0), 2: (1, 1, 1, 1, 0, 1, 1, 0)}
 
 
-def make_run(directory: Path, methods: dict[str, dict[int, tuple]] | None = None, seeds=(0,)) -> Path:
-    """Write a run directory whose store holds `methods` (name -> em per row)."""
+def make_run(directory: Path, methods: dict[str, dict[int, tuple]] | None = None, seeds=(0,), unlearners=()) -> Path:
+    """Write a run directory whose store holds `methods` (name -> em per row); the
+    methods in `unlearners` applied the deletion request, the others left it unapplied."""
     methods = methods or {"naive": FORGETFUL, HOSTILE_METHOD: KEEPER}
     directory.mkdir(parents=True, exist_ok=True)
     with Store(directory / "results.sqlite") as s:
@@ -50,6 +51,6 @@ def make_run(directory: Path, methods: dict[str, dict[int, tuple]] | None = None
                     ]
                     info = StageInfo(seconds=1.5 * row, trainable_params=1000 if name == "naive" else 100,
                                      total_params=1000, tokens_seen=500 * row, perplexity=20.0 + row,
-                                     notes={"not_applied": {"forget": 1}} if row else {})
+                                     notes={"not_applied": {"forget": 1}} if row and name not in unlearners else {})
                     s.record_row(name, seed, row, outcomes, info)
     return directory

@@ -20,15 +20,14 @@ import re
 from dataclasses import dataclass
 
 from ckl.core.errors import InputError
+from ckl.results import numbers
 
-NAMES = {
-    "retention": "keep-set accuracy after / before",
-    "keep": "keep-set accuracy after the update",
-    "acquisition": "accuracy on the learned facts",
-    "update": "accuracy on the new object of updated facts",
-    "stale": "accuracy on the old object of updated facts",
-    "forget": "accuracy on the facts to forget",
-}
+
+def names() -> dict[str, str]:
+    """Gate name -> what it measures: the gate-able numbers of ckl.results.numbers."""
+    return {n.key: n.help for n in numbers.numbers("update") if n.gate}
+
+
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _GATE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
@@ -56,8 +55,9 @@ def parse_gate(text: str) -> Gate:
     if m is None:
         raise InputError(f"--gate '{text}'", None, None, "expected NAME>=VALUE (operators >=, <=, >, <), e.g. retention>=0.98")
     name, op, value = m.group(1), m.group(2), float(m.group(3))
-    if name not in NAMES:
-        raise InputError(f"--gate '{text}'", None, None, f"unknown measure {name!r} (known: {', '.join(NAMES)})")
+    known = names()
+    if name not in known:
+        raise InputError(f"--gate '{text}'", None, None, f"unknown measure {name!r} (known: {', '.join(known)})")
     if not math.isfinite(value):
         raise InputError(f"--gate '{text}'", None, None, "the threshold must be a finite number")
     return Gate(text.strip(), name, op, value)

@@ -6,7 +6,7 @@ from typing import Any
 
 from ckl.report.html import esc, page, table
 from ckl.report.plots import before_after
-from ckl.app.update.gates import NAMES
+from ckl.app.update.gates import names
 
 
 def _num(value: float | None) -> str:
@@ -53,7 +53,7 @@ def update_page(report: dict[str, Any]) -> str:
     if report["gates"]:
         parts += ["<h2>Gates</h2>", table(
             ["gate", "measures", "value", "result"],
-            [[g["gate"], NAMES[g["name"]], _num(g["value"]), "passed" if g["passed"] else "FAILED"] for g in report["gates"]],
+            [[g["gate"], names()[g["name"]], _num(g["value"]), "passed" if g["passed"] else "FAILED"] for g in report["gates"]],
             text_columns=2)]
     if report["measures"]:
         m = report["measures"]
