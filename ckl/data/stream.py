@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckl.core.errors import InputError
+from ckl.data import cohorts
 from ckl.data.facts import (
     MAX_STAGE,
     PROBE_KINDS,
@@ -206,20 +207,20 @@ class Stream:
         local = self.neighbourhoods()
         neighbour_ids = {f.id for group in local.values() for f in group}
         kept = [f for f in self.invariant() if f.id not in neighbour_ids]
-        out += probes_for(kept, self.relations, "invariant", 0, "base", kinds, max_candidates)
+        out += probes_for(kept, self.relations, cohorts.INVARIANT, 0, "base", kinds, max_candidates)
         for ch in self.stages:
             j = ch.stage
-            out += probes_for(ch.learn, self.relations, f"stage{j}", j, "learn", kinds, max_candidates)
-            out += probes_for(local.get(j, []), self.relations, f"local{j}", j, "base", kinds, max_candidates)
+            out += probes_for(ch.learn, self.relations, cohorts.name(cohorts.STAGE, j), j, "learn", kinds, max_candidates)
+            out += probes_for(local.get(j, []), self.relations, cohorts.name(cohorts.LOCAL, j), j, "base", kinds, max_candidates)
             for kind in ("update", "edit"):
                 recs = getattr(ch, kind)
                 olds = {r.fact.id: r.old_object for r in recs}
-                out += probes_for([r.fact for r in recs], self.relations, f"stage{j}", j, kind, kinds, max_candidates, olds)
+                out += probes_for([r.fact for r in recs], self.relations, cohorts.name(cohorts.STAGE, j), j, kind, kinds, max_candidates, olds)
                 stale = [Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object) for r in recs]
                 news = {r.fact.id: r.fact.object for r in recs}
-                out += probes_for(stale, self.relations, f"stale{j}", j, kind, kinds, max_candidates, news)
-            out += probes_for(ch.forget, self.relations, f"forget{j}", j, "forget", kinds, max_candidates)
-        out += probes_for(self.unseen, self.relations, "unseen", 0, "unseen", kinds, max_candidates)
+                out += probes_for(stale, self.relations, cohorts.name(cohorts.STALE, j), j, kind, kinds, max_candidates, news)
+            out += probes_for(ch.forget, self.relations, cohorts.name(cohorts.FORGET, j), j, "forget", kinds, max_candidates)
+        out += probes_for(self.unseen, self.relations, cohorts.UNSEEN, 0, "unseen", kinds, max_candidates)
         return out
 
 

@@ -26,15 +26,13 @@ Definitions
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import fmean
 from typing import Any
 
-Outcome = Mapping[str, Any]
+from ckl.data import cohorts
 
-_STAGE = re.compile(r"stage(\d+)")
-_LOCAL = re.compile(r"local(\d+)")
+Outcome = Mapping[str, Any]
 
 
 def mean_of(outcomes: Iterable[Outcome], key: str) -> float | None:
@@ -63,20 +61,10 @@ def select(outcomes: Iterable[Outcome], cohorts: Callable[[str], bool], kind: st
     return [o for o in outcomes if o["kind"] == kind and cohorts(o["cohort"])]
 
 
-def stages_upto(pattern: re.Pattern, first: int, last: int) -> Callable[[str], bool]:
-    """A cohort filter: `pattern`'s stage number is in first..last."""
-
-    def test(cohort: str) -> bool:
-        m = pattern.fullmatch(cohort)
-        return bool(m) and first <= int(m.group(1)) <= last
-
-    return test
-
-
 def edit_metrics(after: Sequence[Outcome], before: Sequence[Outcome], first: int, last: int) -> dict[str, float | None]:
     """Every editing metric for the edits of stages first..last, from the outcomes of one
     row (`after`) and of row 0 (`before`)."""
-    edited, local = stages_upto(_STAGE, first, last), stages_upto(_LOCAL, first, last)
+    edited, local = cohorts.in_stages(cohorts.STAGE, first, last), cohorts.in_stages(cohorts.LOCAL, first, last)
     prompts, paraphrases = select(after, edited, "statement"), select(after, edited, "paraphrase")
     neighbours = select(after, local, "statement")
     out = {
@@ -96,8 +84,8 @@ def edit_metrics(after: Sequence[Outcome], before: Sequence[Outcome], first: int
 def retention(after: Sequence[Outcome], before: Sequence[Outcome], key: str = "em") -> float | None:
     """Accuracy on untouched (invariant) statement probes after / before; None if the
     base accuracy is 0 or there are no such probes."""
-    a = mean_of(select(after, lambda c: c == "invariant", "statement"), key)
-    b = mean_of(select(before, lambda c: c == "invariant", "statement"), key)
+    a = mean_of(select(after, lambda c: c == cohorts.INVARIANT, "statement"), key)
+    b = mean_of(select(before, lambda c: c == cohorts.INVARIANT, "statement"), key)
     return None if a is None or not b else a / b
 
 
@@ -118,11 +106,11 @@ def sequential_curve(outcomes_at: Callable[[int], Sequence[Outcome]], T: int) ->
             "earlier": earlier,
             "all": so_far,
             "retention": retention(after, before),
-            "untouched_acc": mean_of(select(after, lambda c: c == "invariant", "statement"), "em"),
+            "untouched_acc": mean_of(select(after, lambda c: c == cohorts.INVARIANT, "statement"), "em"),
         })
     return curve
 
 
-def has_edits(cohorts: Iterable[str]) -> bool:
+def has_edits(names: Iterable[str]) -> bool:
     """Whether a run's probes include neighbourhood cohorts (an editing stream)."""
-    return any(_LOCAL.fullmatch(c) for c in cohorts)
+    return any(cohorts.stage_of(c, cohorts.LOCAL) is not None for c in names)

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+
+from ckl.data import cohorts
 
 Matrix = Sequence[Sequence[float | None]]
 """Results matrix R, (T+1) x (T+1); ``None`` marks an entry that was not measured."""
 
-INVARIANT_COHORT = "invariant"
-_STAGE_COHORT = re.compile(r"stage(\d+)")
 
 
 # --------------------------------------------------------------------------------------
@@ -351,10 +350,10 @@ def cohort_matrix(
         if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= T:
             raise ValueError(f"row index must be an integer in 0..{T} (T={T}), got {row!r}")
         for cohort, value in by_cohort.items():
-            if cohort == INVARIANT_COHORT:
+            if cohort == cohorts.INVARIANT:
                 col = 0
-            elif (m := _STAGE_COHORT.fullmatch(cohort)) is not None:
-                col = int(m.group(1))
+            elif (stage := cohorts.stage_of(cohort, cohorts.STAGE)) is not None:
+                col = stage
                 if not 1 <= col <= T:
                     raise ValueError(
                         f"cohort {cohort!r} in row {row} does not exist with T={T} stages "

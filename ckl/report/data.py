@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckl.data import cohorts
 from ckl.core.errors import InputError
 from ckl.results.editing import editing_summary, is_editing_run
-from ckl.results.store import FILENAME, Store
+from ckl.results.store import FILENAME, Store, metric_column
 from ckl.results.summary import summarize
 from ckl.results.unlearning import has_forget, summarize_unlearning
 
@@ -128,10 +129,10 @@ def _curves(store: Store, method: str, seeds: list[int], metric: str, T: int) ->
 
 
 def _cohort_order(cohort: str) -> tuple[int, int, str]:
-    for rank, prefix in enumerate(("invariant", "stage", "stale", "forget")):
-        if cohort.startswith(prefix):
-            digits = cohort[len(prefix):]
-            return (int(digits) if digits.isdigit() else 0, rank, cohort)
+    kind, stage = cohorts.parse(cohort)
+    order = (cohorts.INVARIANT, cohorts.STAGE, cohorts.STALE, cohorts.FORGET)
+    if kind in order:
+        return (stage or 0, order.index(kind), cohort)
     return (10**6, 9, cohort)
 
 
@@ -149,15 +150,15 @@ def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[l
     stage j taught) and wrong after the last stage. Not learned: a stage's new or changed
     fact still wrong right after that stage.
     """
-    key = "em" if metric == "em" else "rank_ok"
-    forgotten = [_probe_row(o, "known before any stage") for o in store.forgotten(method, seed, "invariant", 0, T, metric, KINDS)]
+    key = metric_column(metric)
+    forgotten = [_probe_row(o, "known before any stage") for o in store.forgotten(method, seed, cohorts.INVARIANT, 0, T, metric, KINDS)]
     not_learned = []
     for j in range(1, T + 1):
         if j < T:
-            forgotten += [_probe_row(o, f"known after stage {j}") for o in store.forgotten(method, seed, f"stage{j}", j, T, metric, KINDS)]
+            forgotten += [_probe_row(o, f"known after stage {j}") for o in store.forgotten(method, seed, cohorts.name(cohorts.STAGE, j), j, T, metric, KINDS)]
         not_learned += [
             _probe_row(o, f"after stage {j}")
-            for o in store.outcomes(method, seed, j, cohort=f"stage{j}")
+            for o in store.outcomes(method, seed, j, cohort=cohorts.name(cohorts.STAGE, j))
             if o["kind"] in KINDS and not o[key]
         ]
     return forgotten, not_learned

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import matplotlib
 from matplotlib.figure import Figure
 
+from ckl.data import cohorts
+
 _RC = {
     "svg.fonttype": "none",
     "svg.hashsalt": "ckl",
@@ -81,7 +83,7 @@ def heatmaps(matrices: Sequence[tuple[str, list[list[float | None]]]], prefix: s
                     v = data[i, j]
                     text = "–" if np.isnan(v) else f"{v:.2f}"
                     ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if not np.isnan(v) and v > 0.6 else "white")
-            ax.set_xticks(range(T + 1), ["invariant"] + [f"stage{j}" for j in range(1, T + 1)], rotation=30, ha="right")
+            ax.set_xticks(range(T + 1), [cohorts.INVARIANT] + cohorts.names(cohorts.STAGE, T), rotation=30, ha="right")
             ax.set_yticks(range(T + 1), row_names(T))
             ax.set_title(label_text(label))
             ax.spines[:].set_visible(False)
@@ -115,9 +117,10 @@ def editing_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "edi
 
 
 def _cohort_style(cohort: str, palette: Sequence) -> dict:
-    for prefix, dash in (("stage", "-"), ("stale", "--"), ("forget", ":")):
-        if cohort.startswith(prefix) and cohort[len(prefix):].isdigit():
-            return {"color": palette[int(cohort[len(prefix):]) % len(palette)], "linestyle": dash}
+    kind, stage = cohorts.parse(cohort)
+    dash = {cohorts.STAGE: "-", cohorts.STALE: "--", cohorts.FORGET: ":"}.get(kind)
+    if dash is not None and stage is not None:
+        return {"color": palette[stage % len(palette)], "linestyle": dash}
     return {"color": "black", "linestyle": "-", "linewidth": 2.2}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from ckl.data import cohorts
 from ckl.results import numbers
 from ckl.results.numbers import Number
 
@@ -60,9 +61,8 @@ def matrix_table(method: str, R: list[list[float | None]]) -> Table:
     T = len(R) - 1
     table = Table(title=f"{escape(method)}: accuracy by cohort (rows: after stage i)", header_style="bold")
     table.add_column("row")
-    table.add_column("invariant", justify="right")
-    for j in range(1, T + 1):
-        table.add_column(f"stage{j}", justify="right")
+    for cohort in [cohorts.INVARIANT] + cohorts.names(cohorts.STAGE, T):
+        table.add_column(cohort, justify="right")
     for i, row in enumerate(R):
         table.add_row("before" if i == 0 else f"after {i}", *("-" if v is None else f"{v:.3f}" for v in row))
     return table

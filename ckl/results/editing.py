@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckl.data import cohorts
 from ckl.evaluate.editing import edit_metrics, has_edits, retention, sequential_curve
 from ckl.results import numbers
 from ckl.results.store import Store
@@ -28,7 +29,7 @@ def editing_summary(store: Store, method: str, seed: int) -> dict[str, Any] | No
     seconds = sum(i["seconds"] for i in store.stage_infos(method, seed))
     final["seconds"] = seconds
     final["seconds_per_edit"] = seconds / final["edits"] if final["edits"] else None
-    truths = [o for o in before if o["kind"] == "statement" and (o["cohort"].startswith(("stale", "local")) or o["cohort"] == "invariant")]
+    truths = [o for o in before if o["kind"] == "statement" and cohorts.parse(o["cohort"])[0] in (cohorts.STALE, cohorts.LOCAL, cohorts.INVARIANT)]
     final["base_acc"] = sum(o["em"] for o in truths) / len(truths) if truths else None
     final.update(numbers.computed("editing", numbers.SeedView(store, method, seed, store.get_meta("metric", "em"), ("statement",), T)))
     return {"final": final, "curve": sequential_curve(at, T)}

@@ -121,7 +121,8 @@ def _is_locked(err: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-def _metric_column(metric: str) -> str:
+def metric_column(metric: str) -> str:
+    """The outcomes column holding a metric ("em" -> em, "rank" -> rank_ok)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     return METRICS[metric]
@@ -448,7 +449,7 @@ class Store:
         Only rows with status ok count. `metric` is "em" (greedy exact match) or "rank"
         (the answer ranked first among the candidates).
         """
-        column = _metric_column(metric)
+        column = metric_column(metric)
         kinds = _kinds(kinds)
         rows = self._read(
             f'SELECT o."row" AS r, p.cohort AS cohort, AVG(o.{column}) AS mean '
@@ -470,7 +471,7 @@ class Store:
 
         FUAR needs this: learned and updated facts of one stage share a cohort.
         """
-        column = _metric_column(metric)
+        column = metric_column(metric)
         kinds = _kinds(kinds)
         rows = self._read(
             f'SELECT o."row" AS r, p.cohort AS cohort, p.change AS change, AVG(o.{column}) AS mean '
@@ -513,7 +514,7 @@ class Store:
         Each dict has the probe's fields and the outcome at `row_to` (as in `outcomes`).
         `kinds` restricts the probe kinds; None means all.
         """
-        column = _metric_column(metric)
+        column = metric_column(metric)
         sql = (
             "SELECT b.probe_id, b.em, b.rank_ok, b.logprob, b.predicted, p.prompt, p.answer, "
             "p.cohort, p.kind, p.fact_id, p.stage, p.change "

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckl.data import cohorts
 from ckl.evaluate import metrics as M
 from ckl.results import numbers
-from ckl.results.store import Store
+from ckl.results.store import Store, metric_column
 
 
-def _pooled(store: Store, method: str, seed: int, row: int, cohorts: set[str], changes: set[str], metric: str, kinds) -> float | None:
+def _pooled(store: Store, method: str, seed: int, row: int, groups: set[str], changes: set[str], metric: str, kinds) -> float | None:
     """Accuracy at `row` pooled over probes of the given cohorts and change kinds."""
-    rows = [o for c in cohorts for o in store.outcomes(method, seed, row, cohort=c) if o["change"] in changes and o["kind"] in kinds]
+    rows = [o for c in groups for o in store.outcomes(method, seed, row, cohort=c) if o["change"] in changes and o["kind"] in kinds]
     if not rows:
         return None
-    key = "em" if metric == "em" else "rank_ok"
+    key = metric_column(metric)
     return sum(o[key] for o in rows) / len(rows)
 
 
@@ -46,19 +47,17 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     R = M.cohort_matrix(acc, T)
     out["matrix"] = R
     out.update(M.summary_metrics(R))
-    stages = set(f"stage{j}" for j in range(1, T + 1))
-    stales = set(f"stale{j}" for j in range(1, T + 1))
-    forgets = set(f"forget{j}" for j in range(1, T + 1))
+    stages, stales, forgets = (set(cohorts.names(prefix, T)) for prefix in (cohorts.STAGE, cohorts.STALE, cohorts.FORGET))
     out["invariant_before"], out["invariant_after"] = R[0][0], R[T][0]
     out["acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, kinds)
     out["update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, kinds)
     out["stale"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, kinds)
     out["forget_kept"] = _pooled(store, method, seed, T, forgets, {"forget"}, metric, kinds)
     out["paraphrase_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("paraphrase",))
-    out["paraphrase_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("paraphrase",))
+    out["paraphrase_invariant"] = _pooled(store, method, seed, T, {cohorts.INVARIANT}, {"base"}, metric, ("paraphrase",))
     out["question_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("question",))
     out["extraction_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("extraction",))
-    out["extraction_invariant"] = _pooled(store, method, seed, T, {"invariant"}, {"base"}, metric, ("extraction",))
+    out["extraction_invariant"] = _pooled(store, method, seed, T, {cohorts.INVARIANT}, {"base"}, metric, ("extraction",))
     for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
         by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
         out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None
@@ -66,7 +65,7 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     gains = []
     for j in range(1, T + 1):
         def at(row: int, change: str) -> float | None:
-            return by_change.get(row, {}).get((f"stage{j}", change))
+            return by_change.get(row, {}).get((cohorts.name(cohorts.STAGE, j), change))
 
         ul = (at(j - 1, "update"), at(j, "update"))
         nl = (at(j - 1, "learn"), at(j, "learn"))

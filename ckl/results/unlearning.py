@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckl.data import cohorts
 from ckl.evaluate import unlearning as U
 from ckl.results import numbers
-from ckl.results.store import Store
+from ckl.results.store import Store, metric_column
 
 
 def _mean_of(outcomes: list[dict], key: str) -> float | None:
@@ -43,7 +44,7 @@ def _pooled_notes(notes: dict, cohorts: list[str], key: str) -> float | None:
 def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", kinds=("statement",)) -> dict[str, Any]:
     """The unlearning numbers of one (method, seed); None where not measurable."""
     T = int(store.get_meta("T"))
-    key = "em" if metric == "em" else "rank_ok"
+    key = metric_column(metric)
     infos = {i["row"]: i for i in store.stage_infos(method, seed)}
     if set(range(T + 1)) - {r for r, i in infos.items() if i["status"] == "ok"}:
         return {"complete": False}
@@ -56,14 +57,14 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
     out: dict[str, Any] = {"complete": True}
     out["forget_before"] = _mean_of([o for o in first if forget(o)], key)
     out["forget_after"] = _mean_of([o for o in last if forget(o)], key)
-    unseen = [o for o in first if o["cohort"] == "unseen"]
+    unseen = [o for o in first if o["cohort"] == cohorts.UNSEEN]
     if unseen:
         out["floor"] = _mean_of(unseen, key)
     else:  # the world's new facts just before their stage teaches them
-        pre = [o for j in range(1, T + 1) for o in rows(j - 1) if o["cohort"] == f"stage{j}" and o["change"] == "learn"]
+        pre = [o for j in range(1, T + 1) for o in rows(j - 1) if o["cohort"] == cohorts.name(cohorts.STAGE, j) and o["change"] == "learn"]
         out["floor"] = _mean_of(pre, key)
     out["efficacy"] = U.forget_efficacy(out["forget_before"], out["forget_after"], out["floor"])
-    inv = lambda o: o["cohort"] == "invariant"
+    inv = lambda o: o["cohort"] == cohorts.INVARIANT
     out["kept_before"], out["kept_after"] = _mean_of([o for o in first if inv(o)], key), _mean_of([o for o in last if inv(o)], key)
     out["retention"] = U.ratio(out["kept_before"], out["kept_after"])
     boundary = set(store.get_meta("boundary", []) or [])
@@ -80,11 +81,11 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
         out["attack"] = attack["config"]
     notes0, notesT = (infos[0]["notes"] or {}).get("unlearning"), (infos[T]["notes"] or {}).get("unlearning")
     if notes0 and notesT:
-        forget_cohorts = [f"forget{j}" for j in range(1, T + 1)]
+        forget_cohorts = cohorts.names(cohorts.FORGET, T)
         for name, k in (("ma", "ma"), ("el", "el"), ("answer_ppl", "answer_ppl"), ("distinct", "distinct")):
             out[f"{name}_before"] = _pooled_notes(notes0, forget_cohorts, k)
             out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, k)
-        out["kept_ma_after"] = _pooled_notes(notesT, ["invariant"], "ma")
+        out["kept_ma_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "ma")
     out["seconds"] = sum(i["seconds"] for r, i in infos.items() if r > 0)
     out.update(numbers.computed("unlearning", numbers.SeedView(store, method, seed, metric, tuple(kinds), T)))
     return out

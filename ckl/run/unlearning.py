@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from ckl.data import cohorts
 from ckl.model import lm
 from ckl.core.distributed import on_main
 from ckl.run.attack import AttackConfig, relearning_attack
@@ -47,11 +48,11 @@ def row_notes(model, tokenizer, probes: list[Probe], options: dict, judge_dir: s
     judge = None
     if judge_dir is not None and (Path(judge_dir) / "config.json").exists():
         judge = _judge(str(judge_dir)).to(next(model.parameters()).device)
-    cohorts: dict[str, list[Probe]] = {}
+    groups: dict[str, list[Probe]] = {}
     for p in probes:
-        if p.kind == "statement" and (p.change == "forget" or p.cohort in ("invariant", "unseen")):
-            cohorts.setdefault(p.cohort, []).append(p)
-    return {name: cohort_scores(model, tokenizer, group, config, judge) for name, group in cohorts.items()}
+        if p.kind == "statement" and (p.change == "forget" or p.cohort in (cohorts.INVARIANT, cohorts.UNSEEN)):
+            groups.setdefault(p.cohort, []).append(p)
+    return {name: cohort_scores(model, tokenizer, group, config, judge) for name, group in groups.items()}
 
 
 def attack_final(config, spec, seed: int, stream: Stream, probes: list[Probe], store: Store | None, ckpt: Path, accelerator, say) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ckl.data import cohorts
 from ckl.model import lm
 from ckl.core.checks import check_number
 from ckl.data.copy_mix import copy_documents, demonstration
@@ -127,7 +128,7 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
     if config.target_facts == "base":
         probes = make_probes(stream.base, stream.relations, "base", 0, "base", PROBE_KINDS, 10, qa_subjects=stream.qa_subjects)
     else:
-        probes = [p for p in stream.probes() if p.cohort == "invariant"]
+        probes = [p for p in stream.probes() if p.cohort == cohorts.INVARIANT]
     kinds = np.array([p.kind for p in probes])
     general = list(stream.general_train) + list(stream.background)
     history: list[tuple[int, float]] = []
