@@ -31,6 +31,7 @@ from statistics import fmean
 from typing import Any
 
 from ckl.data import cohorts
+from ckl.evaluate.metrics import kept_ratio
 
 Outcome = Mapping[str, Any]
 
@@ -86,7 +87,7 @@ def retention(after: Sequence[Outcome], before: Sequence[Outcome], key: str = "e
     base accuracy is 0 or there are no such probes."""
     a = mean_of(select(after, lambda c: c == cohorts.INVARIANT, "statement"), key)
     b = mean_of(select(before, lambda c: c == cohorts.INVARIANT, "statement"), key)
-    return None if a is None or not b else a / b
+    return kept_ratio(b, a)
 
 
 def sequential_curve(outcomes_at: Callable[[int], Sequence[Outcome]], T: int) -> list[dict[str, Any]]:

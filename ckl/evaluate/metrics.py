@@ -250,6 +250,16 @@ def plasticity(R: Matrix) -> float | None:
     return math.fsum(values) / T
 
 
+def kept_ratio(before: float | None, after: float | None) -> float | None:
+    """after / before: the share of an accuracy still there (every retention ckl reports:
+    of the matrix, of an editing run's untouched facts, of an unlearning run's kept and
+    boundary facts, of `ckl update`'s keep-set). None when either is unmeasured or
+    `before` is 0 (nothing to retain); above 1 when accuracy rose."""
+    if before is None or after is None or before == 0:
+        return None
+    return after / before
+
+
 def retention(R: Matrix) -> float | None:
     """Share of the invariant base knowledge still known after the last stage.
 
@@ -274,9 +284,7 @@ def retention(R: Matrix) -> float | None:
     if values is None:
         return None
     after, before = values
-    if before == 0.0:
-        return None
-    return after / before
+    return kept_ratio(before, after)
 
 
 def summary_metrics(R: Matrix) -> dict[str, float | None]:

@@ -21,7 +21,7 @@ Accuracies are greedy exact match on statement probes unless a run says otherwis
 - Fluency of answers to forgotten prompts: distinct-n of the generated answer (Li et al.
   2016, "A Diversity-Promoting Objective Function for Neural Conversation Models"; low =
   repetitive, degenerate output) and the answer's perplexity under the base model
-  (`perplexity_from_nll`; high = no longer language the base model would write).
+  (`ckl.model.scoring.perplexity_from_nll`; high = no longer language the base model would write).
 - Recovery under a relearning attack (RESTOR, Rezaei et al. 2024; "Memory
   Self-Regeneration"): how much forgotten accuracy comes back.
 """
@@ -39,13 +39,6 @@ def forget_efficacy(before: float | None, after: float | None, floor: float | No
     if before is None or after is None or floor is None or before <= floor:
         return None
     return (before - after) / (before - floor)
-
-
-def ratio(before: float | None, after: float | None) -> float | None:
-    """after / before (retention); None when before is missing or 0."""
-    if before is None or after is None or before == 0:
-        return None
-    return after / before
 
 
 def recovered_fraction(original: float | None, unlearned: float | None, attacked: float | None) -> float | None:
@@ -118,11 +111,6 @@ def distinct_n(tokens: Sequence[int], n: int) -> float | None:
     return len(ngrams(tokens, n)) / total
 
 
-def perplexity_from_nll(nll_sum: float, tokens: int) -> float | None:
-    """exp(total negative log-likelihood / tokens); None without tokens."""
-    if tokens <= 0:
-        return None
-    return math.exp(nll_sum / tokens)
 
 
 def mean(values: Sequence[float | None]) -> float | None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckl.core.errors import DivergenceError
 from ckl.data.facts import Fact, Probe, Relation
 from ckl.model.lm import count_parameters
 from ckl.data.stream import Change, render_documents
@@ -145,6 +146,26 @@ class Part(LossTerm):
 
     def load_state_dict(self, state: dict) -> None:
         return None
+
+
+def apply_stage(method: Method, model, change: Change, ctx: StageContext) -> tuple[Any, ApplyStats]:
+    """Apply one stage as every runner does (`ckl run`, `ckl update`): with the torch RNG
+    seeded from (ctx.seed, change.stage) inside a fork, so a stage's randomness does not
+    depend on what ran before it, and with the resulting weights checked.
+
+    Raises:
+        DivergenceError: the loss, the gradients (ckl.train.loop) or the final weights
+            are not finite.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed * 1000 + change.stage)
+        model, stats = method.apply(model, change, ctx)
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise DivergenceError(f"weights of {name} are not finite")
+    return model, stats
 
 
 # --------------------------------------------------------------------------- registry

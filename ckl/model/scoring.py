@@ -525,6 +525,15 @@ def score_probes(
 # ------------------------------------------------------------------------ perplexity
 
 
+def perplexity_from_nll(nll_sum: float, tokens: int) -> float | None:
+    """exp(total negative log-likelihood / tokens); None without tokens. The one
+    perplexity formula: held-out text (`perplexity`, the runner's sharded sums) and the
+    forgotten answers of unlearning (ckl.evaluate.extraction) use it."""
+    if tokens <= 0:
+        return None
+    return math.exp(nll_sum / tokens)
+
+
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> float:
     """Token-level perplexity: exp of the mean negative log-likelihood over all tokens
     (see `negative_log_likelihood`).
@@ -532,10 +541,10 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
     Raises:
         ValueError: ``batch_size`` < 1, or no text has a token to predict.
     """
-    total_nll, total_tokens = negative_log_likelihood(model, tokenizer, texts, batch_size)
-    if not total_tokens:
+    value = perplexity_from_nll(*negative_log_likelihood(model, tokenizer, texts, batch_size))
+    if value is None:
         raise ValueError("perplexity needs at least one text with a token to predict")
-    return math.exp(total_nll / total_tokens)
+    return value
 
 
 @torch.inference_mode()

@@ -26,6 +26,7 @@ from typing import Any
 
 from ckl.data import cohorts
 from ckl.evaluate import unlearning as U
+from ckl.evaluate.metrics import kept_ratio
 from ckl.results import numbers
 from ckl.results.store import Store, metric_column
 
@@ -66,11 +67,11 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
     out["efficacy"] = U.forget_efficacy(out["forget_before"], out["forget_after"], out["floor"])
     inv = lambda o: o["cohort"] == cohorts.INVARIANT
     out["kept_before"], out["kept_after"] = _mean_of([o for o in first if inv(o)], key), _mean_of([o for o in last if inv(o)], key)
-    out["retention"] = U.ratio(out["kept_before"], out["kept_after"])
+    out["retention"] = kept_ratio(out["kept_before"], out["kept_after"])
     boundary = set(store.get_meta("boundary", []) or [])
     edge = lambda o: inv(o) and o["fact_id"] in boundary
     out["boundary_before"], out["boundary_after"] = _mean_of([o for o in first if edge(o)], key), _mean_of([o for o in last if edge(o)], key)
-    out["boundary_retention"] = U.ratio(out["boundary_before"], out["boundary_after"])
+    out["boundary_retention"] = kept_ratio(out["boundary_before"], out["boundary_after"])
     attack = store.attacks(method, seed).get(T)
     if attack and attack["probe_ids"]:
         at_start = {o["probe_id"]: o["em"] for o in first}

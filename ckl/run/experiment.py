@@ -18,7 +18,6 @@ checkpoints and the store; decisions that depend on the disk are the main proces
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -37,9 +36,9 @@ from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoin
 from ckl.run.config import ExperimentConfig
 from ckl.core.distributed import gather, is_main, on_main, shard
 from ckl.core.errors import DivergenceError, InputError
-from ckl.model.scoring import known_fraction, negative_log_likelihood, score_probes
+from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
 from ckl.data.facts import Probe, atomic_write_text
-from ckl.methods.base import StageContext, build_method
+from ckl.methods.base import StageContext, apply_stage, build_method
 from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
 from ckl.results.store import Outcome, StageInfo, Store
 from ckl.data.stream import Stream
@@ -143,10 +142,10 @@ def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...]
     if not heldout:
         return outcomes, None
     sums = gather([negative_log_likelihood(model, tokenizer, shard(list(heldout), accelerator))], accelerator)
-    nll, tokens = sum(s[0] for s in sums), sum(s[1] for s in sums)
-    if not tokens:
+    ppl = perplexity_from_nll(sum(s[0] for s in sums), sum(s[1] for s in sums))
+    if ppl is None:
         raise ValueError("perplexity needs at least one held-out text with a token to predict")
-    return outcomes, math.exp(nll / tokens)
+    return outcomes, ppl
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter = print, progress=None) -> Path:
@@ -337,10 +336,7 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             known=known_fraction(tokenizer, stream.relations, config.eval.batch_size),
         )
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1000 + change.stage)
-                model, stats = method.apply(model, change, ctx)
-            _check_finite(model)
+            model, stats = apply_stage(method, model, change, ctx)
         except DivergenceError as err:
             info = StageInfo(status="failed", notes={"error": str(err)})
             on_main(accelerator, lambda: store.record_row(label, seed, change.stage, [], info))
@@ -392,12 +388,6 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
             model, tokenizer, probes, config.eval.unlearning, config.model or store.path.parent / "base_model")))
     on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
-
-
-def _check_finite(model) -> None:
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise DivergenceError(f"weights of {name} are not finite")
 
 
 def _peak_memory_mb() -> float | None:

@@ -98,11 +98,22 @@ def test_an_unexpected_error_is_one_line_naming_the_command_with_a_hint_to_rerun
 
 
 def test_methods_lists_every_part_with_supported_kinds():
+    from ckl.methods.base import load_builtin
+
     r = ckl("methods")
     assert r.returncode == 0
-    for name in ("naive", "replay", "lora"):
-        assert name in r.stdout
-    assert "learn, update, edit" in r.stdout
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 4 and cells[1] in ("part", "method"):
+            rows[cells[0]] = (cells[1], cells[2])
+    # one row per registered name, with its family and exactly the kinds it supports
+    registry = load_builtin()
+    assert set(rows) == set(registry)
+    assert rows["naive"] == ("part", "learn, update, edit")  # a training method: learn, update, edit
+    assert rows["ga"] == ("part", "learn, update, edit, forget")  # an unlearning part adds forget
+    assert rows["rome"] == ("method", "update, edit")  # an editor: only what it declares
+    assert rows["ike"] == ("method", "learn, update, edit")
 
 
 def test_bad_fact_file_exits_2_naming_file_line_and_field(tmp_path, tiny_stream):

@@ -30,11 +30,34 @@ def test_report_is_one_self_contained_file(html):
     assert html.count("<svg") == 3  # Pareto, heatmaps, cohort curves
 
 
-def test_every_section_is_there(html):
+def _table_after(html: str, heading: str) -> list[list[str]]:
+    """The rows (cell texts) of the first table after `heading`."""
+    part = html[html.index(heading):]
+    body = part[part.index("<tbody>"):part.index("</tbody>")]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+
+
+def test_every_section_is_there_with_the_runs_numbers(html):
     for heading in ("Methods at a glance", "Retention against acquisition", "Results matrix per method",
                     "Every cohort across stages", "Forgetting and transfer", "Cost", "What each method forgot"):
         assert heading in html
-    assert "1,000" in html and "1,500" in html  # trainable parameters and tokens seen of naive
+    # The key table shows what the fake run's outcomes give (tests/report/fakerun.py):
+    # naive knew both invariant facts at row 0 and neither at row 2 (retention 0), learned
+    # c but not e (acquired 0.5), got d's new object (updated 1); the keeper kept both.
+    rows = {r[0]: r for r in _table_after(html, "Methods at a glance")}
+    assert rows["naive"][1:4] == ["0.000", "0.500", "1.000"]
+    assert rows["lora&lt;b&gt;+&lt;/b&gt;$x$"][1:4] == ["1.000", "0.500", "0.000"]
+    cost = {r[0]: r for r in _table_after(html, "<h2>Cost</h2>")}
+    assert cost["naive"][1:4] == ["4.5", "1,000", "1,500"]  # seconds, trainable parameters, tokens seen
+    assert "Unlearning" not in html  # no method applied the deletion request: no unlearning section
+
+
+def test_a_method_that_unlearned_gets_the_unlearning_section(tmp_path):
+    page = write_report([make_run(tmp_path / "run", unlearners=("naive",))], tmp_path / "r.html").read_text(encoding="utf-8")
+    rows = {r[0]: r for r in _table_after(page, "<h2>Unlearning</h2>")}
+    assert set(rows) == {"naive"}  # the other method left the request unapplied
+    # forget before 1.000 and after 1.000 (naive still answers Fay's city), floor 0.000 (e unknown before stage 2)
+    assert rows["naive"][1:5] == ["1.000", "1.000", "0.000", "0.00"]
 
 
 def test_user_strings_are_escaped_in_tables_and_in_svg_text(html):

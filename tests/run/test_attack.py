@@ -113,7 +113,12 @@ def test_experiment_runs_the_attack_and_text_metrics_and_show_prints_them(tmp_pa
     assert attack["config"]["data"] == "partial" and len(attack["probe_ids"]) == 4
     assert set(notes) == {"invariant", "forget1"} and notes["forget1"]["n"] == 8
     assert summary["forget_before"] > summary["forget_after"]
-    assert summary["boundary_before"] is not None and summary["attack_after"] is not None
+    assert 0.0 <= summary["boundary_before"] <= 1.0
+    # the summary reports the stored attack, and the recovered share is computed from it
+    assert (summary["attack_before"], summary["attack_after"]) == (attack["accuracy_before"], attack["accuracy_after"])
+    assert summary["attack_after"] >= summary["attack_before"]  # relearning never makes them less known (bringing them back: the tests above)
+    assert summary["recovered"] == pytest.approx(
+        (summary["attack_after"] - summary["attack_before"]) / (summary["attack_original"] - summary["attack_before"]))
     shown = CliRunner().invoke(app, ["show", str(tmp_path / "run")])
     assert shown.exit_code == 0 and "unlearning" in shown.output and "recovered" in shown.output
     run_experiment(config, tmp_path / "run", say=lambda m: None)  # resuming: nothing recomputed

@@ -32,6 +32,7 @@ from typing import Any
 
 from ckl.core.errors import DivergenceError, InputError
 from ckl.data.facts import Fact, Probe, atomic_write_text
+from ckl.evaluate.metrics import kept_ratio
 from ckl.app.update.gates import Gate, check_measurable, parse_gate
 from ckl.app.update.inputs import UpdateInputs, read_inputs
 
@@ -209,7 +210,7 @@ def _measures(cohorts: dict) -> dict[str, dict[str, float | None]]:
     out = {name: {"before": acc(c, "before"), "after": acc(c, "after")}
            for name, c in (("acquisition", "learn"), ("update", "update"), ("stale", "stale"), ("forget", "forget"), ("keep", "keep"))}
     kb, ka = acc("keep", "before"), acc("keep", "after")
-    out["retention"] = {"before": 1.0 if kb else None, "after": ka / kb if kb and ka is not None else None}
+    out["retention"] = {"before": 1.0 if kb else None, "after": kept_ratio(kb, ka)}
     return out
 
 
@@ -236,12 +237,10 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     Raises:
         InputError: any problem with the inputs, before anything is written.
     """
-    import torch
-
     from ckl.model import lm
     from ckl.model import scoring
     from ckl.run.experiment import make_accelerator
-    from ckl.methods.base import StageContext
+    from ckl.methods.base import StageContext, apply_stage
 
     gates = [parse_gate(g) for g in req.gates]
     model_dir, out = Path(req.model), Path(req.out)
@@ -282,12 +281,7 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
         progress.start(f"update ({method.name})", 1)
     error = None
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(req.seed * 1000 + 1)
-            model, stats = method.apply(model, ch, ctx)
-        for name, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise DivergenceError(f"weights of {name} are not finite")
+        model, stats = apply_stage(method, model, ch, ctx)
     except DivergenceError as err:
         error, stats = str(err), None
     if progress:

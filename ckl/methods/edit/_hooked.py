@@ -10,72 +10,27 @@ MLP. `attach` (re)installs the hook on whatever model object it is given, so the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ckl.data.facts import ChangeRecord, Relation
+from ckl.methods.edit._prompts import PromptBatch, Row, encode
 from ckl.model.layers import block_mlp
 
-@dataclass
-class EditBatch:
-    """Every training prompt of a stage's edits with the new object, right-padded."""
 
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    subject_pos: torch.Tensor  # (B,) the subject's last token
-    last_pos: torch.Tensor  # (B,) the prompt's last token (it predicts the object's first token)
-    target_ids: torch.Tensor  # (B, S), 0 where masked
-    target_mask: torch.Tensor  # (B, S)
-    group: torch.Tensor  # (B,) the edit each row belongs to
-    n_groups: int
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def first_rows(self) -> torch.Tensor:
-        """(n_groups,) the first row of each edit."""
-        first = torch.full((self.n_groups,), len(self), dtype=torch.long)
-        return first.scatter_reduce(0, self.group, torch.arange(len(self)), "amin")
-
-
-def edit_batch(tokenizer, records: Sequence[ChangeRecord], relations: dict[str, Relation]) -> EditBatch:
-    """One row per edit and training template of its relation, teaching the new object.
-    Subject head, the rest of the prompt and the object are tokenised separately and
-    concatenated (as the scorer does for prompt and answer), so the subject's last token
-    is exactly the end of the head whatever the tokenizer."""
-    heads, tails, targets, groups = [], [], [], []
-    for g, r in enumerate(records):
-        for template in relations[r.fact.relation].templates:
-            before, after = template.split("{subject}", 1)
-            heads.append(before + r.fact.subject)
-            tails.append(after.format(subject=r.fact.subject))
-            targets.append(" " + r.fact.object)
-            groups.append(g)
-    tok = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
-    head_ids, tail_ids, target_ids = tok(heads), tok([t or " " for t in tails]), tok(targets)
-    tail_ids = [ids if t else [] for ids, t in zip(tail_ids, tails)]
-    seqs = [h + t + o for h, t, o in zip(head_ids, tail_ids, target_ids)]
-    B, width, width_t = len(seqs), max(map(len, seqs)), max(map(len, target_ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((B, width), pad, dtype=torch.long)
-    mask = torch.zeros((B, width), dtype=torch.long)
-    tgt = torch.zeros((B, width_t), dtype=torch.long)
-    tmask = torch.zeros((B, width_t), dtype=torch.bool)
-    for i, (seq, obj) in enumerate(zip(seqs, target_ids)):
-        input_ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
-        tgt[i, : len(obj)], tmask[i, : len(obj)] = torch.tensor(obj), True
-    return EditBatch(
-        input_ids, mask,
-        subject_pos=torch.tensor([len(h) - 1 for h in head_ids]),
-        last_pos=torch.tensor([len(h) + len(t) - 1 for h, t in zip(head_ids, tail_ids)]),
-        target_ids=tgt, target_mask=tmask, group=torch.tensor(groups), n_groups=len(records),
-    )
+def edit_batch(tokenizer, records: Sequence[ChangeRecord], relations: dict[str, Relation]) -> PromptBatch:
+    """One row per edit and training template of its relation, teaching the new object,
+    encoded by the editing core's one encoder (`_prompts.encode`: subject head, the rest
+    of the prompt and the object tokenised separately and concatenated, so the subject's
+    last token is exactly the end of the head whatever the tokenizer)."""
+    rows = [Row("", template, r.fact.subject, r.fact.object, g)
+            for g, r in enumerate(records) for template in relations[r.fact.relation].templates]
+    return encode(tokenizer, rows)
 
 
 @torch.no_grad()
-def read_mlp(model: nn.Module, mlp: nn.Module, batch: EditBatch, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def read_mlp(model: nn.Module, mlp: nn.Module, batch: PromptBatch, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The MLP's input and output at `positions` of each row, (B, d) each, from one
     forward pass of the batch."""
     device = next(model.parameters()).device
@@ -118,7 +73,7 @@ class Hook:
 
 
 def optimize_values(
-    model: nn.Module, module: nn.Module, batch: EditBatch, positions: torch.Tensor, init: torch.Tensor,
+    model: nn.Module, module: nn.Module, batch: PromptBatch, positions: torch.Tensor, init: torch.Tensor,
     replace: bool, steps: int, lr: float, decay: float, stop_loss: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One vector per edit (group), written into `module`'s output at `positions` of its

@@ -16,7 +16,8 @@ import torch
 
 from ckl.core.checks import check_count, check_number
 from ckl.methods.base import ApplyStats, Method, StageContext
-from ckl.methods.edit._hooked import EditBatch, Hook, edit_batch
+from ckl.methods.edit._hooked import Hook, edit_batch
+from ckl.methods.edit._prompts import PromptBatch
 from ckl.model.layers import block_mlp
 from ckl.data.stream import Change
 
@@ -44,7 +45,7 @@ class MemoryEditor(Method):
         `out` (N, d), or None when no position is answered (the output stays as it is)."""
         raise NotImplementedError
 
-    def learn(self, model, mlp, batch: EditBatch, records: list) -> None:
+    def learn(self, model, mlp, batch: PromptBatch, records: list) -> None:
         """Add one batch of edit records to the memory (the model has no memory on)."""
         raise NotImplementedError
 
