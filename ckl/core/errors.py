@@ -7,7 +7,7 @@ it into one message on stderr and exit code 2, with nothing written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -25,6 +25,7 @@ class InputError(Exception):
     line: int | None
     field: str | None
     message: str
+    more: list[InputError] = field(default_factory=list)  # further problems found in the same check
 
     def __str__(self) -> str:
         where = self.file
@@ -32,7 +33,14 @@ class InputError(Exception):
             where += f":{self.line}"
         if self.field:
             where += f": field '{self.field}'"
-        return f"{where}: {self.message}"
+        return "\n".join([f"{where}: {self.message}", *(str(e) for e in self.more)])
+
+    @classmethod
+    def of(cls, errors: list[InputError]) -> InputError:
+        """One error that reports every problem in `errors` (in order), the first as
+        itself and the rest under `more`."""
+        first, *rest = errors
+        return cls(first.file, first.line, first.field, first.message, [*first.more, *rest])
 
 
 class DivergenceError(RuntimeError):

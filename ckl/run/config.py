@@ -224,7 +224,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file (yaml.safe_load: no object tags).
 
     Raises:
-        InputError: naming the file, line and key of the first problem.
+        InputError: naming the file, line and key of every problem found (the schema's
+            all at once; then, for a config the schema accepts, every method's options
+            and every method that cannot apply the stream's change kinds).
     """
     from ckl.methods.base import build_method
 
@@ -242,14 +244,18 @@ def load_config(path: str | Path) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        raise InputError(file, _line_of(root, loc), _dotted(loc) or None, first["msg"]) from None
+        raise InputError.of([
+            InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, e["msg"]) for e in err.errors()
+        ]) from None
+    problems = []
     if (config.stream is None) == (config.world is None):
-        raise InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)")
+        problems.append(InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)"))
     if config.model is not None and config.pretrain is not None:
-        raise InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both")
-    check_world(config, file, root)
+        problems.append(InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both"))
+    try:
+        check_world(config, file, root)
+    except InputError as err:
+        problems.append(err)
     base = path.parent
     if config.stream is not None:
         config.stream = str((base / config.stream).resolve())
@@ -261,9 +267,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
         except ValueError as err:
             key = str(err).split(":", 1)[0]
             parts = tuple(int(p) if p.isdigit() else p for p in key.replace("[", ".").replace("]", "").split("."))
-            raise InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]) from None
-    for i, message in unsupported_methods(config):
-        raise InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message)
+            problems.append(InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]))
+    if problems:
+        raise InputError.of(problems)
+    problems = [InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message) for i, message in unsupported_methods(config)]
+    if problems:
+        raise InputError.of(problems)
     return config
 
 

@@ -124,3 +124,30 @@ def test_floats_written_as_people_write_them_are_numbers(tmp_path):
     config = load_config(path)
     assert [m.train["lr"] for m in config.methods] == [0.001, 0.0002]
     assert config.methods[1].options["replay"]["fraction"] == 0.5
+
+
+def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
+    from ckl.core.errors import InputError
+    from ckl.run.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "name: x\n"
+        "world: {people: 12, background_people: 4, min_probe_word_count: 0}\n"
+        "methods:\n"
+        "  - name: replay\n"
+        "    replay: {fraction: 1.5}\n"
+        "  - name: ewc\n"
+        "    ewc: {strength: -1}\n"
+    )
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    found = [(e.line, e.field) for e in [info.value, *info.value.more]]
+    assert found == [(2, "world.update_per_stage"), (5, "methods[0].replay"), (7, "methods[1].ewc")]
+    text = str(info.value).splitlines()
+    assert len(text) == 3 and text[1].startswith(f"{path}:5: field 'methods[0].replay': fraction must be in [0, 1)")
+
+    path.write_text("name: x\nworld: {people: 1, stages: 0}\nmethods: [{name: naive}]\nseeds: [-1]\n")
+    with pytest.raises(InputError) as info:  # the schema's errors, all of them
+        load_config(path)
+    assert [e.field for e in [info.value, *info.value.more]] == ["world.people", "world.stages", "seeds[0]"]
