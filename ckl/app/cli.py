@@ -103,6 +103,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _new_output(out: Path, what: str) -> None:
+    """Refuse an output directory that holds anything (or is a file): ckl never writes
+    over or beside files it did not make (exit 2, nothing written)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail(InputError(str(out), None, None, f"{what} output exists and is not an empty directory; choose a new --out (ckl never overwrites)"))
+
+
 def _guard(fn):
     """Run `fn`, turning user mistakes into exit code 2 with one message."""
     try:
@@ -128,6 +135,8 @@ def world(
 ) -> None:
     """Write a synthetic temporal world (a stream directory of JSONL files)."""
     from ckl.data.world import WorldConfig, build_world
+
+    _new_output(out, "the world's")
 
     try:
         config = WorldConfig(
@@ -166,6 +175,7 @@ def pretrain(
     from ckl.data.stream import Stream
 
     stream = _guard(lambda: Stream.load(stream_dir))
+    _new_output(out, "the model's")
     try:
         config = PretrainConfig(
             n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds,

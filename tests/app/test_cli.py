@@ -154,3 +154,19 @@ def test_version_prints_the_package_version():
 
     r = ckl("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"ckl {__version__}"
+
+
+def test_world_and_pretrain_refuse_a_non_empty_output_directory(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = ckl("world", "--out", empty, "--people", 12, "--learn", 4, "--update", 4, "--forget", 2, "--background-people", 6, "--min-probe-word-count", 0)
+    assert r.returncode == 0 and (empty / "facts.jsonl").exists()  # an empty directory is fine
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    for args in (("world", "--out", taken, "--people", 12), ("pretrain", "--world", empty, "--out", taken)):
+        r = ckl(*args)
+        assert r.returncode == 2 and "exists and is not an empty directory" in r.stderr, r.stderr
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]  # nothing written beside the user's file
+    (tmp_path / "file").write_text("x")
+    assert ckl("world", "--out", tmp_path / "file").returncode == 2
