@@ -246,6 +246,14 @@ def _broken_hint() -> str:
     return "; modules that failed to import: " + "; ".join(f"{m} ({why})" for m, why in sorted(BROKEN.items()))
 
 
+def did_you_mean(word: str, choices) -> str:
+    """" (did you mean 'train'?)" for the closest of `choices` to a mistyped `word`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def make_config(cls: type, values: dict[str, Any], where: str):
     """Build a config dataclass, with errors naming `where.key`."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -253,7 +261,7 @@ def make_config(cls: type, values: dict[str, Any], where: str):
         raise ValueError(f"{where}: must be a mapping of options (key: value), got {values!r}")
     for key in values:
         if key not in names:
-            raise ValueError(f"{where}.{key}: unknown option (known: {', '.join(sorted(names))})")
+            raise ValueError(f"{where}.{key}: unknown option{did_you_mean(key, names)} (known: {', '.join(sorted(names))})")
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -377,7 +385,7 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         raise ValueError(f"{where}.name: part {twice!r} is listed twice in {expression!r}; each part composes once (give its options once, under `{twice}:`)")
     for n in names:
         if n not in registry:
-            raise ValueError(f"{where}.name: unknown method or part {n!r} (known: {', '.join(sorted(registry))}){_broken_hint()}")
+            raise ValueError(f"{where}.name: unknown method or part {n!r}{did_you_mean(n, registry)} (known: {', '.join(sorted(registry))}){_broken_hint()}")
         if registry[n].family != "part":
             raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
     train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
@@ -386,12 +394,12 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
     for n in names:
         entry = registry[n]
         parts.append(entry.factory(make_config(entry.config, options.pop(n, {}), f"{where}.{n}")))
-    _no_leftovers(options, where)
+    _no_leftovers(options, where, names)
     parts = [p for p in parts if p is not None]
     return TrainingMethod("+".join(names), parts, train_config, questions=questions)
 
 
-def _no_leftovers(options: dict, where: str) -> None:
+def _no_leftovers(options: dict, where: str, parts=()) -> None:
     if options:
         key = sorted(options)[0]
-        raise ValueError(f"{where}.{key}: option for a part that is not in this method")
+        raise ValueError(f"{where}.{key}: option for a part that is not in this method{did_you_mean(key, ['train', *parts])}")

@@ -147,6 +147,34 @@ def _line_of(root: yaml.Node | None, path: tuple) -> int | None:
     return line
 
 
+def _message(error: dict) -> str:
+    """pydantic's message, with a suggestion for a mistyped key ("trian" -> "train")."""
+    if error["type"] == "extra_forbidden" and error["loc"]:
+        from ckl.methods.base import did_you_mean
+
+        model = _model_at(error["loc"][:-1])
+        known = list(model.model_fields) if model is not None else []
+        return f"unknown key{did_you_mean(error['loc'][-1], known)} (known: {', '.join(known)})" if known else error["msg"]
+    return error["msg"]
+
+
+def _model_at(path: tuple):
+    """The pydantic model class that validates the mapping at `path` of the config."""
+    model = ExperimentConfig
+    for key in path:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
 def _dotted(path: tuple) -> str:
     out = ""
     for key in path:
@@ -245,7 +273,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:
         raise InputError.of([
-            InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, e["msg"]) for e in err.errors()
+            InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, _message(e)) for e in err.errors()
         ]) from None
     problems = []
     if (config.stream is None) == (config.world is None):

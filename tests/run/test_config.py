@@ -151,3 +151,28 @@ def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
     with pytest.raises(InputError) as info:  # the schema's errors, all of them
         load_config(path)
     assert [e.field for e in [info.value, *info.value.more]] == ["world.people", "world.stages", "seeds[0]"]
+
+
+def test_a_mistyped_key_part_or_option_gets_a_suggestion(tmp_path):
+    from ckl.core.errors import InputError
+    from ckl.run.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\nworld: {people: 12, peple: 3}\nmethds: []\nmethods: [{name: naive}]\n")
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    found = {e.field: e.message for e in [info.value, *info.value.more]}
+    assert found["world.peple"].startswith("unknown key (did you mean 'people'?)")
+    assert found["methds"].startswith("unknown key (did you mean 'methods'?)")
+
+    path.write_text(
+        "name: x\nworld: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 2, background_people: 4, min_probe_word_count: 0}\n"
+        "methods:\n  - name: replya\n  - {name: naive, trian: {epochs: 2}, skip: [forget]}\n"
+        "  - {name: replay, replay: {fracton: 0.2}, skip: [forget]}\n"
+    )
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    found = {e.field: e.message for e in [info.value, *info.value.more]}
+    assert "unknown method or part 'replya' (did you mean 'replay'?)" in found["methods[0].name"]
+    assert found["methods[1].trian"].endswith("(did you mean 'train'?)")
+    assert found["methods[2].replay.fracton"].startswith("unknown option (did you mean 'fraction'?)")
