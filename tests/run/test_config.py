@@ -37,7 +37,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
         (GOOD.replace("name: naive", "name: naiive"), 4, "methods[0].name", "unknown method"),
         (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train", "epochs"),
         (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
-        (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "Extra inputs"),
+        (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "unknown key (did you mean 'world'?)"),
         (GOOD.replace("people: 12", "people: 1"), 2, "world.people", "greater than"),
         (GOOD.replace("people: 12", "people: 12, qa_fraction: 0"), 2, "world.qa_fraction", "greater than 0"),
         (GOOD.replace("people: 12", "people: 12, min_probe_word_count: -1"), 2, "world.min_probe_word_count", "greater than"),
