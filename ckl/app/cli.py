@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from ckl.core.errors import InputError
+from ckl.core.errors import InputError, WeakBaseError
 
 
 
@@ -48,6 +48,11 @@ class _Commands(TyperGroup):
             raise  # usage errors (a bad option value): the parser's own message, exit 2
         except InputError as err:
             _fail(err)
+        except WeakBaseError as err:  # not an input mistake: the run itself says its base is unfit (exit 1)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         except Exception as err:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -197,6 +202,7 @@ def run(
     model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM to use instead of the config's model/pretrain"),
     mlflow: bool = typer.Option(False, "--mlflow", help="log the finished run to MLflow (params, per-stage metrics, the report)"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else the local file store ./mlruns)"),
+    allow_weak_base: bool = typer.Option(False, "--allow-weak-base", help="run on a pretrained base model that missed its target (ckl show and the report then say so)"),
 ) -> None:
     """Run every method x seed of an experiment; resumes if run again."""
     _quiet_libraries()
@@ -206,6 +212,7 @@ def run(
     from ckl.run.rundir import path_component
 
     config = _guard(lambda: load_config(config_path))
+    config.allow_weak_base = config.allow_weak_base or allow_weak_base
     if model is not None:
         if not (model / "config.json").exists():
             _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
@@ -221,6 +228,8 @@ def run(
                 run_experiment(config, run_dir, say=lambda message: None)
             except (InputError, FileNotFoundError):  # the same error the main process prints
                 raise typer.Exit(2) from None
+            except WeakBaseError:
+                raise typer.Exit(1) from None
             return
         with RunProgress(console) as progress:
             _guard(lambda: run_experiment(config, run_dir, say=console.print, progress=progress))
@@ -252,6 +261,7 @@ def show(
     from ckl.results.unlearning import has_forget, summarize_unlearning, unlearning_markdown, unlearning_table
 
     with Store(run_dir / "results.sqlite") as store:
+        weak = store.get_meta("weak_base")
         summary = summarize(store)
         unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]  # methods that applied deletions
         forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
@@ -259,6 +269,11 @@ def show(
 
     with Store(run_dir / "results.sqlite") as store:
         editing = editing_markdown(store) if is_editing_run(store) else None
+    if weak:
+        from ckl.train.pretrain import knowledge_line
+
+        line = f"warning: the base model missed its pretraining target ({knowledge_line(weak['knowledge'])}); the run used it because allow_weak_base was set, so read every number below with that in mind"
+        print(f"> **{line}**\n") if markdown else err_console.print(f"[bold yellow]{line}[/]", highlight=False, soft_wrap=True)
     if markdown:
         print(markdown_table(summary))
         if forgetting:
@@ -309,6 +324,7 @@ def methods() -> None:
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="output directory"),
     model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM instead of pretraining the tiny default"),
+    allow_weak_base: bool = typer.Option(False, "--allow-weak-base", help="go on when the pretrained base model misses its target"),
 ) -> None:
     """World -> pretrain -> naive, replay, lora, lora+replay -> the table and summary.json."""
     _quiet_libraries()
@@ -316,7 +332,7 @@ def demo(
 
     if model is not None and not (model / "config.json").exists():
         _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
-    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None))
+    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None, allow_weak_base=allow_weak_base))
     console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
 
 

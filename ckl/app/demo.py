@@ -46,8 +46,12 @@ def demo_summary(summary: dict[str, dict], seconds: float) -> dict:
     }
 
 
-def run_demo(out: str | Path, console: Console, model: str | None = None) -> dict:
-    """Run the demo into `out`; `model` (a local HF directory) replaces the pretrained default."""
+def run_demo(out: str | Path, console: Console, model: str | None = None, allow_weak_base: bool = False) -> dict:
+    """Run the demo into `out`; `model` (a local HF directory) replaces the pretrained default.
+
+    Raises:
+        WeakBaseError: the pretrained base missed its target and `allow_weak_base` is off.
+    """
     from ckl.run.experiment import run_experiment
     from ckl.core.progress import RunProgress
     from ckl.results.store import Store
@@ -60,6 +64,7 @@ def run_demo(out: str | Path, console: Console, model: str | None = None) -> dic
     if model is not None:
         spec.pop("pretrain")
         spec["model"] = str(Path(model).resolve())
+    spec["allow_weak_base"] = allow_weak_base
     config = ExperimentConfig.model_validate(spec)
     with RunProgress(console) as progress:
         run_experiment(config, out, say=console.print, progress=progress)
@@ -70,5 +75,6 @@ def run_demo(out: str | Path, console: Console, model: str | None = None) -> dic
     pre = out / "pretrain.json"
     if pre.exists():
         result["pretrain"] = json.loads(pre.read_text())
+        result["weak_base"] = not result["pretrain"].get("reached_target", True)  # the run used a base that missed its target
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
     return result

@@ -43,5 +43,10 @@ class InputError(Exception):
         return cls(first.file, first.line, first.field, first.message, [*first.more, *rest])
 
 
+class WeakBaseError(RuntimeError):
+    """The pretrained base model missed its target: every table measured on it would
+    mean little. The CLI prints the message and exits 1; `allow_weak_base` goes on."""
+
+
 class DivergenceError(RuntimeError):
     """Training produced a NaN/inf loss or weights."""

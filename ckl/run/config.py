@@ -114,6 +114,7 @@ class ExperimentConfig(Strict):
     eval: EvalSpec = EvalSpec()
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    allow_weak_base: bool = False  # run on a pretrained base model that missed its target (`ckl run --allow-weak-base`)
 
     @field_validator("methods")
     @classmethod

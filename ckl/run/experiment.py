@@ -33,9 +33,9 @@ from ckl.model import lm
 from ckl.run.checkpoint import CheckpointError
 from ckl.run.checkpoint import checkpoint_dir as _checkpoint_dir
 from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
-from ckl.run.config import ExperimentConfig
+from ckl.run.config import ExperimentConfig, PretrainSpec
 from ckl.core.distributed import gather, is_main, on_main, shard
-from ckl.core.errors import DivergenceError, InputError
+from ckl.core.errors import DivergenceError, InputError, WeakBaseError
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
 from ckl.data.facts import Probe, atomic_write_text
 from ckl.methods.base import StageContext, apply_stage, build_method
@@ -126,6 +126,39 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
     return out
 
 
+def weak_base(run_dir: Path) -> dict | None:
+    """What `pretrain.json` says of a pretrained base model that missed its target
+    (accuracies, targets, epochs), or None when it reached it or was not pretrained here."""
+    path = run_dir / "pretrain.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("reached_target", True):
+        return None
+    return {"knowledge": result.get("knowledge", {}), "accuracy": result.get("accuracy"), "epochs": result.get("epochs")}
+
+
+def _check_base(config: ExperimentConfig, run_dir: Path, store, accelerator, say: Reporter) -> None:
+    """Stop before any method runs when the pretrained base missed its target, unless the
+    config allows it; then the store records it, and `ckl show` and the report say so."""
+    weak = weak_base(run_dir)
+    if weak is None:
+        return
+    from ckl.train.pretrain import knowledge_line
+
+    spec = config.pretrain or PretrainSpec()
+    what = f"the pretrained base model missed its target ({knowledge_line(weak['knowledge'])} after {weak['epochs']} epochs; " \
+           f"targets: statements {spec.target}, paraphrase and extraction {spec.knowledge_target})"
+    if not config.allow_weak_base:
+        raise WeakBaseError(
+            f"{what}, so every number measured on it would mean little. Give pretraining more room "
+            f"(pretrain.max_epochs {spec.max_epochs}, pretrain.max_seconds, pretrain.lr) or lower the targets, "
+            f"delete {run_dir / 'base_model'} and run again; or pass --allow-weak-base (allow_weak_base: true) to run on it anyway"
+        )
+    say(f"warning: {what}; running on it because allow_weak_base is set")
+    on_main(accelerator, lambda: store.set_meta("weak_base", weak))
+
+
 def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...], batch_size: int, accelerator=None) -> tuple[list[Outcome], float | None]:
     """Score every probe (batched) and the held-out perplexity. Under data parallelism
     each process scores a contiguous share of the probes and of the held-out texts, and
@@ -181,6 +214,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
         if stream is None:
             stream = prepare_stream(config, run_dir, accelerator)
         model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say, progress)
+        _check_base(config, run_dir, store, accelerator, say)
         probes = stream.probes(kinds=config.eval.kinds, max_candidates=config.eval.max_candidates)
         on_main(accelerator, lambda: _describe(store, probes, stream.T, config.eval.metric))
         on_main(accelerator, lambda: unlearning_run.describe(store, stream))
@@ -249,7 +283,7 @@ def _check_block_sizes(config: ExperimentConfig) -> None:
 def experiment_identity(resolved: dict) -> dict:
     """What makes two configs one experiment: everything but the name, methods and seeds
     (methods and seeds may be added to a run later)."""
-    return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds")}
+    return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds", "allow_weak_base")}
 
 
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:

@@ -209,3 +209,32 @@ def test_a_block_size_above_the_models_context_is_refused_before_anything_is_wri
     with pytest.raises(InputError, match="context length of the model ckl pretrains") as info:
         run_experiment(config, tmp_path / "run", say=lambda m: None)
     assert info.value.field == "pretrain.block_size" and not (tmp_path / "run").exists()
+
+
+def test_a_base_that_misses_its_target_stops_the_run_unless_allowed_and_then_every_surface_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+    from ckl.results.store import Store
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "name: weak\nworld: {seed: 1, people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 2, "
+        "general_train: 40, general_heldout: 20, background_people: 6, min_probe_word_count: 0}\n"
+        "pretrain: {n_layer: 1, n_embd: 16, n_head: 2, max_epochs: 2, eval_every: 1}\n"
+        "methods: [{name: naive, skip: [forget], train: {epochs: 1}}]\neval: {kinds: [statement]}\n"
+    )
+    runner, run = CliRunner(), tmp_path / "run"
+    stopped = runner.invoke(app, ["run", str(exp), "--out", str(run)])
+    assert stopped.exit_code == 1, stopped.output
+    assert "missed its target" in stopped.output and "--allow-weak-base" in stopped.output and "max_epochs 2" in stopped.output
+    with Store(run / "results.sqlite") as store:
+        assert store.runs() == []  # no method ran on it
+    again = runner.invoke(app, ["run", str(exp), "--out", str(run)])  # the cached base is checked too
+    assert again.exit_code == 1 and "missed its target" in again.output
+
+    allowed = runner.invoke(app, ["run", str(exp), "--out", str(run), "--allow-weak-base"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: the base model missed its pretraining target" in runner.invoke(app, ["show", str(run), "--markdown"]).output
+    report = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0 and "missed its pretraining target" in (tmp_path / "r.html").read_text(encoding="utf-8")
