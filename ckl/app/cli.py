@@ -262,6 +262,7 @@ def show(
 
     with Store(run_dir / "results.sqlite") as store:
         weak = store.get_meta("weak_base")
+        environments = store.get_meta("environments") or []
         summary = summarize(store)
         unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]  # methods that applied deletions
         forgetting = summarize_unlearning(store, methods=unlearners) if unlearners and has_forget(store) else None
@@ -274,8 +275,13 @@ def show(
 
         line = f"warning: the base model missed its pretraining target ({knowledge_line(weak['knowledge'])}); the run used it because allow_weak_base was set, so read every number below with that in mind"
         print(f"> **{line}**\n") if markdown else err_console.print(f"[bold yellow]{line}[/]", highlight=False, soft_wrap=True)
+    from ckl.core.environment import describe
+
+    measured = "measured with " + "; then ".join(describe(e) for e in environments) if environments else None
     if markdown:
         print(markdown_table(summary))
+        if measured:
+            print(f"\n({measured})")
         if forgetting:
             print("\nUnlearning (docs/unlearning.md):\n\n" + unlearning_markdown(forgetting))
         if editing:
@@ -294,6 +300,8 @@ def show(
     for method, entry in summary.items():
         for kind, n in entry["not_applied"].items():
             console.print(f"[yellow]note:[/] {method} does not support '{kind}': {n} request(s) per seed were not applied")
+    if measured:
+        console.print(measured, highlight=False, soft_wrap=True)
 
 
 @app.command()

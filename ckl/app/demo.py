@@ -76,5 +76,7 @@ def run_demo(out: str | Path, console: Console, model: str | None = None, allow_
     if pre.exists():
         result["pretrain"] = json.loads(pre.read_text())
         result["weak_base"] = not result["pretrain"].get("reached_target", True)  # the run used a base that missed its target
+    with Store(out / "results.sqlite") as store:
+        result["environments"] = store.get_meta("environments") or []  # threads, CPU, versions: what the numbers depend on
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
     return result

@@ -37,6 +37,7 @@ class RunInfo:
     metric: str
     probes: int
     weak_base: dict | None = None  # the pretrained base missed its target and the run went on (allow_weak_base)
+    environments: list[dict] = field(default_factory=list)  # thread count, CPU, versions of every process that added results
 
 
 @dataclass
@@ -183,7 +184,8 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
             if T is None:
                 raise InputError(str(run_dir), None, None, "the run has not recorded anything yet")
             metric = store.get_meta("metric", "em")
-            runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes()), store.get_meta("weak_base")))
+            runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes()), store.get_meta("weak_base"),
+                                store.get_meta("environments") or []))
             editing = is_editing_run(store)
             summaries = summarize(store, metric=metric, kinds=KINDS)
             unlearners = [m for m, e in summaries.items() if e["seeds"] and "forget" not in e["not_applied"]]

@@ -87,8 +87,11 @@ def _weak_base_warning(data: ReportData) -> list[str]:
 
 
 def _runs(data: ReportData) -> str:
-    rows = [(r.name, r.path, r.stages, r.metric, r.probes) for r in data.runs]
-    return table(["run", "directory", "stages", "metric", "probes"], rows, text_columns=2)
+    from ckl.core.environment import describe
+
+    rows = [(r.name, r.path, r.stages, r.metric, r.probes, "; then ".join(describe(e) for e in r.environments) or "not recorded")
+            for r in data.runs]
+    return table(["run", "directory", "stages", "metric", "probes", "measured with"], rows, text_columns=2)
 
 
 def _key_table(data: ReportData) -> str:

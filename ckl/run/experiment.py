@@ -35,6 +35,7 @@ from ckl.run.checkpoint import checkpoint_dir as _checkpoint_dir
 from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
 from ckl.run.config import ExperimentConfig, PretrainSpec
 from ckl.core.distributed import gather, is_main, on_main, shard
+from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
 from ckl.data.facts import Probe, atomic_write_text
@@ -236,6 +237,10 @@ def _open_store(run_dir: Path, resolved: dict, experiment: str) -> Store:
     try:
         _check_same_experiment(store, resolved, run_dir)
         store.set_meta("config", resolved)
+        # every environment that added results here (a resume on another thread count shows)
+        env, seen = environment(), store.get_meta("environments") or []
+        if env not in seen:
+            store.set_meta("environments", [*seen, env])
         atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         claim_run_dir(run_dir, experiment)  # an older run of this experiment, stored under earlier defaults
     except BaseException:

@@ -238,3 +238,37 @@ def test_a_base_that_misses_its_target_stops_the_run_unless_allowed_and_then_eve
     assert "warning: the base model missed its pretraining target" in runner.invoke(app, ["show", str(run), "--markdown"]).output
     report = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
     assert report.exit_code == 0 and "missed its pretraining target" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_a_run_records_threads_cpu_and_versions_and_shows_them(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+    from ckl.results.store import Store
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "name: env\nworld: {seed: 1, people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 2, "
+        "general_train: 40, general_heldout: 20, background_people: 6, min_probe_word_count: 0}\n"
+        "pretrain: {n_layer: 1, n_embd: 16, n_head: 2, max_epochs: 1, eval_every: 1}\nallow_weak_base: true\n"
+        "methods: [{name: naive, skip: [forget], train: {epochs: 1}}]\neval: {kinds: [statement]}\n"
+    )
+    runner, run = CliRunner(), tmp_path / "run"
+    assert runner.invoke(app, ["run", str(exp), "--out", str(run)]).exit_code == 0
+    with Store(run / "results.sqlite") as store:
+        (env,) = store.get_meta("environments")
+    assert env["torch_threads"] == torch.get_num_threads() and env["versions"]["torch"] == torch.__version__
+    assert env["cpu_count"] >= 1 and env["python"]
+    shown = runner.invoke(app, ["show", str(run), "--markdown"]).output
+    assert f"measured with {torch.get_num_threads()} thread(s), torch {torch.__version__}" in shown
+    threads = torch.get_num_threads()
+    try:  # resuming on another thread count is recorded beside the first
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert runner.invoke(app, ["run", str(exp), "--out", str(run)]).exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
+    with Store(run / "results.sqlite") as store:
+        assert [e["torch_threads"] for e in store.get_meta("environments")] == [threads, 1 if threads > 1 else 2]
+    report = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
+    assert report.exit_code == 0 and "; then " in (tmp_path / "r.html").read_text(encoding="utf-8")
