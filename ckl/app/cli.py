@@ -189,7 +189,15 @@ def pretrain(
         )
     except ValueError as err:
         _fail(InputError("<options>", None, None, str(err)))
-    _, _, result = run_pretrain(stream, config, make_accelerator(), out, progress=lambda e, k: console.print(f"epoch {e}: {knowledge_line(k)}"))
+    from ckl.core.progress import RunProgress
+
+    with RunProgress(console) as bar:
+        bar.start("pretraining (epochs)", config.max_epochs)
+        _, _, result = run_pretrain(
+            stream, config, make_accelerator(), out, progress=lambda e, k: console.print(f"epoch {e}: {knowledge_line(k)}"),
+            step_progress=lambda e, s, loss: bar.epoch(e + 1, s, loss),
+        )
+        bar.finish(result.epochs, "target reached" if result.reached_target else "budget spent, target missed")
     console.print(f"saved {out}: {result.parameters:,} parameters, {knowledge_line(result.knowledge)} after {result.epochs} epochs, {result.seconds:.0f}s")
     if not result.reached_target:
         err_console.print(f"[yellow]warning:[/] target (statements {target}, paraphrase and extraction {knowledge_target}) not reached within the budget")

@@ -122,6 +122,8 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
         step_progress=(lambda e, s, loss: progress.epoch(e + 1, s, loss)) if progress else None,
     )
     on_main(accelerator, lambda: atomic_write_text(run_dir / "pretrain.json", json.dumps(asdict(result), indent=2)))
+    if progress:
+        progress.finish(result.epochs, "target reached" if result.reached_target else "budget spent, target missed")
     verdict = "reached" if result.reached_target else "did NOT reach"
     say(f"pretrained in {result.seconds:.0f}s, {result.epochs} epochs: {knowledge_line(result.knowledge)} ({verdict} target {pcfg.target} on statements)")
     return out

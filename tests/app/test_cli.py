@@ -37,12 +37,15 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "naive" in r.stdout and "lora+replay" in r.stdout and "retention" in r.stdout
     assert "NOT applied" in r.stdout  # the forget requests are reported, not silently skipped
+    # not a terminal: plain progress lines as the stages finish, each with an ETA, and no bars
+    assert "naive (seed 0): 1/2 stages" in r.stdout and "lora+replay (seed 0): 2/2 stages" in r.stdout
+    assert "ETA" in r.stdout and "━" not in r.stdout
     r = ckl("show", tmp_path / "run")
     assert r.returncode == 0 and "invariant" in r.stdout and "FUAR" in r.stdout
     r = ckl("show", tmp_path / "run", "--markdown")
     lines = r.stdout.strip().splitlines()
     assert r.returncode == 0 and lines[0].startswith("| method | seeds | retention")
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| naive", "| lora+replay"]
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| naive", "| lora+replay"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["methods"][1]["lora"] == {"r": 4}
 
