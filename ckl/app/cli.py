@@ -125,18 +125,28 @@ def _guard(fn):
         _fail(InputError(str(err.filename), None, None, "not found"))
 
 
+def _world_option(name: str, *flags: str):
+    """A `ckl world` option from WorldConfig's field: its default and help, one definition."""
+    from dataclasses import fields
+
+    from ckl.data.world import WorldConfig
+
+    spec = next(f for f in fields(WorldConfig) if f.name == name)
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"])
+
+
 @app.command()
 def world(
     out: Path = typer.Option(..., "--out", help="directory to write the stream to"),
-    seed: int = typer.Option(0, help="random seed (the same seed gives identical files)"),
-    people: int = typer.Option(200, help="people in the base knowledge"),
-    stages: int = typer.Option(2, help="number of stages of changes"),
-    learn: int = typer.Option(40, help="new people per stage"),
-    update: int = typer.Option(40, help="facts updated per stage"),
-    forget: int = typer.Option(10, help="deletion requests per stage"),
-    qa_fraction: float = typer.Option(0.5, "--qa-fraction", help="fraction of people whose question-answer lines are trained; questions about the rest are extraction probes"),
-    background_people: int = typer.Option(100, "--background-people", help="people outside every cohort whose biographies teach the held-out phrasings"),
-    min_probe_word_count: int = typer.Option(20, "--min-probe-word-count", help="refuse a world whose probe words are read fewer times than this in training text"),
+    seed: int = _world_option("seed"),
+    people: int = _world_option("people"),
+    stages: int = _world_option("stages"),
+    learn: int = _world_option("learn_per_stage", "--learn"),
+    update: int = _world_option("update_per_stage", "--update"),
+    forget: int = _world_option("forget_per_stage", "--forget"),
+    qa_fraction: float = _world_option("qa_fraction", "--qa-fraction"),
+    background_people: int = _world_option("background_people", "--background-people"),
+    min_probe_word_count: int = _world_option("min_probe_word_count", "--min-probe-word-count"),
 ) -> None:
     """Write a synthetic temporal world (a stream directory of JSONL files)."""
     from ckl.data.world import WorldConfig, build_world

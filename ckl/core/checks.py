@@ -9,6 +9,15 @@ from __future__ import annotations
 import math
 
 
+class ConfigError(ValueError):
+    """A config value is invalid; `field` names the option (so a loader can point at its
+    file line without parsing the message)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def check_number(value, name: str, low: float | None = None, low_open: bool = False, optional: bool = False, high: float | None = None) -> None:
     """A finite int or float (bools refused), >= low (> low when low_open), <= high."""
     if optional and value is None:
@@ -16,9 +25,9 @@ def check_number(value, name: str, low: float | None = None, low_open: bool = Fa
     bounds = " and ".join(([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + ([f"<= {high}"] if high is not None else []))
     what = f"a finite number{' ' + bounds if bounds else ''}"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {what}, got {value!r}")  # NaN and inf are refused here
+        raise ConfigError(name, f"{name} must be {what}, got {value!r}")  # NaN and inf are refused here
     if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ConfigError(name, f"{name} must be {what}, got {value!r}")
 
 
 MAX_COUNT = 10**9  # epochs, steps, sizes: a count beyond this is a typo, and would not fit the store's integers
@@ -28,17 +37,17 @@ def check_count(value, name: str, low: int = 1) -> None:
     """An int (bools refused) >= low (default: a positive integer), at most MAX_COUNT."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
+        raise ConfigError(name, f"{name} must be {what}, got {value!r}")
     if value > MAX_COUNT:
-        raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value:.3g}")
+        raise ConfigError(name, f"{name} must be at most {MAX_COUNT:,}, got {value:.3g}")
 
 
 def check_flag(value, name: str) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ConfigError(name, f"{name} must be true or false, got {value!r}")
 
 
 def check_unit(value, name: str) -> None:
     """A number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails the comparison
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        raise ConfigError(name, f"{name} must be in [0, 1], got {value!r}")

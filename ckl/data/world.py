@@ -51,6 +51,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field, fields
 
+from ckl.core.checks import ConfigError
 from ckl.data.facts import ChangeRecord, Fact, Relation
 from ckl.data.stream import QUESTION_FORMAT, Change, Stream, render_documents
 
@@ -83,48 +84,48 @@ class WorldConfig:
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"WorldConfig.{f.name} must be an integer, got {value!r}")
+                raise ConfigError(f.name, f"WorldConfig.{f.name} must be an integer, got {value!r}")
             if f.name != "seed" and value < 0:
-                raise ValueError(f"WorldConfig.{f.name} must be >= 0, got {value!r}")
+                raise ConfigError(f.name, f"WorldConfig.{f.name} must be >= 0, got {value!r}")
         if self.people < 1:
-            raise ValueError(f"WorldConfig.people must be >= 1, got {self.people!r}")
+            raise ConfigError("people", f"WorldConfig.people must be >= 1, got {self.people!r}")
         if isinstance(self.qa_fraction, bool) or not isinstance(self.qa_fraction, (int, float)) or not 0 < self.qa_fraction <= 1:
-            raise ValueError(f"WorldConfig.qa_fraction must be in (0, 1], got {self.qa_fraction!r}")
+            raise ConfigError("qa_fraction", f"WorldConfig.qa_fraction must be in (0, 1], got {self.qa_fraction!r}")
         if round(self.people * self.qa_fraction) < 1:
-            raise ValueError(
+            raise ConfigError("qa_fraction", (
                 f"WorldConfig.qa_fraction={self.qa_fraction!r} with people={self.people!r} gives a question-answer "
                 "half of 0 people; raise qa_fraction or people"
-            )
+            ))
         total_people = self.people + self.stages * self.learn_per_stage
         if self.background_people > MAX_PEOPLE:
-            raise ValueError(f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
+            raise ConfigError("background_people", f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
         if total_people > MAX_PEOPLE:
-            raise ValueError(
+            raise ConfigError("learn_per_stage", (
                 f"WorldConfig.learn_per_stage={self.learn_per_stage!r} with people={self.people!r} and "
                 f"stages={self.stages!r} makes {total_people} people; at most {MAX_PEOPLE} are supported"
-            )
+            ))
         per_stage = self.learn_per_stage + self.update_per_stage + self.edit_per_stage + self.forget_per_stage
         if self.stages > 0 and per_stage == 0:
             # An empty stage cannot be written to changes.jsonl, so it would not round-trip.
-            raise ValueError(f"WorldConfig.stages={self.stages!r} needs at least one learn, update, edit or forget per stage")
+            raise ConfigError("stages", f"WorldConfig.stages={self.stages!r} needs at least one learn, update, edit or forget per stage")
         mutable = self.people * len(MUTABLE_RELATIONS)
         if self.stages * self.update_per_stage > mutable:
-            raise ValueError(
+            raise ConfigError("update_per_stage", (
                 f"WorldConfig.update_per_stage={self.update_per_stage!r} needs {self.stages * self.update_per_stage} "
                 f"mutable base facts over {self.stages} stages, but people={self.people} give only {mutable}"
-            )
+            ))
         touched = self.stages * (self.update_per_stage + self.edit_per_stage + self.forget_per_stage)
         if touched > self.people * len(RELATION_SPECS):
-            raise ValueError(
+            raise ConfigError("forget_per_stage", (
                 f"WorldConfig.forget_per_stage={self.forget_per_stage!r} (with update_per_stage={self.update_per_stage}, "
                 f"edit_per_stage={self.edit_per_stage}) needs {touched} base facts, but people={self.people} "
                 f"give only {self.people * len(RELATION_SPECS)}"
-            )
+            ))
         if self.general_train + self.general_heldout > MAX_GENERAL:
-            raise ValueError(
+            raise ConfigError("general_train", (
                 f"WorldConfig.general_train={self.general_train!r} + general_heldout={self.general_heldout!r} "
                 f"exceeds {MAX_GENERAL} sentences"
-            )
+            ))
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -357,15 +358,15 @@ def probe_word_counts(stream: Stream) -> dict[str, int]:
 
 
 def check_probe_words(stream: Stream, minimum: int) -> None:
-    """Raise ValueError naming `min_probe_word_count` when a probe word is read fewer than
+    """Raise ConfigError naming `min_probe_word_count` when a probe word is read fewer than
     `minimum` times in training text (`probe_word_counts`)."""
     rare = {w: n for w, n in probe_word_counts(stream).items() if n < minimum}
     if rare:
         shown = ", ".join(f"{w!r} ({n})" for w, n in sorted(rare.items(), key=lambda kv: kv[1])[:10])
-        raise ValueError(
+        raise ConfigError("min_probe_word_count", (
             f"WorldConfig.min_probe_word_count={minimum}: {len(rare)} word(s) of probe prompts are read fewer times "
             f"in training text: {shown}; raise background_people or lower min_probe_word_count"
-        )
+        ))
 
 
 def general_sentences(rng: random.Random, n: int) -> list[str]:

@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
 
 EOS, PAD, UNK = "<|endoftext|>", "<pad>", "<unk>"
@@ -41,9 +42,9 @@ class TinyModelConfig:
         for name in ("n_layer", "n_embd", "n_head", "n_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError("n_head", f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
 def make_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:

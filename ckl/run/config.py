@@ -7,57 +7,42 @@ config dataclasses here, so a typo fails in a second, not after an hour of pretr
 
 from __future__ import annotations
 
+import dataclasses
 import re
-
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
 from ckl.data.facts import PROBE_KINDS, read_input_text
+from ckl.data.world import WorldConfig
+from ckl.train.pretrain import PretrainConfig
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float: NaN and inf refused
 
 
-class WorldSpec(Strict):
-    seed: int = 0
-    people: int = Field(200, ge=2)
-    stages: int = Field(2, ge=1)
-    learn_per_stage: int = Field(40, ge=0)
-    update_per_stage: int = Field(40, ge=0)
-    edit_per_stage: int = Field(0, ge=0)
-    forget_per_stage: int = Field(10, ge=0)
-    general_train: int = Field(400, ge=0)
-    general_heldout: int = Field(200, ge=0)
-    qa_fraction: float = Field(0.5, gt=0, le=1, strict=True)
-    background_people: int = Field(100, ge=0)
-    min_probe_word_count: int = Field(20, ge=0)
+def spec_of(cls: type, name: str) -> type[BaseModel]:
+    """The YAML schema of a config dataclass: its fields, types and defaults, nothing else.
+    The dataclass stays the one definition of its options and their rules: the loader
+    builds it (`__post_init__` checks every value and raises `ConfigError` naming the
+    field), so the schema and the dataclass can never disagree."""
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        fields[f.name] = (hints[f.name], Field(default, description=f.metadata.get("help")))
+    return create_model(name, __base__=Strict, **fields)
 
 
-class PretrainSpec(Strict):
-    n_layer: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=8)
-    n_head: int = Field(4, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
-    block_size: int = Field(128, ge=8)
-    max_epochs: int = Field(300, ge=1)
-    max_seconds: float = Field(0.0, ge=0)
-    target: float = Field(0.97, gt=0, le=1)
-    knowledge_target: float = Field(0.8, ge=0, le=1, strict=True)  # paraphrase and extraction accuracy to reach too
-    eval_every: int = Field(5, ge=1)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    shuffle: bool = True  # shuffle each epoch's documents before packing (ckl.train.loop.train)
-    biographies: int = Field(1, ge=1)  # biographies per person per epoch
-    questions: int = Field(2, ge=-1)  # question-answer lines per QA-trained person per epoch (-1 = every fact's)
-    refusals: bool = False  # the tokenizer also learns the words of TOFU's refusals (for the idk part)
-    seed: int = 0
-    copy_fraction: float = Field(0.0, ge=0)
-    target_facts: Literal["invariant", "base"] = "invariant"
+# `world:` and `pretrain:` are WorldConfig and PretrainConfig (ckl.data.world, ckl.train.pretrain)
+WorldSpec = spec_of(WorldConfig, "WorldSpec")
+PretrainSpec = spec_of(PretrainConfig, "PretrainSpec")
 
 
 class EvalSpec(Strict):
@@ -273,18 +258,25 @@ def load_config(path: str | Path) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise InputError.of([
-            InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, _message(e)) for e in err.errors()
-        ]) from None
+        problems = [InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, _message(e)) for e in err.errors()]
+        # the world's and pretraining's own rules too, where their part of the schema passed
+        for key, spec, cls in (("world", WorldSpec, WorldConfig), ("pretrain", PretrainSpec, PretrainConfig)):
+            if isinstance(data.get(key), dict) and not any(p.field and p.field.split(".")[0] == key for p in problems):
+                try:
+                    cls(**spec.model_validate(data[key]).model_dump())
+                except ConfigError as bad:
+                    problems.append(InputError(file, _line_of(root, (key, bad.field)), f"{key}.{bad.field}", str(bad).removeprefix("WorldConfig.")))
+        raise InputError.of(sorted(problems, key=lambda p: p.line or 0)) from None
     problems = []
     if (config.stream is None) == (config.world is None):
         problems.append(InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)"))
     if config.model is not None and config.pretrain is not None:
         problems.append(InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both"))
-    try:
-        check_world(config, file, root)
-    except InputError as err:
-        problems.append(err)
+    for check in (check_world, check_pretrain):
+        try:
+            check(config, file, root)
+        except InputError as err:
+            problems.append(err)
     base = path.parent
     if config.stream is not None:
         config.stream = str((base / config.stream).resolve())
@@ -311,15 +303,27 @@ def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Nod
     when `root`, the YAML node tree, is given)."""
     if config.world is None:
         return
-    from ckl.data.world import WorldConfig, build_world
+    from ckl.data.world import build_world
 
     try:
         build_world(WorldConfig(**config.world.model_dump()))
-    except ValueError as err:
-        message = str(err).removeprefix("WorldConfig.")
-        option = message.split("=", 1)[0].split(" ", 1)[0]
-        key = ("world", option) if option in WorldSpec.model_fields else ("world",)
-        raise InputError(file, _line_of(root, key), _dotted(key), message) from None
+    except ConfigError as err:
+        key = ("world", err.field)
+        raise InputError(file, _line_of(root, key), _dotted(key), str(err).removeprefix("WorldConfig.")) from None
+    except ValueError as err:  # the built world's own checks (probe words): the world as a whole
+        raise InputError(file, _line_of(root, ("world",)), "world", str(err)) from None
+
+
+def check_pretrain(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
+    """Build the configured PretrainConfig (every option's rule); a failure names
+    `pretrain.<option>` and its line."""
+    if config.pretrain is None:
+        return
+    try:
+        PretrainConfig(**config.pretrain.model_dump())
+    except ConfigError as err:
+        key = ("pretrain", err.field)
+        raise InputError(file, _line_of(root, key), _dotted(key), str(err)) from None
 
 
 def stream_kinds(config: ExperimentConfig) -> dict[str, int]:

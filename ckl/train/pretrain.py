@@ -23,7 +23,7 @@ import torch
 
 from ckl.data import cohorts
 from ckl.model import lm
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_count, check_flag, check_number
 from ckl.data.copy_mix import copy_documents, demonstration
 from ckl.core.distributed import on_main
 from ckl.data.facts import PROBE_KINDS
@@ -56,22 +56,27 @@ class PretrainConfig:
     target_facts: str = field(default="invariant", metadata={"help": "facts the target is measured on: invariant | base (all of K0, e.g. for editing streams)"})
 
     def __post_init__(self) -> None:
-        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape
-        TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size, schedule=self.schedule, shuffle=self.shuffle)
-        if not 0 < self.target <= 1:
-            raise ValueError(f"target must be in (0, 1], got {self.target!r}")
+        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape (ConfigError names the field)
+        try:
+            TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size, schedule=self.schedule, shuffle=self.shuffle)
+        except ConfigError as err:  # the loop's names -> this config's
+            field = {"epochs": "max_epochs"}.get(err.field, err.field)
+            raise ConfigError(field, str(err).replace(f"{err.field} must", f"{field} must", 1)) from None
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not 0 < self.target <= 1:
+            raise ConfigError("target", f"target must be in (0, 1], got {self.target!r}")
         if isinstance(self.knowledge_target, bool) or not isinstance(self.knowledge_target, (int, float)) or not 0 <= self.knowledge_target <= 1:
-            raise ValueError(f"knowledge_target must be in [0, 1], got {self.knowledge_target!r}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}")
+            raise ConfigError("knowledge_target", f"knowledge_target must be in [0, 1], got {self.knowledge_target!r}")
+        check_count(self.eval_every, "eval_every")
         check_number(self.max_seconds, "max_seconds", low=0)
         check_number(self.copy_fraction, "copy_fraction", low=0)
-        if isinstance(self.biographies, bool) or not isinstance(self.biographies, int) or self.biographies < 1:
-            raise ValueError(f"biographies must be an integer >= 1, got {self.biographies!r}")
+        check_flag(self.refusals, "refusals")
+        check_count(self.biographies, "biographies")
         if isinstance(self.questions, bool) or not isinstance(self.questions, int) or self.questions < -1:
-            raise ValueError(f"questions must be an integer >= -1 (-1 = every fact's), got {self.questions!r}")
+            raise ConfigError("questions", f"questions must be an integer >= -1 (-1 = every fact's), got {self.questions!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError("seed", f"seed must be an integer, got {self.seed!r}")
         if self.target_facts not in ("invariant", "base"):
-            raise ValueError(f"target_facts must be 'invariant' or 'base', got {self.target_facts!r}")
+            raise ConfigError("target_facts", f"target_facts must be 'invariant' or 'base', got {self.target_facts!r}")
 
 
 @dataclass

@@ -130,7 +130,7 @@ def test_bad_attack_options_are_config_errors(tmp_path):
     from ckl.run.config import load_config
     from ckl.core.errors import InputError
 
-    (tmp_path / "exp.yaml").write_text("world: {people: 4}\nmethods: [{name: naive, skip: [forget]}]\neval:\n  attack: {data: all}\n")
+    (tmp_path / "exp.yaml").write_text("world: {people: 12, learn_per_stage: 4, update_per_stage: 4, forget_per_stage: 2}\nmethods: [{name: naive, skip: [forget]}]\neval:\n  attack: {data: all}\n")
     with pytest.raises(InputError) as info:
         load_config(tmp_path / "exp.yaml")
-    assert info.value.line == 4 and "data must be one of" in info.value.message
+    assert info.value.line == 4 and "data must be one of" in info.value.message and info.value.more == []

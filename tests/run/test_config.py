@@ -38,9 +38,10 @@ def test_valid_config_loads_with_defaults(tmp_path):
         (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train", "epochs"),
         (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
         (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "unknown key (did you mean 'world'?)"),
-        (GOOD.replace("people: 12", "people: 1"), 2, "world.people", "greater than"),
-        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0"), 2, "world.qa_fraction", "greater than 0"),
-        (GOOD.replace("people: 12", "people: 12, min_probe_word_count: -1"), 2, "world.min_probe_word_count", "greater than"),
+        (GOOD.replace("people: 12", "people: 0"), 2, "world.people", "people must be >= 1"),
+        (GOOD.replace("people: 12", "people: 1"), 2, "world.qa_fraction", "half of 0 people"),
+        (GOOD.replace("people: 12", "people: 12, qa_fraction: 0"), 2, "world.qa_fraction", "qa_fraction must be in (0, 1]"),
+        (GOOD.replace("people: 12", "people: 12, min_probe_word_count: -1"), 2, "world.min_probe_word_count", "must be >= 0"),
         (GOOD.replace("people: 12", "people: 12, background_people: 0"), 2, "world.min_probe_word_count", "read fewer times"),
         (GOOD.replace("people: 12", "people: 12, qa_fraction: 0.01"), 2, "world.qa_fraction", "half of 0 people"),
     ],
@@ -147,10 +148,11 @@ def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
     text = str(info.value).splitlines()
     assert len(text) == 3 and text[1].startswith(f"{path}:5: field 'methods[0].replay': fraction must be in [0, 1)")
 
-    path.write_text("name: x\nworld: {people: 1, stages: 0}\nmethods: [{name: naive}]\nseeds: [-1]\n")
-    with pytest.raises(InputError) as info:  # the schema's errors, all of them
+    path.write_text("name: x\nworld: {people: 0}\npretrain: {n_head: 3}\nmethods: [{name: naive}]\nseeds: [-1]\n")
+    with pytest.raises(InputError) as info:  # the schema's errors and the world's and pretraining's rules, together
         load_config(path)
-    assert [e.field for e in [info.value, *info.value.more]] == ["world.people", "world.stages", "seeds[0]"]
+    assert [e.field for e in [info.value, *info.value.more]] == ["world.people", "pretrain.n_head", "seeds[0]"]
+    assert "n_embd (128) must be divisible by n_head (3)" in str(info.value)
 
 
 def test_a_mistyped_key_part_or_option_gets_a_suggestion(tmp_path):
