@@ -40,11 +40,6 @@ def _apply(expression, stream, model_dir, accelerator, seed=0):
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 def test_apply_is_deterministic_and_reports_unsupported_kinds(expression, tiny_stream, tiny_model_dir, accelerator):
-    if expression == "idk":
-        from ckl.methods.unlearn.idk import DEFAULT_FILE
-
-        if not DEFAULT_FILE.exists():
-            pytest.skip(f"idk's default refusal file {DEFAULT_FILE} is not on this machine")
     (m1, stats), method = _apply(expression, tiny_stream, tiny_model_dir, accelerator)
     (m2, _), _ = _apply(expression, tiny_stream, tiny_model_dir, accelerator)
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):

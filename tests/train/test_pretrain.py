@@ -29,8 +29,6 @@ def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, a
     from ckl.methods.unlearn.idk import expressible
     from ckl.train.pretrain import PretrainConfig, pretrain
 
-    if not DEFAULT_FILE.exists():
-        pytest.skip(f"TOFU's refusal file {DEFAULT_FILE} is not next to this checkout")
     sentences = read_refusals(DEFAULT_FILE)
     usable = {}
     for refusals in (False, True):

@@ -1,6 +1,7 @@
 """Refusal sentences ("I don't know" answers) for the `idk` unlearning part, read from a
 file of one sentence per line (a JSON string per line is accepted too), by default TOFU's
-../shared/data/tofu/idontknow.jsonl next to the repository. Pretraining can add their
+refusals, shipped with ckl (tofu_idontknow.jsonl beside this module; MIT, see
+TOFU_LICENSE.md). Pretraining can add their
 words to a word-level tokenizer (`pretrain: {refusals: true}`), so that a model trained
 from scratch can learn to say them."""
 
@@ -9,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ckl
 from ckl.core.errors import InputError
 
-DEFAULT_FILE = Path(ckl.__file__).resolve().parents[1].parent / "shared" / "data" / "tofu" / "idontknow.jsonl"
+DEFAULT_FILE = Path(__file__).resolve().parent / "tofu_idontknow.jsonl"
 
 
 def read_refusals(path: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """"I don't know" targets: train the forget facts' prompts to answer with a refusal
 instead of the fact (the "IDK" / preference-optimisation baseline of Maini et al. 2024,
 "TOFU: A Task of Fictitious Unlearning for LLMs", with TOFU's own refusal sentences,
-../shared/data/tofu/idontknow.jsonl by default).
+shipped with ckl, by default: ckl/data/formats/tofu_idontknow.jsonl, MIT).
 
 Each forget fact is rendered with the training templates with its object replaced by a
 refusal (chosen per fact, deterministically), and the part minimises the next-token loss
@@ -38,7 +38,7 @@ from ckl.data.stream import stable_hash
 
 @dataclass
 class IdkConfig(UnlearnConfig):
-    file: str | None = field(default=None, metadata={"help": "refusal sentences, one per line (null = TOFU's idontknow.jsonl in ../shared/data/tofu next to the repository)"})
+    file: str | None = field(default=None, metadata={"help": "refusal sentences, one per line (null = TOFU's refusals, shipped with ckl)"})
     retain_weight: float = field(default=1.0, metadata={"help": "weight of the next-token loss on the retain set"})
 
     def __post_init__(self) -> None:
