@@ -6,6 +6,7 @@ import time of the library. User mistakes become one message and exit code 2.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -254,6 +255,13 @@ def run(
     finally:
         end_processes()
     show(run_dir)
+    from ckl.data.facts import atomic_write_text
+    from ckl.results.store import Store
+    from ckl.results.summary import run_summary
+
+    with Store(run_dir / "results.sqlite") as store:
+        atomic_write_text(run_dir / "summary.json", json.dumps(run_summary(store), indent=2))
+    console.print(f"summary in {run_dir / 'summary.json'}")
     if mlflow:
         from ckl.report import write_report
         from ckl.report.tracking import log_run
@@ -296,8 +304,13 @@ def show(
     from ckl.core.environment import describe
 
     measured = "measured with " + "; then ".join(describe(e) for e in environments) if environments else None
+    base = next((s for e in summary.values() for s in e["per_seed"] if s.get("complete") and s.get("invariant_before") is not None), None)
+    base_line = (f"base model (row 0): invariant accuracy {base['invariant_before']:.3f}"
+                 + (f", held-out perplexity {base['perplexity_before']:.2f}" if base.get("perplexity_before") else "")) if base else None
     if markdown:
         print(markdown_table(summary))
+        if base_line:
+            print(f"\n({base_line})")
         if measured:
             print(f"\n({measured})")
         if forgetting:
@@ -311,6 +324,8 @@ def show(
                 if s.get("matrix"):
                     console.print(matrix_table(f"{method} (seed {s['seed']})", s["matrix"]))
     console.print(summary_table(summary, title=f"{run_dir}"))
+    if base_line:
+        console.print(base_line, highlight=False)
     if forgetting:
         console.print(unlearning_table(forgetting, title="unlearning (docs/unlearning.md)"))
     if editing:
@@ -381,10 +396,12 @@ def compare(runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run d
 
     from ckl.report import compare_table
 
-    table, front = _guard(lambda: compare_table(runs))
+    table, front, warning = _guard(lambda: compare_table(runs))
     console.print(table)
     if front:
         console.print("Pareto front of retention and acquisition: " + escape(", ".join(front)))
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

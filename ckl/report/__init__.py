@@ -28,8 +28,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
 
 
 def compare_table(run_dirs: list[str | Path]):
-    """The key table of `ckl show` for several runs side by side (a rich Table), and the
-    labels on the retention/acquisition Pareto front."""
+    """The key table of `ckl show` for several runs side by side (a rich Table), the
+    labels on the retention/acquisition Pareto front, and a warning (or None) when the
+    runs are different experiments (another stream, base model or evaluation), whose
+    numbers one front should not rank together."""
     from rich.markup import escape
 
     from ckl.report.data import gather
@@ -38,4 +40,9 @@ def compare_table(run_dirs: list[str | Path]):
     data = gather(list(run_dirs), drill=False)
     summary = {escape(m.label): m.summary for m in data.methods}  # "[...]" in a name is text, not markup
     title = escape("compared: " + ", ".join(r.name for r in data.runs))
-    return summary_table(summary, title=title), data.pareto
+    experiments = {r.experiment for r in data.runs}
+    warning = None
+    if len(experiments) > 1 or None in experiments:
+        warning = ("these runs are not one experiment (their stream, base model or evaluation differ, or a run predates "
+                   "the marker that says): the table and the Pareto front put numbers measured on different things side by side")
+    return summary_table(summary, title=title), data.pareto, warning

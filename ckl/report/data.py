@@ -38,6 +38,7 @@ class RunInfo:
     probes: int
     weak_base: dict | None = None  # the pretrained base missed its target and the run went on (allow_weak_base)
     environments: list[dict] = field(default_factory=list)  # thread count, CPU, versions of every process that added results
+    experiment: str | None = None  # the hash of what makes it one experiment (stream, base model, evaluation): ckl-run.json
 
 
 @dataclass
@@ -166,6 +167,17 @@ def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[l
     return forgotten, not_learned
 
 
+def _experiment_of(run_dir: Path) -> str | None:
+    import json
+
+    from ckl.run.rundir import MARKER
+
+    try:
+        return json.loads((run_dir / MARKER).read_text()).get("experiment")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
     """Read every run directory; methods keep the order they ran in. `drill=False`
     skips the per-probe drill-down (the terminal table does not need it).
@@ -185,7 +197,7 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                 raise InputError(str(run_dir), None, None, "the run has not recorded anything yet")
             metric = store.get_meta("metric", "em")
             runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes()), store.get_meta("weak_base"),
-                                store.get_meta("environments") or []))
+                                store.get_meta("environments") or [], _experiment_of(Path(run_dir))))
             editing = is_editing_run(store)
             summaries = summarize(store, metric=metric, kinds=KINDS)
             unlearners = [m for m, e in summaries.items() if e["seeds"] and "forget" not in e["not_applied"]]

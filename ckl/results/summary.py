@@ -112,3 +112,27 @@ def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> 
         entry["per_seed"] = seeds
         out[method] = entry
     return out
+
+
+def run_summary(store: Store) -> dict[str, Any]:
+    """What a run's summary.json holds (`ckl run`, `ckl demo`): every learning number of
+    the registry per method (means over complete seeds, `<key>_std` beside each), the
+    unlearning numbers of methods that applied deletions, the run's metric, what it was
+    measured on (threads, CPU, versions) and whether its base model missed its target."""
+    from ckl.results.unlearning import has_forget, summarize_unlearning
+
+    summary = summarize(store)
+    keys = numbers.keys("learning")
+    out: dict[str, Any] = {
+        "metric": store.get_meta("metric", "em"),
+        "methods": {
+            m: {"seeds": e["seeds"], **{k: e[k] for k in keys}, **{f"{k}_std": e[f"{k}_std"] for k in keys}}
+            for m, e in summary.items()
+        },
+    }
+    unlearners = [m for m, e in summary.items() if e["seeds"] and "forget" not in e["not_applied"]]
+    if unlearners and has_forget(store):
+        out["unlearning"] = summarize_unlearning(store, methods=unlearners)
+    out["environments"] = store.get_meta("environments") or []
+    out["weak_base"] = store.get_meta("weak_base")
+    return out

@@ -46,6 +46,10 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert r.returncode == 0 and lines[0].startswith("| method | seeds | retention")
     assert [line.split(" | ")[0] for line in lines[2:4]] == ["| naive", "| lora+replay"]
+    assert "(base model (row 0): invariant accuracy " in r.stdout and "held-out perplexity" in r.stdout
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())  # ckl run writes summary.json too
+    assert set(written["methods"]) == {"naive", "lora+replay"} and written["weak_base"] is None
+    assert written["methods"]["naive"]["retention"] is not None and written["environments"][0]["torch_threads"] >= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["methods"][1]["lora"] == {"r": 4}
 

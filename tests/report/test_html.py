@@ -93,3 +93,16 @@ def test_compare_prints_the_key_table_of_several_runs(run_dir, tmp_path):
     assert "other: replay" in result.output and f"{run_dir.name}: naive" in result.output
     assert HOSTILE_METHOD in result.output  # "[...]"-free names print literally; markup is escaped
     assert "Pareto front of retention and acquisition: other: replay" in result.output
+
+
+def test_compare_warns_when_the_runs_are_different_experiments(tmp_path):
+    from ckl.report import compare_table
+    from ckl.run.rundir import MARKER
+
+    a, b, c = (make_run(tmp_path / name) for name in ("a", "b", "c"))
+    for run, experiment in ((a, "e1"), (b, "e1"), (c, "e2")):
+        (run / MARKER).write_text(f'{{"format": "ckl-run", "version": 1, "experiment": "{experiment}"}}')
+    assert compare_table([a, b])[2] is None  # one experiment: no warning
+    assert "not one experiment" in compare_table([a, c])[2]
+    result = CliRunner().invoke(app, ["compare", str(a), str(c)])
+    assert result.exit_code == 0 and "warning: these runs are not one experiment" in result.output

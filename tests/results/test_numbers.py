@@ -55,7 +55,7 @@ def test_an_added_number_reaches_every_surface(added, tmp_path, monkeypatch):
     markdown = runner.invoke(app, ["show", str(run), "--markdown"]).output
     assert "| hello col |" in markdown and "0.1234" in markdown and "goodbye col" in markdown
 
-    table, _ = compare_table([run, make_run(tmp_path / "other")])  # what `ckl compare` prints
+    table, _, _ = compare_table([run, make_run(tmp_path / "other")])  # what `ckl compare` prints
     column = next(c for c in table.columns if c.header == "hello col")
     assert list(column.cells) == ["0.1234"] * 4
 
