@@ -444,86 +444,57 @@ import_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="Write a benc
 app.add_typer(import_app, name="import")
 
 
-def _import_edits(fmt: str, source: Path, out: Path, edits: Optional[int], batch: int, untouched: int, forms: bool, taught_targets: bool, seed: int) -> None:
-    from ckl.data.formats.editing_import import import_stream
-
-    stream = _guard(lambda: import_stream(fmt, source, out, edits, batch, untouched, forms=forms, taught_targets=taught_targets, seed=seed))
-    meta = stream.meta
-    console.print(f"wrote {out}: {len(stream.base)} true facts to teach, {meta['edits']} edits in {stream.T} batch(es) of {batch}, {untouched} records untouched")
-    if forms:
-        console.print(f"  facts taught in the forms of {meta['groups']} template group(s)")
-    if taught_targets:
-        console.print(f"  {len(meta['retargeted'])} new target(s) replaced by objects the base model is taught (meta.json: retargeted)")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _edit_importer(fmt: str, name: str):
-    """The `ckl import counterfact|zsre` command: both formats take the same options."""
+def _importer_command(name: str):
+    """`ckl import <name>`, built from the importer's registration: its source argument,
+    `--out`, and one option per field of its options dataclass (default and help from
+    the field), so a new importer needs no code here."""
+    import dataclasses
+    import inspect
+    import typing
 
-    def command(
-        source: Path = typer.Argument(..., metavar="FILE", help=f"{name}'s JSON file"),
-        out: Path = typer.Option(..., "--out", help="stream directory to write"),
-        edits: Optional[int] = typer.Option(None, "--edits", help="records to edit (default: all but --untouched)"),
-        batch: int = typer.Option(100, "--batch", help="edits per stage (the sequential batch)"),
-        untouched: int = typer.Option(0, "--untouched", help="further records kept true (retention of everything else)"),
-        single_form: bool = typer.Option(False, "--single-form", help="teach each fact only in its record's own prompt (the earlier stream; subject-keyed editors cannot reach it)"),
-        keep_targets: bool = typer.Option(False, "--keep-targets", help="keep every record's new target, even one the base model is never taught to produce"),
-        seed: int = typer.Option(0, "--seed", help="seed for the replacement targets"),
-    ) -> None:
-        _import_edits(fmt, source, out, edits, batch, untouched, not single_form, not keep_targets, seed)
+    from ckl.data.formats.registry import importers
 
-    command.__doc__ = f"{name} -> an editing stream: true facts taught first, then edited in batches."
+    importer = importers()[name]
+    hints = typing.get_type_hints(importer.options)
+    params = [
+        inspect.Parameter("source", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Argument(..., metavar=importer.source, help=importer.source_help)),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Option(..., "--out", help="stream directory to write (new or empty)")),
+    ]
+    for f in dataclasses.fields(importer.options):
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                        default=typer.Option(f.default, _flag(f.name), help=f.metadata["help"])))
+
+    def command(**values) -> None:
+        from ckl.data.formats.registry import import_to
+
+        source, out = values.pop("source"), values.pop("out")
+        stream = _guard(lambda: import_to(name, source, out, values))
+        what = importer.describe(stream, importer.options(**values)) if importer.describe else f"{len(stream.base)} base facts, {stream.T} stage(s)"
+        console.print(f"wrote {out}: {what}")
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = importer.help
+    command.__name__ = f"import_{name}"
     return command
 
 
-for _fmt, _name in (("counterfact", "CounterFact"), ("zsre", "zsRE")):
-    import_app.command(_fmt)(_edit_importer(_fmt, _name))
+def _register_import_commands() -> None:
+    from ckl.data.formats.registry import importers
+
+    for name in sorted(importers()):
+        import_app.command(name)(_importer_command(name))
+    # the names of earlier releases, kept working (not listed in --help)
+    for name in ("knowundo", "pile"):
+        app.command(f"import-{name}", hidden=True)(_importer_command(name))
 
 
-@import_app.command("knowundo")
-def import_knowundo(
-    source: Path = typer.Argument(..., metavar="DIR", help="the KnowUnDo privacy folder (full.json, unlearn_*.json, retention_*.json)"),
-    out: Path = typer.Option(..., "--out", help="stream directory to write"),
-    people: int = typer.Option(0, help="keep the first N people (0 = all)"),
-    unseen_people: int = typer.Option(0, help="hold out the last N of them: never taught (the never-seen floor)"),
-    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
-) -> None:
-    """KnowUnDo privacy -> an unlearning stream (teach all, forget unlearn_*)."""
-    from ckl.data.formats.knowundo import KnowUndoConfig, load_knowundo
-
-    _write_scenario(out, lambda: load_knowundo(source, KnowUndoConfig(people=people, unseen_people=unseen_people, stages=stages)))
-
-
-@import_app.command("pile")
-def import_pile(
-    source: Path = typer.Argument(..., metavar="CSV", help="the Pile extraction targets (doc_id,corpus,text)"),
-    out: Path = typer.Option(..., "--out", help="stream directory to write"),
-    limit: int = typer.Option(0, help="use the first N targets (0 = all)"),
-    prefix_words: int = typer.Option(32, help="words of each target given as the prompt"),
-    suffix_words: int = typer.Option(32, help="words after it to memorise, then unlearn"),
-    forget: int = typer.Option(0, help="targets to unlearn (0 = half of the taught ones)"),
-    unseen: int = typer.Option(0, help="targets held out entirely (the never-seen floor)"),
-    stages: int = typer.Option(1, help="deletion requests split into this many stages"),
-) -> None:
-    """The Pile extraction targets -> an unlearning stream (memorise, then forget)."""
-    from ckl.data.formats.pile import PileConfig, load_pile
-
-    _write_scenario(out, lambda: load_pile(source, PileConfig(limit=limit, prefix_words=prefix_words, suffix_words=suffix_words, forget=forget, unseen=unseen, stages=stages)))
-
-
-# the names of earlier releases, kept working (not listed in --help)
-app.command("import-knowundo", hidden=True)(import_knowundo)
-app.command("import-pile", hidden=True)(import_pile)
-
-
-def _write_scenario(out: Path, load) -> None:
-    """Build a stream (options checked first, nothing written on an error) and save it."""
-    try:
-        stream = _guard(load)
-    except ValueError as err:
-        _fail(InputError("<options>", None, None, str(err)))
-    stream.save(out)
-    forgets = sum(len(c.forget) for c in stream.stages)
-    console.print(f"wrote {out}: {len(stream.base)} facts to teach, {forgets} deletion requests in {stream.T} stage(s), {len(stream.unseen)} never-seen facts")
+_register_import_commands()
 
 
 @app.command()

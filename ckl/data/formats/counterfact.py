@@ -13,10 +13,13 @@ record number; nothing is written.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from ckl.core.errors import InputError
-from ckl.data.formats.edits import EditCase, edit_stream
+from ckl.data.formats.edits import EditCase, EditImportOptions, describe_edits, edit_stream
+from ckl.data.formats.registry import Importer, register_importer
 from ckl.data.formats.json_list import iter_json_list, text_field
 from ckl.data.stream import Stream
 
@@ -57,3 +60,26 @@ def counterfact_stream(path: str | Path, edits: int | None = None, batch: int = 
     `untouched` more kept true; `options` (forms, taught_targets, seed) as in
     ckl.data.formats.edits.edit_stream."""
     return edit_stream(read_counterfact(path), str(path), edits=edits, batch=batch, untouched=untouched, **options)
+
+
+def _sample(directory: Path) -> Path:
+    """Six CounterFact records in the file's form (the importer contract's input)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / "counterfact.json"
+    records = [{
+        "case_id": i, "prompt": f"The mother tongue of Ada Vale{i} is", "subject": f"Ada Vale{i}",
+        "ground_truth": ("French", "English")[i % 2], "target_new": ("English", "French")[i % 2],
+        "rephrase_prompt": f"Ada Vale{i} grew up speaking", "locality_prompt": f"Bo Lind{i} speaks",
+        "locality_ground_truth": "French",
+    } for i in range(6)]
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+register_importer(Importer(
+    "counterfact", EditImportOptions,
+    lambda path, o: counterfact_stream(path, edits=o.edits, batch=o.batch, untouched=o.untouched,
+                                       forms=not o.single_form, taught_targets=not o.keep_targets, seed=o.seed),
+    "CounterFact -> an editing stream: true facts taught first, then edited in batches.",
+    "FILE", "CounterFact's JSON file", _sample, describe_edits,
+))

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ckl.core.errors import InputError
 from ckl.data.facts import ChangeRecord, Fact, Relation
@@ -232,3 +232,28 @@ def edit_stream(
             "forms": forms, "taught_targets": taught_targets, "seed": seed, "retargeted": retargeted,
             "groups": len({groups.find(t) for t in own})}
     return Stream(relations=relations, base=tuple(base), stages=group_stages(records), meta=meta)
+
+
+@dataclass
+class EditImportOptions:
+    """`ckl import counterfact|zsre` options (ckl.data.formats.registry)."""
+
+    edits: int | None = field(default=None, metadata={"help": "records to edit (default: all but --untouched)"})
+    batch: int = field(default=100, metadata={"help": "edits per stage (the sequential batch)"})
+    untouched: int = field(default=0, metadata={"help": "further records kept true (retention of everything else)"})
+    single_form: bool = field(default=False, metadata={"help": "teach each fact only in its record's own prompt (the earlier stream; subject-keyed editors cannot reach it)"})
+    keep_targets: bool = field(default=False, metadata={"help": "keep every record's new target, even one the base model is never taught to produce"})
+    seed: int = field(default=0, metadata={"help": "seed for the replacement targets"})
+
+
+def describe_edits(stream: Stream, options: EditImportOptions) -> str:
+    """What `ckl import counterfact|zsre` prints after writing a stream."""
+    meta = stream.meta
+    lines = [f"{len(stream.base)} true facts to teach, {meta['edits']} edits in {stream.T} batch(es) of {options.batch}, "
+             f"{options.untouched} records untouched"]
+    if not options.single_form:
+        lines.append(f"  facts taught in the forms of {meta['groups']} template group(s)")
+    if not options.keep_targets:
+        lines.append(f"  {len(meta['retargeted'])} new target(s) replaced by objects the base model is taught (meta.json: retargeted)")
+    return "\n".join(lines)
+

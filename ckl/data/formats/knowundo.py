@@ -24,6 +24,8 @@ likelihood (ckl.evaluate.unlearning).
 
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from ckl.core.errors import InputError
 from ckl.data.facts import Fact, Relation
 from ckl.data.formats.json_list import iter_json_list, text_field
 from ckl.data.formats.text_targets import TEXT_RELATION, text_fact, trim_end
+from ckl.data.formats.registry import Importer, describe_deletions, register_importer
 from ckl.data.stream import Change, Stream
 
 SPLITS = ("unlearn_train", "unlearn_val", "retention_train", "retention_val")
@@ -142,3 +145,30 @@ def load_knowundo(directory: str | Path, config: KnowUndoConfig | None = None) -
         meta={"scenario": "knowundo_privacy", "source": str(d), "people": len(taught), "unseen_people": len(unseen),
               "facts": len(base), "forget": len(forget)},
     )
+
+
+def _sample(directory: Path) -> Path:
+    """A KnowUnDo privacy folder of three people, in the dataset's form (the importer
+    contract's input): every record in full.json, one per person to unlearn."""
+    d = Path(directory) / "knowundo"
+    d.mkdir(parents=True, exist_ok=True)
+    people = ("Alda Venmore", "Bren Caldwick", "Corin Dorley")
+    records = [
+        [{"text": f"Who is {p}?", "labels": f"{p} is a baker."}, {"text": f"Where was {p} born?", "labels": "Brennick."},
+         {"text": f"What is the phone number of {p}?", "labels": f"555-010{i}."}]
+        for i, p in enumerate(people)
+    ]
+    full = [r for person in records for r in person]
+    splits = {"unlearn_train": [person[2] for person in records[:2]], "unlearn_val": [records[2][2]],
+              "retention_train": [person[1] for person in records], "retention_val": []}
+    (d / "full.json").write_text(json.dumps(full, indent=1))
+    for split, rows in splits.items():
+        (d / f"{split}.json").write_text(json.dumps(rows, indent=1))
+    return d
+
+
+register_importer(Importer(
+    "knowundo", KnowUndoConfig, lambda path, o: load_knowundo(path, o),
+    "KnowUnDo privacy -> an unlearning stream (teach all, forget unlearn_*).",
+    "DIR", "the KnowUnDo privacy folder (full.json, unlearn_*.json, retention_*.json)", _sample, describe_deletions,
+))

@@ -19,6 +19,7 @@ half instead, and the number of such targets is recorded in the stream's meta.
 
 from __future__ import annotations
 
+
 import csv
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from ckl.core.errors import InputError
 from ckl.data.facts import MAX_TEXT_CHARS
 from ckl.data.formats.text_targets import TEXT_RELATION, text_fact, trim_end
+from ckl.data.formats.registry import Importer, describe_deletions, register_importer
 from ckl.data.stream import Change, Stream
 
 COLUMNS = ("doc_id", "corpus", "text")
@@ -145,3 +147,21 @@ def load_pile(path: str | Path, config: PileConfig | None = None) -> Stream:
         meta={"scenario": "pile_extraction", "source": str(path), "targets": len(taught), "forget": n_forget,
               "unseen": n_unseen, "shortened": shortened},
     )
+
+
+def _sample(directory: Path) -> Path:
+    """Eight extraction targets in the benchmark's CSV form (the importer contract's input)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / "pile.csv"
+    words = ("the old map was kept in a wooden box near the river and nobody opened it for years until "
+             "a child found the key under a stone by the mill and carried it home through the rain").split()
+    rows = [f'{i},Pile-CC,"{" ".join((words[i:] + words[:i]) * 2)}"' for i in range(8)]  # 68 words: a default 32 + 32 split
+    path.write_text("doc_id,corpus,text\n" + "\n".join(rows) + "\n")
+    return path
+
+
+register_importer(Importer(
+    "pile", PileConfig, lambda path, o: load_pile(path, o),
+    "The Pile extraction targets -> an unlearning stream (memorise, then forget).",
+    "CSV", "the Pile extraction targets (doc_id,corpus,text)", _sample, describe_deletions,
+))

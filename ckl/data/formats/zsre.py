@@ -14,10 +14,13 @@ record number; nothing is written.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 from ckl.core.errors import InputError
-from ckl.data.formats.edits import EditCase, edit_stream
+from ckl.data.formats.edits import EditCase, EditImportOptions, describe_edits, edit_stream
+from ckl.data.formats.registry import Importer, register_importer
 from ckl.data.formats.json_list import iter_json_list, text_field
 from ckl.data.stream import Stream
 
@@ -56,3 +59,25 @@ def zsre_stream(path: str | Path, edits: int | None = None, batch: int = 100, un
     """The zsRE editing stream: `edits` records edited in batches of `batch`, `untouched`
     more kept true (see ckl.data.formats.edits)."""
     return edit_stream(read_zsre(path), str(path), edits=edits, batch=batch, untouched=untouched, **options)
+
+
+def _sample(directory: Path) -> Path:
+    """Six zsRE records in the file's form (the importer contract's input)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / "zsre.json"
+    records = [{
+        "subject": f"Acme{i}", "src": f"What is the product made by Acme{i}?", "rephrase": f"What does Acme{i} make?",
+        "alt": ("tools", "boats")[i % 2], "answers": [("boats", "tools")[i % 2]],
+        "loc": "nq question: who wrote hamlet", "loc_ans": "Shakespeare",
+    } for i in range(6)]
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+register_importer(Importer(
+    "zsre", EditImportOptions,
+    lambda path, o: zsre_stream(path, edits=o.edits, batch=o.batch, untouched=o.untouched,
+                                forms=not o.single_form, taught_targets=not o.keep_targets, seed=o.seed),
+    "zsRE -> an editing stream: true facts taught first, then edited in batches.",
+    "FILE", "zsRE's JSON file", _sample, describe_edits,
+))

@@ -8,7 +8,7 @@ import pytest
 
 from ckl.core.errors import InputError
 from ckl.data.formats.counterfact import counterfact_stream
-from ckl.data.formats.editing_import import import_stream
+from ckl.data.formats.registry import import_to
 from ckl.data.formats.zsre import zsre_stream
 from ckl.data.stream import Stream
 
@@ -53,11 +53,11 @@ def test_counterfact_stream_is_sequential_editing(tmp_path):
 
 def test_written_stream_loads_back_identically(tmp_path):
     out = tmp_path / "stream"
-    stream = import_stream("counterfact", write(tmp_path, [cf(i) for i in range(3)]), out, None, 2, 0)
+    stream = import_to("counterfact", write(tmp_path, [cf(i) for i in range(3)]), out, {"batch": 2})
     again = Stream.load(out)
     assert again.probes() == stream.probes()
-    with pytest.raises(InputError, match="not empty"):
-        import_stream("counterfact", write(tmp_path, [cf(0)]), out, None, 1, 0)
+    with pytest.raises(InputError, match="not an empty directory"):
+        import_to("counterfact", write(tmp_path, [cf(0)]), out, {"batch": 1})
 
 
 @pytest.mark.parametrize("record, field, message", [
@@ -190,7 +190,7 @@ def test_a_subject_with_two_facts_in_a_group_keeps_its_own_templates(tmp_path):
 
 def test_probe_template_round_trips_and_must_be_a_template(tmp_path):
     out = tmp_path / "stream"
-    stream = import_stream("counterfact", write(tmp_path, forms_cases()), out, None, 3, 0)
+    stream = import_to("counterfact", write(tmp_path, forms_cases()), out, {"batch": 3})
     assert Stream.load(out).relations == stream.relations
     rows = [json.loads(line) for line in (out / "relations.jsonl").read_text().splitlines()]
     rows[0]["probe_template"] = "{subject} sings"
