@@ -389,7 +389,9 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         if registry[n].family != "part":
             raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
     train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
-    questions = options.pop("questions", 2)
+    questions = options.pop("questions", 2)  # question-answer lines per QA-trained subject per epoch (null = one per fact)
+    if questions is not None and (isinstance(questions, bool) or not isinstance(questions, int) or questions < 0):
+        raise ValueError(f"{where}.questions: must be an integer >= 0 or null (one per fact), got {questions!r}")
     parts = []
     for n in names:
         entry = registry[n]

@@ -50,3 +50,11 @@ def test_a_second_method_under_a_taken_name_is_refused_and_the_first_stays():
     assert base.load_builtin()["naive"] is first
     base.register_part("naive", first.config, first.factory, first.help, first.kinds)  # its own module again: fine
     assert base.load_builtin()["naive"].factory is first.factory
+
+
+@pytest.mark.parametrize("bad", [-1, "two", True, 1.5])
+def test_a_methods_questions_option_is_checked(bad):
+    with pytest.raises(ValueError, match=r"methods\[0\]\.questions: must be an integer >= 0 or null"):
+        base.build_method("replay", {"questions": bad}, where="methods[0]")
+    assert base.build_method("replay", {"questions": None}).questions is None
+    assert base.build_method("replay", {"questions": 0}).questions == 0
