@@ -10,10 +10,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ckl-installed
 want=$(sha1sum pyproject.toml | cut -d' ' -f1)
+# pip's and setuptools' notes (an editable install's "be careful with folders" banner,
+# index locations) go to a log, printed only when a step fails.
+log=.venv/setup.log
+quiet() {
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup failed: $*" >&2
+    exit 1
+  fi
+}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, transformers, peft, accelerate, ckl" 
+  .venv/bin/python -m pip install --quiet --upgrade pip >"$log" 2>&1 || echo "note: could not upgrade pip (see $log); going on" >&2
+  quiet .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  quiet .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -c "import torch, transformers, peft, accelerate, ckl"
   echo "$want" > "$stamp"
 fi
