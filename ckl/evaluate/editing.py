@@ -27,11 +27,10 @@ Definitions
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from statistics import fmean
 from typing import Any
 
 from ckl.data import cohorts
-from ckl.evaluate.metrics import kept_ratio
+from ckl.evaluate.metrics import kept_ratio, mean
 
 Outcome = Mapping[str, Any]
 
@@ -39,7 +38,7 @@ Outcome = Mapping[str, Any]
 def mean_of(outcomes: Iterable[Outcome], key: str) -> float | None:
     """Mean of a boolean field over the outcomes; None when there are none."""
     values = [float(o[key]) for o in outcomes]
-    return fmean(values) if values else None
+    return mean(values)
 
 
 def harmonic_mean(values: Sequence[float | None]) -> float | None:
@@ -55,7 +54,7 @@ def agreement(after: Iterable[Outcome], before: Mapping[str, Outcome]) -> float 
     """Fraction of outcomes whose prediction equals the pre-edit prediction of the same
     probe (`before`: probe id -> outcome at row 0)."""
     same = [o["predicted"] == before[o["probe_id"]]["predicted"] for o in after if o["probe_id"] in before]
-    return fmean(same) if same else None
+    return mean(same)
 
 
 def select(outcomes: Iterable[Outcome], cohorts: Callable[[str], bool], kind: str) -> list[Outcome]:

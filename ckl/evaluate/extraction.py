@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ckl.core.checks import check_count
 from ckl.evaluate import unlearning as U
 from ckl.data.facts import Probe
+from ckl.evaluate.metrics import mean
 from ckl.model.scoring import perplexity_from_nll
 
 
@@ -197,4 +198,4 @@ def cohort_scores(model, tokenizer, probes: Sequence[Probe], config: ExtractionC
     if judge is not None and judge.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings:
         nll, count = continuation_nll(judge, [p for p, _ in pairs], answers, config.batch_size, pad)
         answer_ppl = perplexity_from_nll(nll, count)
-    return {"n": len(probes), "ma": U.mean(ma), "el": U.mean(el), "distinct": U.mean(distinct), "answer_ppl": answer_ppl}
+    return {"n": len(probes), "ma": mean(ma), "el": mean(el), "distinct": mean(distinct), "answer_ppl": answer_ppl}

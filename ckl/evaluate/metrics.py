@@ -316,18 +316,20 @@ def summary_metrics(R: Matrix) -> dict[str, float | None]:
 # --------------------------------------------------------------------------------------
 
 
-def mean(xs: Sequence[float]) -> float | None:
-    """Arithmetic mean, e.g. of per-fact correctness in a cohort.
+def mean(xs) -> float | None:
+    """Arithmetic mean of the measured values (None and NaN left out), e.g. of per-fact
+    correctness in a cohort or of a number over seeds: ckl's one mean.
 
     Args:
-        xs: values to average.
+        xs: values to average (any iterable).
 
     Returns:
-        The mean, or None for an empty sequence (an empty cohort has no accuracy).
+        The mean, or None when nothing was measured (an empty cohort has no accuracy).
     """
-    if len(xs) == 0:
+    kept = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not kept:
         return None
-    return math.fsum(xs) / len(xs)
+    return math.fsum(kept) / len(kept)
 
 
 def cohort_matrix(

@@ -28,7 +28,6 @@ Accuracies are greedy exact match on statement probes unless a run says otherwis
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -113,7 +112,3 @@ def distinct_n(tokens: Sequence[int], n: int) -> float | None:
 
 
 
-def mean(values: Sequence[float | None]) -> float | None:
-    """Mean of the defined values (None and NaN left out); None if there are none."""
-    kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(kept) / len(kept) if kept else None

@@ -11,12 +11,12 @@ complete seeds; the drill-down lists the probes of its first complete seed.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckl.data import cohorts
+from ckl.evaluate.metrics import mean
 from ckl.core.errors import InputError
 from ckl.results.editing import editing_summary, is_editing_run
 from ckl.results.store import FILENAME, Store, metric_column
@@ -113,14 +113,9 @@ def _run_names(run_dirs: list[str | Path]) -> list[str]:
 def _mean_matrix(matrices: list[list[list[float | None]]]) -> list[list[float | None]]:
     n = len(matrices[0])
     return [
-        [_mean([m[i][j] for m in matrices]) for j in range(n)]
+        [mean([m[i][j] for m in matrices]) for j in range(n)]
         for i in range(n)
     ]
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
 
 
 def _curves(store: Store, method: str, seeds: list[int], metric: str, T: int) -> dict[str, list[float | None]]:
@@ -128,7 +123,7 @@ def _curves(store: Store, method: str, seeds: list[int], metric: str, T: int) ->
     forget included, unlike the matrix)."""
     per_seed = [store.accuracy(method, s, metric=metric, kinds=KINDS) for s in seeds]
     cohorts = sorted({c for acc in per_seed for row in acc.values() for c in row}, key=_cohort_order)
-    return {c: [_mean([acc.get(r, {}).get(c) for acc in per_seed]) for r in range(T + 1)] for c in cohorts}
+    return {c: [mean([acc.get(r, {}).get(c) for acc in per_seed]) for r in range(T + 1)] for c in cohorts}
 
 
 def _cohort_order(cohort: str) -> tuple[int, int, str]:

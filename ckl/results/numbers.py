@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckl.evaluate.metrics import format_fuar
+from ckl.evaluate.metrics import format_fuar, mean
 
 FAMILIES = ("learning", "unlearning", "editing", "update")
 
@@ -103,7 +103,7 @@ def mean_std(values) -> tuple[float | None, float | None]:
     measured = [v for v in values if v is not None]
     if not measured:
         return None, None
-    return statistics.fmean(measured), statistics.pstdev(measured) if len(measured) > 1 else 0.0
+    return mean(measured), statistics.pstdev(measured) if len(measured) > 1 else 0.0
 
 
 def computed(family: str, view: SeedView) -> dict[str, float | None]:

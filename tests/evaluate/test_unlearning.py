@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckl.evaluate import unlearning as U
-from ckl.evaluate.metrics import kept_ratio
+from ckl.evaluate.metrics import kept_ratio, mean
 from ckl.model.scoring import perplexity_from_nll
 
 
@@ -51,7 +51,7 @@ def test_distinct_n_and_perplexity():
     assert U.distinct_n([1, 2, 3], 2) == 1.0
     assert U.distinct_n([1], 2) is None
     assert perplexity_from_nll(2 * math.log(4.0), 2) == pytest.approx(4.0)
-    assert U.mean([None, 1.0, float("nan"), 3.0]) == 2.0
+    assert mean([None, 1.0, float("nan"), 3.0]) == 2.0  # the one mean (ckl.evaluate.metrics)
 
 
 # --------------------------------------------------------------------- model-running inputs
