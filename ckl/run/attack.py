@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from ckl.core.checks import ConfigError
 from ckl.model.scoring import score_probes
 from ckl.data.facts import Fact, Probe
 from ckl.data.stream import Stream, render_documents
@@ -50,12 +51,12 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if self.data not in DATA:
-            raise ValueError(f"data must be one of {', '.join(DATA)}, got {self.data!r}")
+            raise ConfigError("data", f"data must be one of {', '.join(DATA)}, got {self.data!r}")
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {self.fraction!r}")
+            raise ConfigError("fraction", f"fraction must be in (0, 1), got {self.fraction!r}")
         TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)  # validates them
         if isinstance(self.facts, bool) or not isinstance(self.facts, int) or self.facts < 1:
-            raise ValueError(f"facts must be a positive integer, got {self.facts!r}")
+            raise ConfigError("facts", f"facts must be a positive integer, got {self.facts!r}")
 
 
 @dataclass

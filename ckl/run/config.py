@@ -20,6 +20,8 @@ from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
 from ckl.data.facts import PROBE_KINDS, read_input_text
 from ckl.data.world import WorldConfig
+from ckl.evaluate.extraction import ExtractionConfig
+from ckl.run.attack import AttackConfig
 from ckl.train.pretrain import PretrainConfig
 
 
@@ -40,9 +42,11 @@ def spec_of(cls: type, name: str) -> type[BaseModel]:
     return create_model(name, __base__=Strict, **fields)
 
 
-# `world:` and `pretrain:` are WorldConfig and PretrainConfig (ckl.data.world, ckl.train.pretrain)
+# `world:`, `pretrain:`, `eval.unlearning:` and `eval.attack:` are these dataclasses
 WorldSpec = spec_of(WorldConfig, "WorldSpec")
 PretrainSpec = spec_of(PretrainConfig, "PretrainSpec")
+ExtractionSpec = spec_of(ExtractionConfig, "ExtractionSpec")
+AttackSpec = spec_of(AttackConfig, "AttackSpec")
 
 
 class EvalSpec(Strict):
@@ -53,19 +57,8 @@ class EvalSpec(Strict):
     # Unlearning (docs/unlearning.md): text-target metrics on every row (options of
     # ckl.evaluate.extraction.ExtractionConfig, {} for the defaults) and a relearning
     # attack on each method's final model (ckl.run.attack.AttackConfig).
-    unlearning: dict[str, Any] | None = None
-    attack: dict[str, Any] | None = None
-
-    @field_validator("unlearning", "attack")
-    @classmethod
-    def _unlearning_options(cls, value, info):
-        if value is not None:
-            from ckl.run.attack import AttackConfig
-            from ckl.evaluate.extraction import ExtractionConfig
-            from ckl.methods.base import make_config
-
-            make_config(AttackConfig if info.field_name == "attack" else ExtractionConfig, value, info.field_name)
-        return value
+    unlearning: ExtractionSpec | None = None
+    attack: AttackSpec | None = None
 
 
 class MethodSpec(BaseModel):
@@ -315,15 +308,19 @@ def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Nod
 
 
 def check_pretrain(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
-    """Build the configured PretrainConfig (every option's rule); a failure names
-    `pretrain.<option>` and its line."""
-    if config.pretrain is None:
-        return
-    try:
-        PretrainConfig(**config.pretrain.model_dump())
-    except ConfigError as err:
-        key = ("pretrain", err.field)
-        raise InputError(file, _line_of(root, key), _dotted(key), str(err)) from None
+    """Build the configured PretrainConfig, and the unlearning metrics' and the attack's
+    configs (every option's rule); a failure names `pretrain.<option>` (or
+    `eval.attack.<option>`, ...) and its line."""
+    for path, spec, cls in ((("pretrain",), config.pretrain, PretrainConfig),
+                            (("eval", "unlearning"), config.eval.unlearning, ExtractionConfig),
+                            (("eval", "attack"), config.eval.attack, AttackConfig)):
+        if spec is None:
+            continue
+        try:
+            cls(**spec.model_dump())
+        except ConfigError as err:
+            key = (*path, err.field)
+            raise InputError(file, _line_of(root, key), _dotted(key), str(err)) from None
 
 
 def stream_kinds(config: ExperimentConfig) -> dict[str, int]:

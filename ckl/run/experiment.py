@@ -427,7 +427,7 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
     info.perplexity = ppl
     if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
-            model, tokenizer, probes, config.eval.unlearning, config.model or store.path.parent / "base_model")))
+            model, tokenizer, probes, config.eval.unlearning.model_dump(), config.model or store.path.parent / "base_model")))
     on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
 
 
