@@ -109,6 +109,11 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _flag(name: str) -> str:
+    """The command-line flag of a config field ("max_epochs" -> "--max-epochs")."""
+    return "--" + name.replace("_", "-")
+
+
 def _new_output(out: Path, what: str) -> None:
     """Refuse an output directory that holds anything (or is a file): ckl never writes
     over or beside files it did not make (exit 2, nothing written)."""
@@ -169,20 +174,7 @@ def world(
     console.print(f"wrote {out}: {len(stream.base)} base facts, {stream.T} stages, {n} changes")
 
 
-@app.command()
-def pretrain(
-    stream_dir: Path = typer.Option(..., "--world", "--stream", help="stream directory (from `ckl world`)"),
-    out: Path = typer.Option(..., "--out", help="directory for the Hugging Face model"),
-    target: float = typer.Option(0.97, help="invariant statement accuracy to reach"),
-    knowledge_target: float = typer.Option(0.8, "--knowledge-target", help="invariant paraphrase and extraction accuracy to reach too (0 = statements only)"),
-    biographies: int = typer.Option(1, help="biographies per person per epoch"),
-    max_epochs: int = typer.Option(300, help="epoch budget"),
-    max_seconds: float = typer.Option(0.0, help="wall-time budget (0 = none)"),
-    n_layer: int = typer.Option(4), n_embd: int = typer.Option(128), n_head: int = typer.Option(4),
-    lr: float = typer.Option(3e-3), seed: int = typer.Option(0),
-    batch_size: int = typer.Option(16, "--batch-size", help="blocks per step"),
-    target_facts: str = typer.Option("invariant", "--target-facts", help="facts the target is measured on: invariant | base (all of K0, e.g. for an imported editing stream)"),
-) -> None:
+def _pretrain(**values) -> None:
     """Train the tiny default base model from scratch on the stream's base knowledge."""
     _quiet_libraries()
     from ckl.run.experiment import make_accelerator
@@ -190,16 +182,13 @@ def pretrain(
     from ckl.train.pretrain import pretrain as run_pretrain
     from ckl.data.stream import Stream
 
+    stream_dir, out = values.pop("stream_dir"), values.pop("out")
     stream = _guard(lambda: Stream.load(stream_dir))
     _new_output(out, "the model's")
     try:
-        config = PretrainConfig(
-            n_layer=n_layer, n_embd=n_embd, n_head=n_head, lr=lr, max_epochs=max_epochs, max_seconds=max_seconds,
-            target=target, knowledge_target=knowledge_target, biographies=biographies, seed=seed,
-            batch_size=batch_size, target_facts=target_facts,
-        )
+        config = PretrainConfig(**values)
     except ValueError as err:
-        _fail(InputError("<options>", None, None, str(err)))
+        _fail(InputError("<options>", None, _flag(err.field) if hasattr(err, "field") else None, str(err)))
     from ckl.core.progress import RunProgress
 
     with RunProgress(console) as bar:
@@ -211,7 +200,42 @@ def pretrain(
         bar.finish(result.epochs, "target reached" if result.reached_target else "budget spent, target missed")
     console.print(f"saved {out}: {result.parameters:,} parameters, {knowledge_line(result.knowledge)} after {result.epochs} epochs, {result.seconds:.0f}s")
     if not result.reached_target:
-        err_console.print(f"[yellow]warning:[/] target (statements {target}, paraphrase and extraction {knowledge_target}) not reached within the budget")
+        err_console.print(f"[yellow]warning:[/] target (statements {config.target}, paraphrase and extraction {config.knowledge_target}) not reached within the budget")
+
+
+def _with_options(fn, cls, leading: list):
+    """`fn` with a signature of `leading` parameters and one option per field of the
+    dataclass `cls` (default and help from the field): a command whose options are the
+    config's, one definition."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    params = list(leading) + [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                          default=typer.Option(f.default, _flag(f.name), help=f.metadata["help"]))
+        for f in dataclasses.fields(cls)
+    ]
+    fn.__signature__ = inspect.Signature(params)
+    return fn
+
+
+def _register_pretrain() -> None:
+    import inspect
+
+    from ckl.train.config import PretrainConfig
+
+    leading = [
+        inspect.Parameter("stream_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Option(..., "--world", "--stream", help="stream directory (from `ckl world`)")),
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                          default=typer.Option(..., "--out", help="directory for the Hugging Face model (new or empty)")),
+    ]
+    app.command("pretrain")(_with_options(_pretrain, PretrainConfig, leading))
+
+
+_register_pretrain()
 
 
 @app.command()
@@ -442,10 +466,6 @@ def update(
 
 import_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")
 app.add_typer(import_app, name="import")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _importer_command(name: str):

@@ -177,3 +177,16 @@ def test_world_and_pretrain_refuse_a_non_empty_output_directory(tmp_path):
     assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]  # nothing written beside the user's file
     (tmp_path / "file").write_text("x")
     assert ckl("world", "--out", tmp_path / "file").returncode == 2
+
+
+def test_ckl_pretrain_offers_every_pretraining_option_named_as_a_flag():
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+    from ckl.train.config import PretrainConfig
+
+    shown = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "300"})
+    for field in dataclasses.fields(PretrainConfig):  # one definition: a new field is a new flag
+        assert "--" + field.name.replace("_", "-") in shown.output, field.name
