@@ -52,7 +52,10 @@ class RunProgress:
         self._last = now
         task = self.progress.tasks[self.task]
         status = f", {task.fields['status']}" if task.fields.get("status") else ""
-        eta = "done" if task.finished else f"ETA {_clock(task.time_remaining)}"
+        remaining = task.time_remaining
+        if remaining is None and task.completed and task.elapsed:  # rich waits for a speed estimate; a stage is enough
+            remaining = task.elapsed * (task.total - task.completed) / task.completed
+        eta = "done" if task.finished else f"ETA {_clock(remaining)}"
         self.console.print(f"{task.description}: {int(task.completed)}/{int(task.total)} {self.unit}{status}, "
                            f"elapsed {_clock(task.elapsed)}, {eta}", highlight=False, soft_wrap=True)
 

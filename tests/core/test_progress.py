@@ -20,6 +20,7 @@ def test_outside_a_terminal_each_stage_and_the_end_print_a_line_with_an_eta():
     assert lines[0].startswith("naive (seed 0): 0/3 stages, elapsed 0:00:00, ETA")
     assert "step 5  loss 1.250" in lines[1] and "ETA" in lines[1]
     assert lines[-1].startswith("naive (seed 0): 3/3 stages") and lines[-1].endswith("done")
+    assert "ETA ?" not in lines[2]  # after a stage the ETA is known (elapsed per stage x stages left)
     assert "━" not in out.getvalue()  # no bar drawn into a log
 
 
