@@ -34,16 +34,18 @@ DEMO = {
 
 
 
-def demo_summary(summary: dict[str, dict], seconds: float) -> dict:
-    """What the demo writes to summary.json: every learning number of ckl.results.numbers
-    per method (means over seeds), and the wall time."""
-    from ckl.results import numbers
+def demo_summary(store, seconds: float, summary: dict | None = None) -> dict:
+    """What the demo writes to summary.json: a run's summary (ckl.results.summary.run_summary:
+    every registry number per method, the environment, the weak-base flag), the demo's
+    wall time, and `update_success`/`stale_rate` (earlier names of update/stale) per method."""
+    from ckl.results.summary import run_summary
 
-    return {
-        "methods": {m: {k: e[k] for k in numbers.keys("learning")} | {"update_success": e["update"], "stale_rate": e["stale"]} for m, e in summary.items()},
-        "total_seconds": seconds,
-        "metric": "greedy exact match on statement probes; see docs/metrics.md",
-    }
+    result = run_summary(store, summary)
+    for entry in result["methods"].values():
+        entry["update_success"], entry["stale_rate"] = entry["update"], entry["stale"]
+    result["total_seconds"] = seconds
+    result["metric_note"] = "greedy exact match on statement probes; see docs/metrics.md"
+    return result
 
 
 def run_demo(out: str | Path, console: Console, model: str | None = None, allow_weak_base: bool = False) -> dict:
@@ -70,13 +72,10 @@ def run_demo(out: str | Path, console: Console, model: str | None = None, allow_
         run_experiment(config, out, say=console.print, progress=progress)
     with Store(out / "results.sqlite") as store:
         summary = summarize(store)
+        result = demo_summary(store, time.perf_counter() - start, summary)
     console.print(summary_table(summary, title="ckl demo: 2 stages on the synthetic world (exact match, statement probes)"))
-    result = demo_summary(summary, time.perf_counter() - start)
     pre = out / "pretrain.json"
     if pre.exists():
         result["pretrain"] = json.loads(pre.read_text())
-        result["weak_base"] = not result["pretrain"].get("reached_target", True)  # the run used a base that missed its target
-    with Store(out / "results.sqlite") as store:
-        result["environments"] = store.get_meta("environments") or []  # threads, CPU, versions: what the numbers depend on
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
     return result

@@ -114,14 +114,15 @@ def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> 
     return out
 
 
-def run_summary(store: Store) -> dict[str, Any]:
+def run_summary(store: Store, summary: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a run's summary.json holds (`ckl run`, `ckl demo`): every learning number of
     the registry per method (means over complete seeds, `<key>_std` beside each), the
     unlearning numbers of methods that applied deletions, the run's metric, what it was
-    measured on (threads, CPU, versions) and whether its base model missed its target."""
+    measured on (threads, CPU, versions) and whether its base model missed its target.
+    `summary`: `summarize(store)` when the caller has it already."""
     from ckl.results.unlearning import has_forget, summarize_unlearning
 
-    summary = summarize(store)
+    summary = summarize(store) if summary is None else summary
     keys = numbers.keys("learning")
     out: dict[str, Any] = {
         "metric": store.get_meta("metric", "em"),

@@ -65,7 +65,10 @@ def test_an_added_number_reaches_every_surface(added, tmp_path, monkeypatch):
     assert "hello col" in html and "0.1234" in html
     assert "<h2>Unlearning</h2>" in html and "goodbye col" in html
 
-    assert demo_summary(summary, 1.0)["methods"]["naive"]["hello_metric"] == pytest.approx(0.1234)
+    with Store(run / "results.sqlite") as store:
+        written = demo_summary(store, 1.0)  # summary.json of ckl demo (and, without the demo's extras, of ckl run)
+    assert written["methods"]["naive"]["hello_metric"] == pytest.approx(0.1234)
+    assert written["unlearning"]["naive"]["goodbye_metric"] == 1.0
 
     assert "kept_share" in names() and parse_gate("kept_share>=0.5").name == "kept_share"
 

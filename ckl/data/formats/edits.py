@@ -51,11 +51,13 @@ unrelated Natural Questions) is the whole "subject" of a one-template relation
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ckl.core.errors import InputError
 from ckl.data.facts import ChangeRecord, Fact, Relation
+from ckl.data.formats.registry import Importer, register_importer
 from ckl.data.stream import Stream, group_stages
 
 
@@ -256,4 +258,18 @@ def describe_edits(stream: Stream, options: EditImportOptions) -> str:
     if not options.keep_targets:
         lines.append(f"  {len(meta['retargeted'])} new target(s) replaced by objects the base model is taught (meta.json: retargeted)")
     return "\n".join(lines)
+
+
+def register_edit_importer(name: str, label: str, build: Callable[..., Stream], sample: Callable[[Path], Path]) -> None:
+    """Register an editing format (CounterFact, zsRE): the shared options, loader and
+    message around its `build(path, edits=, batch=, untouched=, forms=, taught_targets=, seed=)`."""
+    def load(path: Path, o: EditImportOptions) -> Stream:
+        return build(path, edits=o.edits, batch=o.batch, untouched=o.untouched,
+                     forms=not o.single_form, taught_targets=not o.keep_targets, seed=o.seed)
+
+    load.__qualname__ = f"load_{name}"  # the registry tells importers apart by their loader
+    register_importer(Importer(
+        name, EditImportOptions, load, f"{label} -> an editing stream: true facts taught first, then edited in batches.",
+        "FILE", f"{label}'s JSON file", sample, describe_edits,
+    ))
 

@@ -19,8 +19,7 @@ import json
 from pathlib import Path
 
 from ckl.core.errors import InputError
-from ckl.data.formats.edits import EditCase, EditImportOptions, describe_edits, edit_stream
-from ckl.data.formats.registry import Importer, register_importer
+from ckl.data.formats.edits import EditCase, edit_stream, register_edit_importer
 from ckl.data.formats.json_list import iter_json_list, text_field
 from ckl.data.stream import Stream
 
@@ -74,10 +73,4 @@ def _sample(directory: Path) -> Path:
     return path
 
 
-register_importer(Importer(
-    "zsre", EditImportOptions,
-    lambda path, o: zsre_stream(path, edits=o.edits, batch=o.batch, untouched=o.untouched,
-                                forms=not o.single_form, taught_targets=not o.keep_targets, seed=o.seed),
-    "zsRE -> an editing stream: true facts taught first, then edited in batches.",
-    "FILE", "zsRE's JSON file", _sample, describe_edits,
-))
+register_edit_importer("zsre", "zsRE", zsre_stream, _sample)
