@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import random
 import time
@@ -29,7 +30,7 @@ import torch
 from ckl.model import lm
 from ckl.model.scoring import score_probes
 from ckl.data.facts import ChangeRecord, Fact
-from ckl.methods.base import StageContext, build_method
+from ckl.methods.base import StageContext, build_method, load_builtin
 from ckl.data.stream import Change, Stream, make_probes
 
 
@@ -82,8 +83,9 @@ def main() -> None:
         return StageContext(stream.relations, stream.base, 1, 0, tokenizer, None, change=change, general_text=stream.general_train,
                             background=stream.background, qa_subjects=stream.qa_subjects, model_dir=args.model)
 
-    options = {"subject_token": args.subject_token} | json.loads(args.options)
     for name in args.editors.split(","):
+        known = {f.name for f in dataclasses.fields(load_builtin()[name].config)}
+        options = {k: v for k, v in ({"subject_token": args.subject_token} | json.loads(args.options)).items() if k in known}
         groups = [[r] for r in records] if name == "rome" else [records[i : i + args.batch] for i in range(0, len(records), args.batch)]
         totals: dict[str, float] = {}
         start = time.perf_counter()

@@ -11,9 +11,9 @@ The core (underscore modules, used inside this family and by `locate`):
 - `_keys`: batched forward passes that capture module inputs/outputs at those tokens.
 - `_covariance`: the key second moment C = E[k k^T] of a layer on the base model's own
   training text, cached on disk next to the model.
-- `_targets`: the batched optimisation of the value a subject should map to (ROME's v*,
-  MEMIT's z), one delta per edit, all edits in one batch.
+- `_values`: the one value optimiser: the vector an edit writes into a module's output
+  (ROME's v*, MEMIT's z, GRACE's values, kv_memory's residuals), all edits in one batch.
 - `_requests`: edit requests and the context prefixes of a stream.
-- `_hooked`, `_memory`: the hooked-memory editors' shared machinery (GRACE, kv_memory).
+- `_memory`: the hooked-memory editors' shared frame (GRACE, kv_memory).
 - `locate`: causal tracing (which layer and token carry a fact; `ckl locate`).
 """

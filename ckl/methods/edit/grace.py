@@ -11,7 +11,7 @@ Editing (per stage, one edit after another, as in the paper):
 - key = the MLP input at the last token of the edit's prompt (one key per training
   template of its relation, all sharing the edit's value);
 - value = an MLP output vector optimised so that the model predicts the new object after
-  the prompt (all edits of a stage optimised in one batch: `hooked.optimize_values`);
+  the prompt (all edits of a stage optimised in one batch: `_values.optimize_values`, the editing core's one value optimiser);
 - codebook update: a key farther than (nearest radius + `radius`) from every entry is
   added with radius `radius`; one inside with the same label expands that entry's radius
   to cover it; one inside with a different label splits: both radii become half their
@@ -31,8 +31,9 @@ import torch
 
 from ckl.core.checks import check_number
 from ckl.methods.base import register_method
-from ckl.methods.edit._hooked import optimize_values, read_mlp
-from ckl.methods.edit._memory import MemoryEditor, check_value_options
+from ckl.methods.edit._keys import capture
+from ckl.methods.edit._memory import MemoryEditor, check_value_options, value_settings
+from ckl.methods.edit._values import optimize_values
 
 
 @dataclass
@@ -74,9 +75,9 @@ class Grace(MemoryEditor):
     # ------------------------------------------------------------------ editing
     def learn(self, model, mlp, batch, records) -> None:
         c = self.config
-        keys, outputs = read_mlp(model, mlp, batch, batch.last_pos)
-        init = outputs[batch.first_rows()]
-        values, self.last_nll = optimize_values(model, mlp, batch, batch.last_pos, init, True, c.steps, c.lr, 0.0, c.stop_loss)
+        (keys,) = capture(model, batch, [(mlp, "in")], batch.last_pos)
+        found = optimize_values(model, mlp, batch, value_settings(c), positions=batch.last_pos, replace=True)
+        values, self.last_nll = found.values, found.loss
         for row, g in enumerate(batch.group.tolist()):  # one key per prompt of the edit
             self._insert(keys[row], values[g].cpu(), records[g].fact.object)
 

@@ -17,8 +17,8 @@ Editing (per stage, all edits in one batch):
   read a fact's key), one key per training template of its relation, all sharing the
   edit's value;
 - value = a residual optimised so that the model predicts the new object after every
-  training prompt of the edit, with an L2 pull toward zero (`hooked.optimize_values`,
-  the ROME/NeuralDB v* objective without the KL term);
+  training prompt of the edit, with an L2 pull toward zero (`_values.optimize_values`,
+  the editing core's one value optimiser: the ROME/NeuralDB v* objective without the KL term);
 - a later edit of the same fact replaces its entry.
 
 Deviations from NeuralDB: a hard top-1 gate instead of its learned non-linear gated
@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from ckl.core.checks import check_number
 from ckl.methods.base import register_method
-from ckl.methods.edit._hooked import optimize_values, read_mlp
-from ckl.methods.edit._memory import MemoryEditor, check_value_options
+from ckl.methods.edit._keys import capture
+from ckl.methods.edit._memory import MemoryEditor, check_value_options, value_settings
+from ckl.methods.edit._values import optimize_values
 
 
 @dataclass
@@ -84,11 +85,11 @@ class KVMemory(MemoryEditor):
     def learn(self, model, mlp, batch, records) -> None:
         c = self.config
         where = batch.last_pos if c.position == "last" else batch.subject_pos
-        keys, outputs = read_mlp(model, mlp, batch, where)
-        v0 = outputs[batch.first_rows()]
-        values, self.last_nll = optimize_values(model, mlp, batch, where, v0, False, c.steps, c.lr, c.decay, c.stop_loss)
+        (keys,) = capture(model, batch, [(mlp, "in")], where)
+        found = optimize_values(model, mlp, batch, value_settings(c, weight_decay=c.decay, decay="squared"), positions=where)
+        self.last_nll = found.loss
         ids = [records[g].fact.id for g in batch.group.tolist()]  # one key per prompt of the edit
-        self._store(ids, F.normalize(keys, dim=1).cpu(), values[batch.group.to(values.device)].cpu())
+        self._store(ids, F.normalize(keys, dim=1).cpu(), found.delta[batch.group.to(found.delta.device)].cpu())
 
     def _store(self, ids: list[str], keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append the entries; a re-edited fact's earlier entries are dropped first."""

@@ -37,7 +37,7 @@ from ckl.methods.edit._covariance import KeyStatistics
 from ckl.methods.edit._keys import capture, context_weighted_mean
 from ckl.model.layers import add_update, blocks, mlp_output_projection, value_matrix
 from ckl.methods.edit._requests import EDIT_KINDS, edit_batches, edit_records, prefix_pool
-from ckl.methods.edit._targets import optimize_targets
+from ckl.methods.edit._values import optimize_values
 from ckl.model.lm import count_parameters
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
 from ckl.methods.edit.rome import RomeConfig, default_layer
@@ -118,7 +118,7 @@ class Memit(Method):
         batches = edit_batches(ctx.tokenizer, records, ctx.relations, prefix_pool(ctx.general_text, ctx.base, ctx.relations), self.config.prefixes, self.config.essence_prompt, ctx.seed, self.config.subject_token)
         rewrite = batches.rewrite
         z_block = blocks(model)[layers[-1]]
-        targets = optimize_targets(model, z_block, rewrite, batches.essence, self.config.settings())
+        targets = optimize_values(model, z_block, rewrite, self.config.settings(), essence=batches.essence)
         first = rewrite.first_rows()
         for i, (layer, moment) in enumerate(zip(layers, moments)):
             module = mlp_output_projection(model, layer)

@@ -42,7 +42,7 @@ from ckl.methods.edit._keys import capture
 from ckl.model.layers import add_update, blocks, mlp_output_projection, value_matrix
 from ckl.methods.edit._prompts import SUBJECT_TOKENS
 from ckl.methods.edit._requests import EDIT_KINDS, edit_batches, edit_records, prefix_pool
-from ckl.methods.edit._targets import TargetSettings, optimize_targets
+from ckl.methods.edit._values import ValueSettings, optimize_values
 from ckl.model.lm import count_parameters
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
 from ckl.data.stream import Change
@@ -76,8 +76,8 @@ class RomeConfig:
         if not isinstance(self.essence_prompt, str) or "{subject}" not in self.essence_prompt:
             raise ValueError(f"essence_prompt must contain '{{subject}}', got {self.essence_prompt!r}")
 
-    def settings(self) -> TargetSettings:
-        return TargetSettings(self.steps, self.lr, self.kl_weight, self.weight_decay, self.clamp, self.stop_loss)
+    def settings(self) -> ValueSettings:
+        return ValueSettings(self.steps, self.lr, self.kl_weight, self.weight_decay, self.clamp, self.stop_loss)
 
 
 def default_layer(model) -> int:
@@ -115,7 +115,7 @@ class Rome(Method):
         for i, record in enumerate(records):
             batches = edit_batches(ctx.tokenizer, [record], ctx.relations, pool, self.config.prefixes, self.config.essence_prompt, ctx.seed, self.config.subject_token)
             (keys,) = capture(model, batches.rewrite, [(module, "in")])  # (rows, in)
-            targets = optimize_targets(model, module, batches.rewrite, batches.essence, self.config.settings())
+            targets = optimize_values(model, module, batches.rewrite, self.config.settings(), essence=batches.essence)
             delta = rank_one_update(moment, keys.mean(0), keys[0], targets.values[0], targets.initial[0])
             add_update(module, delta)
             self.statistics.model_is_base = False
