@@ -35,6 +35,26 @@ def _command_name(ctx) -> str:
 _TYPER_CLICK = (typer.TyperException,) if hasattr(typer, "TyperException") else ()
 
 
+def _flags_take_no_value() -> None:
+    """Typer 0.29's help labels every option with its type, flags included (`--help
+    <bool>`), though a flag takes no value; a flag's label is dropped here (no typer
+    option says this)."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_ckl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    display_type_rich._ckl = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+
 class _Commands(TyperGroup):
     """Every command runs under one handler: a user mistake (InputError) is one message
     and exit 2; anything unexpected is one line naming the command and exit 1, with the
@@ -212,9 +232,15 @@ def _with_options(fn, cls, leading: list):
     import typing
 
     hints = typing.get_type_hints(cls)
+
+    def default(f):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else ...  # ...: required
+
     params = list(leading) + [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-                          default=typer.Option(f.default, _flag(f.name), help=f.metadata["help"]))
+                          default=typer.Option(default(f), f.metadata.get("flag", _flag(f.name)), metavar=f.metadata.get("metavar"), help=f.metadata["help"]))
         for f in dataclasses.fields(cls)
     ]
     fn.__signature__ = inspect.Signature(params)
@@ -428,40 +454,26 @@ def compare(runs: list[Path] = typer.Argument(..., metavar="RUN...", help="run d
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
-@app.command()
-def update(
-    model: Path = typer.Option(..., "--model", help="the Hugging Face model directory to update (never modified)"),
-    out: Path = typer.Option(..., "--out", help="new directory for the updated model and the report"),
-    method: str = typer.Option("replay", "--method", help="method expression, e.g. replay or lora+replay (see `ckl methods`)"),
-    relations: Path = typer.Option(..., "--relations", help="relations.jsonl: templates to train and probe with"),
-    facts: Optional[Path] = typer.Option(None, "--facts", help="facts.jsonl: what the model knows now (for ids, replay and the keep-set)"),
-    learn: Optional[Path] = typer.Option(None, "--learn", help="facts.jsonl of new facts"),
-    update_file: Optional[Path] = typer.Option(None, "--update", help="facts whose object changed (JSONL: id, object[, subject, relation, old_object])"),
-    forget: Optional[Path] = typer.Option(None, "--forget", help="facts to unlearn (JSONL: id[, subject, relation, object])"),
-    keep: Optional[Path] = typer.Option(None, "--keep", help="facts.jsonl that must stay known (default: sampled from --facts)"),
-    gate: list[str] = typer.Option([], "--gate", help='a condition to ship, e.g. "retention>=0.98" (repeatable)'),
-    options: Optional[Path] = typer.Option(None, "--options", help="YAML of method options, e.g. {train: {epochs: 20}, replay: {fraction: 0.5}}"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (overrides --options)"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (overrides --options)"),
-    keep_size: int = typer.Option(200, "--keep-size", help="facts sampled into the keep-set"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
-    save_rejected: bool = typer.Option(False, "--save-rejected", help="when a gate fails, still write the model, to OUT/rejected_model"),
-    no_gates: bool = typer.Option(False, "--no-gates", help="write the model without checking any gate (otherwise at least one --gate is required)"),
-) -> None:
+def _update(**values) -> None:
     """Apply new, changed and deleted facts to a model, check the gates, write the model and a report."""
     _quiet_libraries()
     from ckl.core.progress import RunProgress
     from ckl.app.update import UpdateRequest, run_update
 
-    request = UpdateRequest(
-        model=model, out=out, method=method, relations=relations, facts=facts, learn=learn, update=update_file,
-        forget=forget, keep=keep, gates=list(gate), options=options, epochs=epochs, lr=lr, keep_size=keep_size,
-        seed=seed, save_rejected=save_rejected, no_gates=no_gates,
-    )
+    request = UpdateRequest(**values)
     with RunProgress(console) as progress:
         result = _guard(lambda: run_update(request, say=console.print, progress=progress))
     if not result.passed:
         raise typer.Exit(1)
+
+
+def _register_update() -> None:
+    from ckl.app.update import UpdateRequest
+
+    app.command("update")(_with_options(_update, UpdateRequest, []))
+
+
+_register_update()
 
 
 import_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="Write a benchmark's files as a ckl stream directory: one subcommand per format.")

@@ -190,3 +190,32 @@ def test_ckl_pretrain_offers_every_pretraining_option_named_as_a_flag():
     shown = CliRunner().invoke(app, ["pretrain", "--help"], env={"COLUMNS": "300"})
     for field in dataclasses.fields(PretrainConfig):  # one definition: a new field is a new flag
         assert "--" + field.name.replace("_", "-") in shown.output, field.name
+
+
+def test_ckl_update_offers_every_request_field_as_a_flag_with_its_default_and_help():
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+    from ckl.app.update import UpdateRequest
+
+    shown = CliRunner().invoke(app, ["update", "--help"], env={"COLUMNS": "400"}).output
+    for field in dataclasses.fields(UpdateRequest):  # one definition: a new field is a new flag
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        line = next((ln for ln in shown.splitlines() if f" {flag} " in ln), None)
+        assert line is not None, field.name
+        assert field.metadata["help"][:30] in line, field.name
+    assert "[default: 200]" in next(ln for ln in shown.splitlines() if "--keep-size" in ln)
+    assert "[required]" in next(ln for ln in shown.splitlines() if "--relations" in ln)
+
+
+@pytest.mark.parametrize("command", [[], ["update"], ["run"], ["world"]])
+def test_help_gives_flags_no_value_label(command):
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+
+    shown = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
+    help_line = next(ln for ln in shown.splitlines() if "--help" in ln)
+    assert "<bool>" not in shown and "Show this message" in help_line

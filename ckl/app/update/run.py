@@ -44,26 +44,27 @@ POOL_FACTOR = 5  # facts scored to find `keep_size` the model knows
 
 @dataclass
 class UpdateRequest:
-    """What the user asked for (the CLI's options)."""
+    """What the user asked for: the one definition of `ckl update`'s options (the
+    command's flags, defaults and help are built from these fields)."""
 
-    model: Path
-    out: Path
-    relations: Path
-    method: str = "replay"
-    facts: Path | None = None
-    learn: Path | None = None
-    update: Path | None = None
-    forget: Path | None = None
-    keep: Path | None = None
-    gates: list[str] = field(default_factory=list)
-    options: Path | None = None
-    epochs: int | None = None
-    lr: float | None = None
-    keep_size: int = 200
-    seed: int = 0
-    save_rejected: bool = False
-    batch_size: int = 64
-    no_gates: bool = False  # write the model without checking any gate (explicitly asked for)
+    model: Path = field(metadata={"help": "the Hugging Face model directory to update (never modified)"})
+    out: Path = field(metadata={"help": "new directory for the updated model and the report"})
+    relations: Path = field(metadata={"help": "relations.jsonl: templates to train and probe with"})
+    method: str = field(default="replay", metadata={"help": "method expression, e.g. replay or lora+replay (see `ckl methods`)"})
+    facts: Path | None = field(default=None, metadata={"help": "facts.jsonl: what the model knows now (for ids, replay and the keep-set)"})
+    learn: Path | None = field(default=None, metadata={"help": "facts.jsonl of new facts"})
+    update: Path | None = field(default=None, metadata={"help": "facts whose object changed (JSONL: id, object[, subject, relation, old_object])"})
+    forget: Path | None = field(default=None, metadata={"help": "facts to unlearn (JSONL: id[, subject, relation, object])"})
+    keep: Path | None = field(default=None, metadata={"help": "facts.jsonl that must stay known (default: sampled from --facts)"})
+    gates: list[str] = field(default_factory=list, metadata={"flag": "--gate", "metavar": "<condition>", "help": 'a condition to ship, e.g. "retention>=0.98" (repeatable)'})
+    options: Path | None = field(default=None, metadata={"help": "YAML of method options, e.g. {train: {epochs: 20}, replay: {fraction: 0.5}}"})
+    epochs: int | None = field(default=None, metadata={"help": "training epochs (overrides --options)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate (overrides --options)"})
+    keep_size: int = field(default=200, metadata={"help": "facts sampled into the keep-set"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    save_rejected: bool = field(default=False, metadata={"help": "when a gate fails, still write the model, to OUT/rejected_model"})
+    batch_size: int = field(default=64, metadata={"help": "probes scored per batch"})
+    no_gates: bool = field(default=False, metadata={"help": "write the model without checking any gate (otherwise at least one --gate is required)"})
 
 
 @dataclass
@@ -248,8 +249,9 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
         raise InputError(str(model_dir), None, None, "not a Hugging Face model directory (no config.json)")
     _check_out(out, model_dir)
     inputs = read_inputs(req.relations, req.facts, req.learn, req.update, req.forget, req.keep)
-    if req.keep_size < 1:
-        raise InputError("--keep-size", None, None, f"must be >= 1, got {req.keep_size}")
+    for flag, value in (("--keep-size", req.keep_size), ("--batch-size", req.batch_size)):
+        if value < 1:
+            raise InputError(flag, None, None, f"must be >= 1, got {value}")
     options = _method_options(req)
     method = _build(req, options, inputs)
     check_measurable(gates, _measured(inputs))
