@@ -16,7 +16,7 @@ from ckl.results.store import Store
 
 
 def _config(stream_dir, model_dir, methods) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
+    return ExperimentConfig.from_dict({
         "name": "diverge",
         "stream": str(stream_dir),
         "model": str(model_dir),

@@ -282,7 +282,7 @@ def test_configs_that_once_crashed_the_loader_are_input_errors(tmp_path, text, l
     (yaml.safe_dump({**VALID_CONFIG, "methods": [{"name": "lora+lora", "skip": ["forget"]}]}), "methods[0].name", "'lora' is listed twice"),
     (yaml.safe_dump(VALID_CONFIG) + "methods:\n- name: naive\n", "methods", "appears twice"),
     (yaml.safe_dump({**VALID_CONFIG, "methods": [{"name": "naive", "skip": ["forget"], "train": {"epochs": 10**21}}]}),
-     "methods[0].train", "epochs must be at most 1,000,000,000"),
+     "methods[0].train.epochs", "epochs must be at most 1,000,000,000"),
 ])
 def test_configs_with_huge_numbers_a_part_twice_or_a_key_twice_are_refused(tmp_path, text, field, needle):
     path = tmp_path / "exp.yaml"

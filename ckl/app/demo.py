@@ -67,7 +67,7 @@ def run_demo(out: str | Path, console: Console, model: str | None = None, allow_
         spec.pop("pretrain")
         spec["model"] = str(Path(model).resolve())
     spec["allow_weak_base"] = allow_weak_base
-    config = ExperimentConfig.model_validate(spec)
+    config = ExperimentConfig.from_dict(spec)
     with RunProgress(console) as progress:
         run_experiment(config, out, say=console.print, progress=progress)
     with Store(out / "results.sqlite") as store:

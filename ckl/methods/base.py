@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckl.core.errors import DivergenceError
+from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact, Probe, Relation
 from ckl.model.lm import count_parameters
 from ckl.data.stream import Change, render_documents
@@ -254,18 +255,26 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _refuse(field: str, message: str) -> ConfigError:
+    """An option error naming its dotted place (`methods[2].ewc.gamma`), in the message and
+    as `field`, so that a loader finds its line without reading the message."""
+    return ConfigError(field, f"{field}: {message}")
+
+
 def make_config(cls: type, values: dict[str, Any], where: str):
-    """Build a config dataclass, with errors naming `where.key`."""
+    """Build a config dataclass, with errors (ConfigError) naming `where.key`."""
     names = {f.name for f in dataclasses.fields(cls)}
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: must be a mapping of options (key: value), got {values!r}")
+        raise _refuse(where, f"must be a mapping of options (key: value), got {values!r}")
     for key in values:
         if key not in names:
-            raise ValueError(f"{where}.{key}: unknown option{did_you_mean(key, names)} (known: {', '.join(sorted(names))})")
+            raise _refuse(f"{where}.{key}", f"unknown option{did_you_mean(key, names)} (known: {', '.join(sorted(names))})")
     try:
         return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{where}.{err.field}" if err.field in names else where, f"{where}: {err}") from None
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise _refuse(where, str(err)) from None
 
 
 # ------------------------------------------------------------------- training method
@@ -374,7 +383,7 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
     options = dict(options or {})
     names = [n.strip() for n in expression.split("+") if n.strip()]
     if not names:
-        raise ValueError(f"{where}.name: empty method name")
+        raise _refuse(f"{where}.name", "empty method name")
     if len(names) == 1 and names[0] in registry and registry[names[0]].family == "method":
         entry = registry[names[0]]
         config = make_config(entry.config, options.pop(names[0], {}), f"{where}.{names[0]}")
@@ -382,16 +391,16 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         return entry.factory(config)
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:
-        raise ValueError(f"{where}.name: part {twice!r} is listed twice in {expression!r}; each part composes once (give its options once, under `{twice}:`)")
+        raise _refuse(f"{where}.name", f"part {twice!r} is listed twice in {expression!r}; each part composes once (give its options once, under `{twice}:`)")
     for n in names:
         if n not in registry:
-            raise ValueError(f"{where}.name: unknown method or part {n!r}{did_you_mean(n, registry)} (known: {', '.join(sorted(registry))}){_broken_hint()}")
+            raise _refuse(f"{where}.name", f"unknown method or part {n!r}{did_you_mean(n, registry)} (known: {', '.join(sorted(registry))}){_broken_hint()}")
         if registry[n].family != "part":
-            raise ValueError(f"{where}.name: {n!r} is a method of its own and cannot be combined with parts")
+            raise _refuse(f"{where}.name", f"{n!r} is a method of its own and cannot be combined with parts")
     train_config = make_config(TrainConfig, options.pop("train", {}), f"{where}.train")
     questions = options.pop("questions", 2)  # question-answer lines per QA-trained subject per epoch (null = one per fact)
     if questions is not None and (isinstance(questions, bool) or not isinstance(questions, int) or questions < 0):
-        raise ValueError(f"{where}.questions: must be an integer >= 0 or null (one per fact), got {questions!r}")
+        raise _refuse(f"{where}.questions", f"must be an integer >= 0 or null (one per fact), got {questions!r}")
     parts = []
     for n in names:
         entry = registry[n]
@@ -404,4 +413,4 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
 def _no_leftovers(options: dict, where: str, parts=()) -> None:
     if options:
         key = sorted(options)[0]
-        raise ValueError(f"{where}.{key}: option for a part that is not in this method{did_you_mean(key, ['train', *parts])}")
+        raise _refuse(f"{where}.{key}", f"option for a part that is not in this method{did_you_mean(key, ['train', *parts])}")

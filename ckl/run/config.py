@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
@@ -29,80 +31,201 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float: NaN and inf refused
 
 
-def spec_of(cls: type, name: str) -> type[BaseModel]:
-    """The YAML schema of a config dataclass: its fields, types and defaults, nothing else.
-    The dataclass stays the one definition of its options and their rules: the loader
-    builds it (`__post_init__` checks every value and raises `ConfigError` naming the
-    field), so the schema and the dataclass can never disagree."""
-    hints = typing.get_type_hints(cls)
+class _Open(Strict):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # a method's option blocks: its own keys
+
+
+_SPECS: dict[type, type[BaseModel]] = {}
+_ORIGIN: dict[type[BaseModel], type] = {}
+
+
+def spec_of(cls: type, name: str | None = None) -> type[BaseModel]:
+    """The YAML schema of a config dataclass: its fields, types (with any `Annotated`
+    constraints) and defaults, nested config dataclasses by their own schemas, nothing
+    else. The dataclass stays the one definition of its options and their rules: the
+    loader builds it from what the schema accepted (`__post_init__` checks every value
+    and raises `ConfigError` naming the field), so the schema and the dataclass can never
+    disagree. A field marked `metadata={"extra": True}` collects the mapping's other keys
+    (a method's option blocks)."""
+    if cls in _SPECS:
+        return _SPECS[cls]
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {}
+    extra = False
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        fields[f.name] = (hints[f.name], Field(default, description=f.metadata.get("help")))
-    return create_model(name, __base__=Strict, **fields)
+        if f.metadata.get("extra"):
+            extra = True
+            continue
+        if f.default is not dataclasses.MISSING:
+            info = Field(f.default, description=f.metadata.get("help"))
+        elif f.default_factory is not dataclasses.MISSING:
+            info = Field(default_factory=f.default_factory, description=f.metadata.get("help"))
+        else:
+            info = Field(description=f.metadata.get("help"))
+        fields[f.name] = (_schema_type(hints[f.name]), info)
+    model = create_model(name or f"{cls.__name__.removesuffix('Config')}Spec", __base__=_Open if extra else Strict, **fields)
+    _SPECS[cls], _ORIGIN[model] = model, cls
+    return model
 
 
-# `world:`, `pretrain:`, `eval.unlearning:` and `eval.attack:` are these dataclasses
-WorldSpec = spec_of(WorldConfig, "WorldSpec")
-PretrainSpec = spec_of(PretrainConfig, "PretrainSpec")
-ExtractionSpec = spec_of(ExtractionConfig, "ExtractionSpec")
-AttackSpec = spec_of(AttackConfig, "AttackSpec")
+def _schema_type(tp):
+    """`tp` with every config dataclass in it replaced by its schema."""
+    if dataclasses.is_dataclass(tp):
+        return spec_of(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return Annotated[(_schema_type(args[0]), *tp.__metadata__)]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_schema_type(a) for a in args)]
+    if origin is list:
+        return list[_schema_type(args[0])]
+    return tp
 
 
-class EvalSpec(Strict):
-    kinds: list[Literal["statement", "paraphrase", "question", "extraction"]] = list(PROBE_KINDS)
-    batch_size: int = Field(256, ge=1)
-    max_candidates: int = Field(10, ge=2)
-    metric: Literal["em", "rank"] = "em"
+def _build(value, path: tuple, errors: list[tuple[tuple, str]]):
+    """The config dataclasses (recursively) of what a schema validated; a dataclass's own
+    rule that fails is recorded in `errors` as (path of its field, message)."""
+    if isinstance(value, BaseModel):
+        cls, before = _ORIGIN[type(value)], len(errors)
+        kwargs = {f.name: (dict(value.model_extra or {}) if f.metadata.get("extra") else _build(getattr(value, f.name), (*path, f.name), errors))
+                  for f in dataclasses.fields(cls)}
+        if len(errors) > before:
+            return None
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            errors.append(((*path, err.field), str(err).removeprefix(f"{cls.__name__}.")))
+            return None
+    if isinstance(value, list):
+        return [_build(v, (*path, i), errors) for i, v in enumerate(value)]
+    return value
+
+
+def plain(value):
+    """A config as the JSON a run stores (config.json): dataclasses as mappings, a
+    method's option blocks beside its name, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            v = plain(getattr(value, f.name))
+            out.update(v) if f.metadata.get("extra") else out.__setitem__(f.name, v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class EvalConfig:
+    kinds: list[Literal["statement", "paraphrase", "question", "extraction"]] = field(
+        default_factory=lambda: list(PROBE_KINDS), metadata={"help": "probe kinds scored after every stage"})
+    batch_size: Annotated[int, Field(ge=1)] = field(default=256, metadata={"help": "probes scored per batch"})
+    max_candidates: Annotated[int, Field(ge=2)] = field(default=10, metadata={"help": "candidates ranked per probe (the `rank` metric)"})
+    metric: Literal["em", "rank"] = field(default="em", metadata={"help": "em (greedy exact match) or rank (the answer ranked first among the candidates)"})
     # Unlearning (docs/unlearning.md): text-target metrics on every row (options of
     # ckl.evaluate.extraction.ExtractionConfig, {} for the defaults) and a relearning
     # attack on each method's final model (ckl.run.attack.AttackConfig).
-    unlearning: ExtractionSpec | None = None
-    attack: AttackSpec | None = None
+    unlearning: ExtractionConfig | None = field(default=None, metadata={"help": "text-target unlearning metrics ({} for the defaults)"})
+    attack: AttackConfig | None = field(default=None, metadata={"help": "a relearning attack on each method's final model"})
 
 
-class MethodSpec(BaseModel):
+@dataclass
+class MethodSpec:
     """`name` is a method or a composition of parts ("lora+replay"); every other key is
     an option block for a part (`replay: {fraction: 0.5}`) or `train: {...}`."""
 
-    model_config = ConfigDict(extra="allow")
-    name: str
-    label: str | None = None
+    name: str = field(metadata={"help": "a method or a composition of parts, e.g. lora+replay"})
+    label: str | None = field(default=None, metadata={"help": "the name shown in tables (default: `name`)"})
     # Change kinds the user accepts this method leaving unapplied (e.g. [forget] for a
     # method without an unlearning part). Without it the run refuses to start.
-    skip: list[Literal["learn", "update", "edit", "forget"]] = []
+    skip: list[Literal["learn", "update", "edit", "forget"]] = field(default_factory=list, metadata={"help": "change kinds this method may leave unapplied"})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"extra": True, "help": "option blocks per part, e.g. replay: {fraction: 0.5}"})
 
     @property
     def display(self) -> str:
         return self.label or self.name
 
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
+@dataclass
+class ExperimentConfig:
+    """An experiment: a stream (or a world to generate), a base model (or pretraining),
+    methods and seeds. The YAML schema is derived from these fields (`spec_of`);
+    `from_dict` and `load_config` validate, `plain(config)` is the JSON a run stores."""
 
-class ExperimentConfig(Strict):
-    name: str = "experiment"
-    stream: str | None = None
-    world: WorldSpec | None = None
-    model: str | None = None
-    pretrain: PretrainSpec | None = None
-    methods: list[MethodSpec] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
-    eval: EvalSpec = EvalSpec()
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    allow_weak_base: bool = False  # run on a pretrained base model that missed its target (`ckl run --allow-weak-base`)
+    name: str = field(default="experiment", metadata={"help": "the run's name (default run directory runs/<name>)"})
+    stream: str | None = field(default=None, metadata={"help": "a stream directory (relative to the YAML file)"})
+    world: WorldConfig | None = field(default=None, metadata={"help": "generate a world instead of reading a stream"})
+    model: str | None = field(default=None, metadata={"help": "a local Hugging Face model directory (relative to the YAML file)"})
+    pretrain: PretrainConfig | None = field(default=None, metadata={"help": "pretrain a tiny base model on the stream's K0"})
+    methods: Annotated[list[MethodSpec], Field(min_length=1)] = field(default_factory=list, metadata={"help": "the methods to compare"})
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = field(
+        default_factory=lambda: [0], metadata={"help": "one run of every method per seed"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "what is scored after every stage"})
+    allow_pickle: bool = field(default=False, metadata={"help": "load pickled (.bin) weights"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run a model directory's own Python code"})
+    allow_weak_base: bool = field(default=False, metadata={"help": "run on a pretrained base model that missed its target (`ckl run --allow-weak-base`)"})
 
-    @field_validator("methods")
-    @classmethod
-    def _unique_labels(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("methods", "give at least one method")
         seen: set[str] = set()
-        for m in methods:
+        for i, m in enumerate(self.methods):
             if m.display in seen:
-                raise ValueError(f"two methods are labelled {m.display!r}; give one a distinct `label`")
+                raise ConfigError(f"methods[{i}]", f"two methods are labelled {m.display!r}; give one a distinct `label`")
             seen.add(m.display)
-        return methods
+
+    @classmethod
+    def from_dict(cls, data: dict, file: str = "<config>", root: yaml.Node | None = None) -> ExperimentConfig:
+        """Validate a config mapping (as read from YAML) and build it.
+
+        Raises:
+            InputError: every problem the schema and the configs' own rules find.
+        """
+        config, problems = _rules(_schema(data, file, root), file, root)
+        if problems:
+            raise InputError.of(problems)
+        return config
+
+
+def _schema(data: dict, file: str, root: yaml.Node | None) -> BaseModel:
+    """`data` checked against the experiment's schema; every schema problem at once (and
+    the world's and pretraining's own rules where their part passed) as an InputError."""
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        problems = [InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, _message(e)) for e in err.errors()]
+        errors: list[tuple[tuple, str]] = []
+        for key in ("world", "pretrain"):
+            if isinstance(data.get(key), dict) and not any(p.field and p.field.split(".")[0] == key for p in problems):
+                _build(_SPECS[_nested(key)].model_validate(data[key]), (key,), errors)
+        problems += [InputError(file, _line_of(root, path), _dotted(path), message) for path, message in errors]
+        raise InputError.of(sorted(problems, key=lambda p: p.line or 0)) from None
+
+
+def _rules(spec: BaseModel, file: str, root: yaml.Node | None) -> tuple[ExperimentConfig | None, list[InputError]]:
+    """The config dataclasses built from a schema-valid `spec`, or None with the problems
+    their own rules found (each naming its field and line)."""
+    errors: list[tuple[tuple, str]] = []
+    config = _build(spec, (), errors)
+    return config, [InputError(file, _line_of(root, _path(path)), _dotted(_path(path)), message) for path, message in errors]
+
+
+def _nested(key: str) -> type:
+    return typing.get_args(typing.get_type_hints(ExperimentConfig)[key])[0]
+
+
+def _path(path: tuple) -> tuple:
+    """A path whose last key may be a dotted/indexed field name ("methods[1]")."""
+    *head, last = path
+    parts = tuple(int(p) if p.isdigit() else p for p in str(last).replace("[", ".").replace("]", "").split(".") if p)
+    return (*head, *parts)
+
+
+ExperimentSpec = spec_of(ExperimentConfig)
+# `world:`, `pretrain:`, `eval.unlearning:` and `eval.attack:` are these dataclasses' schemas
+WorldSpec, PretrainSpec, ExtractionSpec, AttackSpec = (_SPECS[c] for c in (WorldConfig, PretrainConfig, ExtractionConfig, AttackConfig))
 
 
 def _line_of(root: yaml.Node | None, path: tuple) -> int | None:
@@ -139,7 +262,7 @@ def _message(error: dict) -> str:
 
 def _model_at(path: tuple):
     """The pydantic model class that validates the mapping at `path` of the config."""
-    model = ExperimentConfig
+    model = ExperimentSpec
     for key in path:
         if isinstance(key, int):
             continue
@@ -235,8 +358,6 @@ def load_config(path: str | Path) -> ExperimentConfig:
             all at once; then, for a config the schema accepts, every method's options
             and every method that cannot apply the stream's change kinds).
     """
-    from ckl.methods.base import build_method
-
     path = Path(path)
     file = str(path)
     if not path.exists() and not path.is_symlink():
@@ -248,46 +369,45 @@ def load_config(path: str | Path) -> ExperimentConfig:
     # Top-level keys starting with "x-" are free for YAML anchors (shared method settings),
     # as in docker compose; they are not part of the experiment.
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
-    try:
-        config = ExperimentConfig.model_validate(data)
-    except ValidationError as err:
-        problems = [InputError(file, _line_of(root, tuple(e["loc"])), _dotted(tuple(e["loc"])) or None, _message(e)) for e in err.errors()]
-        # the world's and pretraining's own rules too, where their part of the schema passed
-        for key, spec, cls in (("world", WorldSpec, WorldConfig), ("pretrain", PretrainSpec, PretrainConfig)):
-            if isinstance(data.get(key), dict) and not any(p.field and p.field.split(".")[0] == key for p in problems):
-                try:
-                    cls(**spec.model_validate(data[key]).model_dump())
-                except ConfigError as bad:
-                    problems.append(InputError(file, _line_of(root, (key, bad.field)), f"{key}.{bad.field}", str(bad).removeprefix("WorldConfig.")))
-        raise InputError.of(sorted(problems, key=lambda p: p.line or 0)) from None
-    problems = []
+    spec = _schema(data, file, root)
+    config, problems = _rules(spec, file, root)
+    methods = config.methods if config is not None else [_build(m, (), []) for m in spec.methods]
+    problems += _option_problems(methods, file, root)
+    if config is None:
+        raise InputError.of(sorted(problems, key=lambda p: p.line or 0))
     if (config.stream is None) == (config.world is None):
         problems.append(InputError(file, 1, "stream", "give exactly one of `stream` (a directory) or `world` (generate one)"))
     if config.model is not None and config.pretrain is not None:
         problems.append(InputError(file, _line_of(root, ("model",)), "model", "give `model` (a local directory) or `pretrain`, not both"))
-    for check in (check_world, check_pretrain):
-        try:
-            check(config, file, root)
-        except InputError as err:
-            problems.append(err)
+    try:
+        check_world(config, file, root)
+    except InputError as err:
+        problems.append(err)
     base = path.parent
     if config.stream is not None:
         config.stream = str((base / config.stream).resolve())
     if config.model is not None:
         config.model = str((base / config.model).resolve())
-    for i, spec in enumerate(config.methods):
-        try:
-            build_method(spec.name, spec.options, where=f"methods[{i}]")
-        except ValueError as err:
-            key = str(err).split(":", 1)[0]
-            parts = tuple(int(p) if p.isdigit() else p for p in key.replace("[", ".").replace("]", "").split("."))
-            problems.append(InputError(file, _line_of(root, parts), key, str(err).split(": ", 1)[-1]))
     if problems:
-        raise InputError.of(problems)
+        raise InputError.of(sorted(problems, key=lambda p: p.line or 0))
     problems = [InputError(file, _line_of(root, ("methods", i)), f"methods[{i}]", message) for i, message in unsupported_methods(config)]
     if problems:
         raise InputError.of(problems)
     return config
+
+
+def _option_problems(methods: list[MethodSpec], file: str, root: yaml.Node | None) -> list[InputError]:
+    """Every method's options checked by building it (the parts' config dataclasses)."""
+    from ckl.methods.base import build_method
+
+    problems = []
+    for i, spec in enumerate(methods):
+        try:
+            build_method(spec.name, spec.options, where=f"methods[{i}]")
+        except ValueError as err:  # a ConfigError's field is the option's dotted place: methods[i].part.option
+            key = err.field if isinstance(err, ConfigError) else f"methods[{i}]"
+            problems.append(InputError(file, _line_of(root, _path((key,))), key, str(err).split(": ", 1)[-1]))
+    return problems
 
 
 def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
@@ -299,28 +419,12 @@ def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Nod
     from ckl.data.world import build_world
 
     try:
-        build_world(WorldConfig(**config.world.model_dump()))
+        build_world(config.world)
     except ConfigError as err:
         key = ("world", err.field)
         raise InputError(file, _line_of(root, key), _dotted(key), str(err).removeprefix("WorldConfig.")) from None
     except ValueError as err:  # the built world's own checks (probe words): the world as a whole
         raise InputError(file, _line_of(root, ("world",)), "world", str(err)) from None
-
-
-def check_pretrain(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
-    """Build the configured PretrainConfig, and the unlearning metrics' and the attack's
-    configs (every option's rule); a failure names `pretrain.<option>` (or
-    `eval.attack.<option>`, ...) and its line."""
-    for path, spec, cls in ((("pretrain",), config.pretrain, PretrainConfig),
-                            (("eval", "unlearning"), config.eval.unlearning, ExtractionConfig),
-                            (("eval", "attack"), config.eval.attack, AttackConfig)):
-        if spec is None:
-            continue
-        try:
-            cls(**spec.model_dump())
-        except ConfigError as err:
-            key = (*path, err.field)
-            raise InputError(file, _line_of(root, key), _dotted(key), str(err)) from None
 
 
 def stream_kinds(config: ExperimentConfig) -> dict[str, int]:

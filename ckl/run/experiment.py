@@ -33,7 +33,8 @@ from ckl.model import lm
 from ckl.run.checkpoint import CheckpointError
 from ckl.run.checkpoint import checkpoint_dir as _checkpoint_dir
 from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
-from ckl.run.config import ExperimentConfig, PretrainSpec
+from ckl.run.config import ExperimentConfig, plain
+from ckl.train.config import PretrainConfig
 from ckl.core.distributed import gather, is_main, on_main, shard
 from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
@@ -86,13 +87,13 @@ def _build_world(config: ExperimentConfig, world_dir: Path) -> None:
     """Write the world to a private sibling and rename it, so that a crash never leaves
     half a world and two runs starting at once in one directory cannot collide (the world
     is deterministic: whichever rename wins, the content is the same)."""
-    from ckl.data.world import WorldConfig, build_world
+    from ckl.data.world import build_world
 
     if world_dir.exists():
         return
     tmp = Path(tempfile.mkdtemp(dir=world_dir.parent, prefix=f".{world_dir.name}."))
     try:
-        build_world(WorldConfig(**config.world.model_dump())).save(tmp)
+        build_world(config.world).save(tmp)
         tmp.rename(world_dir)
     except OSError:
         if not world_dir.exists():
@@ -106,13 +107,12 @@ def prepare_model_dir(config: ExperimentConfig, stream: Stream, run_dir: Path, a
     (cached in run_dir/base_model)."""
     if config.model is not None:
         return Path(config.model)
-    from ckl.train.pretrain import PretrainConfig, knowledge_line, pretrain
+    from ckl.train.pretrain import knowledge_line, pretrain
 
     out = run_dir / "base_model"
     if on_main(accelerator, lambda: (out / "config.json").exists(), share=True):
         return out
-    spec = config.pretrain.model_dump() if config.pretrain else {}
-    pcfg = PretrainConfig(**spec)
+    pcfg = config.pretrain or PretrainConfig()
     say(f"pretraining the base model ({pcfg.n_layer} layers, width {pcfg.n_embd}) on {len(stream.base)} base facts")
     if progress:
         progress.start("pretraining (epochs)", pcfg.max_epochs)
@@ -149,7 +149,7 @@ def _check_base(config: ExperimentConfig, run_dir: Path, store, accelerator, say
         return
     from ckl.train.pretrain import knowledge_line
 
-    spec = config.pretrain or PretrainSpec()
+    spec = config.pretrain or PretrainConfig()
     what = f"the pretrained base model missed its target ({knowledge_line(weak['knowledge'])} after {weak['epochs']} epochs; " \
            f"targets: statements {spec.target}, paraphrase and extraction {spec.knowledge_target})"
     if not config.allow_weak_base:
@@ -201,7 +201,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     for i, message in unsupported_methods(config):
         raise InputError("<config>", None, f"methods[{i}]", message)
     run_dir = Path(run_dir)
-    resolved = config.model_dump(mode="json")
+    resolved = plain(config)
     accelerator = make_accelerator()
     if not is_main(accelerator):  # one voice: the main process reports
         say, progress = (lambda message: None), None
@@ -304,8 +304,8 @@ def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
         # a config stored by an older ckl lacks options added since: read it with today's
         # defaults, so that a new option left at its default is not a different experiment
         try:
-            previous = ExperimentConfig.model_validate(previous).model_dump(mode="json")
-        except ValueError:
+            previous = plain(ExperimentConfig.from_dict(previous))
+        except (ValueError, InputError):
             pass  # no longer valid at all: it differs, and the check below says so
     if previous is not None and store.get_meta("protocol") != PROTOCOL:
         raise InputError(str(run_dir), None, None,
@@ -427,7 +427,7 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
     info.perplexity = ppl
     if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
-            model, tokenizer, probes, config.eval.unlearning.model_dump(), config.model or store.path.parent / "base_model")))
+            model, tokenizer, probes, asdict(config.eval.unlearning), config.model or store.path.parent / "base_model")))
     on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
 
 

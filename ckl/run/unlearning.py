@@ -18,7 +18,7 @@ from pathlib import Path
 from ckl.data import cohorts
 from ckl.model import lm
 from ckl.core.distributed import on_main
-from ckl.run.attack import AttackConfig, relearning_attack
+from ckl.run.attack import relearning_attack
 from ckl.evaluate.extraction import ExtractionConfig, cohort_scores
 from ckl.data.facts import Probe
 from ckl.results.store import Store
@@ -70,7 +70,7 @@ def attack_final(config, spec, seed: int, stream: Stream, probes: list[Probe], s
         return
     model, tokenizer, _ = load_checkpoint(ckpt, build_method(spec.name, spec.options, where=label))
     model.to(accelerator.device)
-    attack = AttackConfig(**config.eval.attack.model_dump())
+    attack = config.eval.attack
     result = relearning_attack(model, tokenizer, stream, probes, attack, accelerator)
     on_main(accelerator, lambda: store.record_attack(label, seed, T, result.to_dict()))
     say(f"{label} seed {seed}: relearning attack ({attack.data}, {result.steps} steps): forgotten facts "

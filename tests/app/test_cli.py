@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_bad_config_key_exits_2_naming_line_and_key_and_writes_nothing(tmp_path)
     exp.write_text("name: x\nworld: {people: 30}\nmethods:\n  - name: replay\n    replay: {fraction: 2}\n")
     r = ckl("run", exp, "--out", tmp_path / "run")
     assert r.returncode == 2
-    assert "exp.yaml:5: field 'methods[0].replay'" in " ".join(r.stderr.split())
+    assert "exp.yaml:5: field 'methods[0].replay.fraction'" in " ".join(r.stderr.split())
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,7 @@ from tests.data.formats.test_editing_formats import cf, write
 def test_the_report_of_an_editing_run_plots_the_sequential_curve(tmp_path):
     stream = counterfact_stream(write(tmp_path, [cf(i) for i in range(5)]), edits=4, batch=2, untouched=1)
     stream.save(tmp_path / "stream")
-    config = ExperimentConfig.model_validate({
+    config = ExperimentConfig.from_dict({
         "name": "edit", "stream": str(tmp_path / "stream"),
         "pretrain": {"n_layer": 2, "n_embd": 16, "n_head": 2, "max_epochs": 3, "eval_every": 3, "target_facts": "base"},
         "methods": [{"name": "grace", "grace": {"steps": 5}}], "eval": {"kinds": ["statement"], "max_candidates": 2},

@@ -28,7 +28,7 @@ def stream_dir(tmp_path_factory, tiny_stream):
 
 
 def _config(stream_dir, model_dir, methods):
-    return ExperimentConfig.model_validate({
+    return ExperimentConfig.from_dict({
         "name": "t", "stream": str(stream_dir), "model": str(model_dir), "eval": {"kinds": ["statement", "question"]},
         "methods": [{"skip": ["forget"], **m} for m in methods],
     })

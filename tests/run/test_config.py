@@ -32,10 +32,10 @@ def test_valid_config_loads_with_defaults(tmp_path):
 @pytest.mark.parametrize(
     "text,line,field,message",
     [
-        (GOOD.replace("fraction: 0.5", "fraction: 1.5"), 8, "methods[1].replay", "fraction"),
+        (GOOD.replace("fraction: 0.5", "fraction: 1.5"), 8, "methods[1].replay.fraction", "fraction"),
         (GOOD.replace("lora: {r: 4}", "lora: {rank: 4}"), 7, "methods[1].lora.rank", "unknown option"),
         (GOOD.replace("name: naive", "name: naiive"), 4, "methods[0].name", "unknown method"),
-        (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train", "epochs"),
+        (GOOD.replace("train: {epochs: 2}", "train: {epochs: 0}"), 5, "methods[0].train.epochs", "epochs"),
         (GOOD.replace("seeds: [0, 1]", "seeds: [a]"), 9, "seeds[0]", "integer"),
         (GOOD.replace("name: tiny", "name: tiny\nwrld: {}"), 2, "wrld", "unknown key (did you mean 'world'?)"),
         (GOOD.replace("people: 12", "people: 0"), 2, "world.people", "people must be >= 1"),
@@ -83,7 +83,7 @@ def test_run_experiment_refuses_unsupported_kinds_before_writing(tmp_path):
     from ckl.run.config import ExperimentConfig
     from ckl.run.experiment import run_experiment
 
-    config = ExperimentConfig.model_validate({"world": {"people": 30}, "methods": [{"name": "naive"}]})
+    config = ExperimentConfig.from_dict({"world": {"people": 30}, "methods": [{"name": "naive"}]})
     with pytest.raises(InputError, match="does not support 'forget'"):
         run_experiment(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -123,7 +123,7 @@ def test_floats_written_as_people_write_them_are_numbers(tmp_path):
                     "methods:\n  - name: naive\n    skip: [forget]\n    train: {epochs: 1, lr: 1e-3}\n"
                     "  - name: replay\n    skip: [forget]\n    train: {epochs: 1, lr: 2E-4}\n    replay: {fraction: 5e-1}\n")
     config = load_config(path)
-    assert [m.train["lr"] for m in config.methods] == [0.001, 0.0002]
+    assert [m.options["train"]["lr"] for m in config.methods] == [0.001, 0.0002]
     assert config.methods[1].options["replay"]["fraction"] == 0.5
 
 
@@ -144,9 +144,9 @@ def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
     with pytest.raises(InputError) as info:
         load_config(path)
     found = [(e.line, e.field) for e in [info.value, *info.value.more]]
-    assert found == [(2, "world.update_per_stage"), (5, "methods[0].replay"), (7, "methods[1].ewc")]
+    assert found == [(2, "world.update_per_stage"), (5, "methods[0].replay.fraction"), (7, "methods[1].ewc.strength")]
     text = str(info.value).splitlines()
-    assert len(text) == 3 and text[1].startswith(f"{path}:5: field 'methods[0].replay': fraction must be in [0, 1)")
+    assert len(text) == 3 and text[1].startswith(f"{path}:5: field 'methods[0].replay.fraction': fraction must be in [0, 1)")
 
     path.write_text("name: x\nworld: {people: 0}\npretrain: {n_head: 3}\nmethods: [{name: naive}]\nseeds: [-1]\n")
     with pytest.raises(InputError) as info:  # the schema's errors and the world's and pretraining's rules, together
@@ -178,3 +178,45 @@ def test_a_mistyped_key_part_or_option_gets_a_suggestion(tmp_path):
     assert "unknown method or part 'replya' (did you mean 'replay'?)" in found["methods[0].name"]
     assert found["methods[1].trian"].endswith("(did you mean 'train'?)")
     assert found["methods[2].replay.fracton"].startswith("unknown option (did you mean 'fraction'?)")
+
+
+def test_a_loaded_config_round_trips_through_the_json_a_run_stores(tmp_path):
+    import json
+
+    from ckl.run.config import ExperimentConfig, plain
+
+    config = load_config(_write(tmp_path, GOOD))
+    stored = json.loads(json.dumps(plain(config)))
+    assert stored["methods"][1] == {"name": "lora+replay", "label": None, "skip": [], "lora": {"r": 4}, "replay": {"fraction": 0.5}}
+    again = ExperimentConfig.from_dict(stored)
+    assert again == config and plain(again) == stored
+    assert type(again.world).__name__ == "WorldConfig" and type(again.eval).__name__ == "EvalConfig"
+
+
+def test_the_yaml_schema_is_derived_from_the_config_dataclasses():
+    import dataclasses
+    from typing import Annotated
+
+    import pydantic
+
+    from ckl.run.config import EvalConfig, spec_of
+
+    @dataclasses.dataclass
+    class Probe:
+        size: Annotated[int, pydantic.Field(ge=1)] = dataclasses.field(default=3, metadata={"help": "how many"})
+        inner: EvalConfig | None = None
+
+    spec = spec_of(Probe)
+    assert set(spec.model_fields) == {"size", "inner"} and spec.model_fields["size"].description == "how many"
+    assert spec().size == 3
+    for bad in ({"size": 0}, {"siez": 3}, {"inner": {"batch_size": 0}}, {"inner": {"metric": "f1"}}):
+        with pytest.raises(pydantic.ValidationError):
+            spec.model_validate(bad)
+
+
+def test_an_experiment_without_methods_is_refused_naming_the_key():
+    from ckl.run.config import ExperimentConfig
+
+    with pytest.raises(InputError) as info:
+        ExperimentConfig.from_dict({"world": {"people": 12}, "methods": []})
+    assert info.value.field == "methods"

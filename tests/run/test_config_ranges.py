@@ -22,7 +22,7 @@ import yaml
 
 import ckl
 from ckl.core.checks import check_number
-from ckl.run.config import ExperimentConfig, load_config
+from ckl.run.config import ExperimentSpec, load_config
 from ckl.core.errors import InputError
 from ckl.methods.base import load_builtin, make_config
 
@@ -44,7 +44,7 @@ def _config_dataclasses() -> list[type]:
     return sorted(classes, key=lambda c: (c.__module__, c.__name__))
 
 
-def _pydantic_models(model: type[pydantic.BaseModel] = ExperimentConfig, seen=None) -> list[type]:
+def _pydantic_models(model: type[pydantic.BaseModel] = ExperimentSpec, seen=None) -> list[type]:
     seen = seen if seen is not None else []
     if model not in seen:
         seen.append(model)

@@ -17,7 +17,7 @@ def stream_dir(tmp_path_factory, tiny_stream):
 def _config(stream_dir, model_dir, methods=None, **extra):
     methods = methods or [{"name": "naive", "train": {"epochs": 3, "lr": 3e-3}}, {"name": "replay", "train": {"epochs": 3, "lr": 3e-3}}]
     methods = [{"skip": ["forget"], **m} for m in methods]
-    return ExperimentConfig.model_validate({
+    return ExperimentConfig.from_dict({
         "name": "t",
         "stream": str(stream_dir),
         "model": str(model_dir),
@@ -187,7 +187,7 @@ def test_a_run_made_under_earlier_defaults_is_not_extended(tmp_path, full_run, s
 def test_a_world_that_cannot_be_built_stops_the_run_before_anything_is_written(tmp_path):
     from ckl.run.config import ExperimentConfig
 
-    config = ExperimentConfig.model_validate({
+    config = ExperimentConfig.from_dict({
         "world": {"people": 30, "background_people": 0}, "methods": [{"name": "naive", "skip": ["forget"]}],
     })
     with pytest.raises(InputError) as info:
@@ -205,7 +205,7 @@ def test_a_block_size_above_the_models_context_is_refused_before_anything_is_wri
     with pytest.raises(InputError, match="above the model's context length") as info:
         run_experiment(config, tmp_path / "run", say=lambda m: None)
     assert info.value.field == "methods[0].train.block_size" and not (tmp_path / "run").exists()
-    config = ExperimentConfig.model_validate({"world": {"people": 30}, "pretrain": {"block_size": 1024}, "methods": [{"name": "naive", "skip": ["forget"]}]})
+    config = ExperimentConfig.from_dict({"world": {"people": 30}, "pretrain": {"block_size": 1024}, "methods": [{"name": "naive", "skip": ["forget"]}]})
     with pytest.raises(InputError, match="context length of the model ckl pretrains") as info:
         run_experiment(config, tmp_path / "run", say=lambda m: None)
     assert info.value.field == "pretrain.block_size" and not (tmp_path / "run").exists()

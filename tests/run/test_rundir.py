@@ -75,7 +75,7 @@ def test_run_out_naming_a_file_or_a_foreign_directory_is_refused_before_anything
         out = tmp_path / "stream"
         shutil.copytree(stream_dir, out)
     before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text()
-    config = ExperimentConfig.model_validate(_config(stream_dir, tiny_model_dir))
+    config = ExperimentConfig.from_dict(_config(stream_dir, tiny_model_dir))
     with pytest.raises(InputError, match="not a directory|not a ckl run directory"):
         run_experiment(config, out, say=lambda m: None)
     assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text()) == before
@@ -95,7 +95,7 @@ def test_a_run_directory_is_marked_first_and_only_its_own_experiment_reuses_it(t
         check_run_dir(run, "a" * 64)
     empty = tmp_path / "empty"
     empty.mkdir()
-    config = ExperimentConfig.model_validate(_config(stream_dir, tiny_model_dir))
+    config = ExperimentConfig.from_dict(_config(stream_dir, tiny_model_dir))
     run_experiment(config, empty, say=lambda m: None)  # an empty directory is fine
     assert (empty / MARKER).is_file() and (empty / "results.sqlite").is_file()
 

@@ -23,8 +23,6 @@ def test_tokenizer_knows_every_word_of_every_stage(tiny_stream, tiny_model_dir):
 
 
 def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, accelerator, tmp_path):
-    import pytest
-
     from ckl.data.formats.refusals import DEFAULT_FILE, read_refusals
     from ckl.methods.unlearn.idk import expressible
     from ckl.train.pretrain import PretrainConfig, pretrain

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.data._policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, least_confident, recall
@@ -43,19 +44,19 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
-            raise ValueError(f"fraction must be in [0, 1), got {self.fraction!r}")
+            raise ConfigError("fraction", f"fraction must be in [0, 1), got {self.fraction!r}")
         if isinstance(self.text_fraction, bool) or not isinstance(self.text_fraction, (int, float)) or not 0 <= self.text_fraction < 1:
-            raise ValueError(f"text_fraction must be in [0, 1), got {self.text_fraction!r}")
+            raise ConfigError("text_fraction", f"text_fraction must be in [0, 1), got {self.text_fraction!r}")
         if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) or self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be a positive integer, got {self.buffer_size!r}")
+            raise ConfigError("buffer_size", f"buffer_size must be a positive integer, got {self.buffer_size!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            raise ConfigError("policy", f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.balance_by not in ("relation", "cohort"):
-            raise ValueError(f"balance_by must be 'relation' or 'cohort', got {self.balance_by!r}")
+            raise ConfigError("balance_by", f"balance_by must be 'relation' or 'cohort', got {self.balance_by!r}")
         for name in ("max_box", "budget", "rescore_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_box" else 1):
-                raise ValueError(f"{name} must be an integer >= {0 if name == 'max_box' else 1}, got {value!r}")
+                raise ConfigError(name, f"{name} must be an integer >= {0 if name == 'max_box' else 1}, got {value!r}")
 
 
 class ReservoirBuffer:

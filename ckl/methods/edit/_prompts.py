@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.data.facts import Relation
 from ckl.data.stream import QUESTION_FORMAT
 
@@ -76,7 +77,7 @@ def encode(tokenizer, rows: Sequence[Row], subject_token: str = "last") -> Promp
     first name (`ckl locate` shows which).
     """
     if subject_token not in SUBJECT_TOKENS:
-        raise ValueError(f"subject_token must be one of {SUBJECT_TOKENS}, got {subject_token!r}")
+        raise ConfigError("subject_token", f"subject_token must be one of {SUBJECT_TOKENS}, got {subject_token!r}")
     heads, tails, targets, befores = [], [], [], []
     for r in rows:
         before, after = r.template.split("{subject}", 1)

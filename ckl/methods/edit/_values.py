@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace as replace_field
 import torch
 from torch import nn
 
+from ckl.core.checks import ConfigError
 from ckl.methods.edit._keys import _first, capture
 from ckl.methods.edit._prompts import PromptBatch, concat
 
@@ -58,9 +59,9 @@ class ValueSettings:
 
     def __post_init__(self) -> None:
         if self.decay not in DECAYS:
-            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+            raise ConfigError("decay", f"decay must be one of {DECAYS}, got {self.decay!r}")
         if self.stop_on not in STOP_RULES:
-            raise ValueError(f"stop_on must be one of {STOP_RULES}, got {self.stop_on!r}")
+            raise ConfigError("stop_on", f"stop_on must be one of {STOP_RULES}, got {self.stop_on!r}")
 
 
 @dataclass

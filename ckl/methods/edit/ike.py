@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.data.copy_mix import demonstration
 from ckl.data.facts import Fact, Probe
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
@@ -40,9 +41,9 @@ class IKEConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k!r}")
+            raise ConfigError("k", f"k must be >= 1, got {self.k!r}")
         if not 0 <= self.min_similarity <= 1:
-            raise ValueError(f"min_similarity must be in [0, 1], got {self.min_similarity!r}")
+            raise ConfigError("min_similarity", f"min_similarity must be in [0, 1], got {self.min_similarity!r}")
 
 
 def bag_of_words(texts: Sequence[str], vocab: dict[str, int]) -> torch.Tensor:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_number
 from ckl.methods.base import register_method
 from ckl.methods.edit._keys import capture
 from ckl.methods.edit._memory import MemoryEditor, check_value_options, value_settings
@@ -57,7 +57,7 @@ class KVMemoryConfig:
     def __post_init__(self) -> None:
         check_number(self.threshold, "threshold", low=-1, high=1)
         if self.position not in ("last", "subject"):
-            raise ValueError(f"position must be 'last' or 'subject', got {self.position!r}")
+            raise ConfigError("position", f"position must be 'last' or 'subject', got {self.position!r}")
         check_value_options(self.steps, self.lr, self.stop_loss)
         check_number(self.decay, "decay", low=0)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_number
 from ckl.methods.edit._covariance import KeyStatistics
 from ckl.methods.edit._keys import capture, context_weighted_mean
 from ckl.model.layers import add_update, blocks, mlp_output_projection, value_matrix
@@ -55,15 +55,15 @@ class MemitConfig(RomeConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.layers):
-            raise ValueError(f"layers must be a list of layer indices >= 0, got {self.layers!r}")
+            raise ConfigError("layers", f"layers must be a list of layer indices >= 0, got {self.layers!r}")
         if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers must not repeat a layer, got {self.layers!r}")
+            raise ConfigError("layers", f"layers must not repeat a layer, got {self.layers!r}")
         for name in ("span", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "span" else 0):
-                raise ValueError(f"{name} must be an integer >= {1 if name == 'span' else 0}, got {value!r}")
+                raise ConfigError(name, f"{name} must be an integer >= {1 if name == 'span' else 0}, got {value!r}")
         if type(self.per_prompt_keys) is not bool:
-            raise ValueError(f"per_prompt_keys must be true or false, got {self.per_prompt_keys!r}")
+            raise ConfigError("per_prompt_keys", f"per_prompt_keys must be true or false, got {self.per_prompt_keys!r}")
         check_number(self.covariance_weight, "covariance_weight", low=0, low_open=True)
 
 

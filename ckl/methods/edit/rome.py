@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_number
 from ckl.methods.edit._covariance import KeyStatistics, solve
 from ckl.methods.edit._keys import capture
 from ckl.model.layers import add_update, blocks, mlp_output_projection, value_matrix
@@ -66,15 +66,15 @@ class RomeConfig:
         for name in ("steps", "prefixes", "covariance_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "prefixes" else 1):
-                raise ValueError(f"{name} must be an integer >= {0 if name == 'prefixes' else 1}, got {value!r}")
+                raise ConfigError(name, f"{name} must be an integer >= {0 if name == 'prefixes' else 1}, got {value!r}")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < -1:
-            raise ValueError(f"layer must be an integer >= 0 (or -1 for the default), got {self.layer!r}")
+            raise ConfigError("layer", f"layer must be an integer >= 0 (or -1 for the default), got {self.layer!r}")
         for name in ("lr", "kl_weight", "weight_decay", "clamp", "stop_loss"):
             check_number(getattr(self, name), name, low=0, low_open=name in ("lr", "clamp"))
         if self.subject_token not in SUBJECT_TOKENS:
-            raise ValueError(f"subject_token must be one of {', '.join(SUBJECT_TOKENS)}, got {self.subject_token!r}")
+            raise ConfigError("subject_token", f"subject_token must be one of {', '.join(SUBJECT_TOKENS)}, got {self.subject_token!r}")
         if not isinstance(self.essence_prompt, str) or "{subject}" not in self.essence_prompt:
-            raise ValueError(f"essence_prompt must contain '{{subject}}', got {self.essence_prompt!r}")
+            raise ConfigError("essence_prompt", f"essence_prompt must contain '{{subject}}', got {self.essence_prompt!r}")
 
     def settings(self) -> ValueSettings:
         return ValueSettings(self.steps, self.lr, self.kl_weight, self.weight_decay, self.clamp, self.stop_loss)

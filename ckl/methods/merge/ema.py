@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import Part, StageContext, register_part
 
 
@@ -31,7 +32,7 @@ class EmaConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 <= self.decay < 1:
-            raise ValueError(f"decay must be a number in [0, 1), got {self.decay!r}")
+            raise ConfigError("decay", f"decay must be a number in [0, 1), got {self.decay!r}")
 
 
 class Ema(Part):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import register_part
 from ckl.methods.merge.task_arithmetic import RescaleUpdate
 
@@ -24,7 +25,7 @@ class InterpolateConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
+            raise ConfigError("alpha", f"alpha must be a number in [0, 1], got {self.alpha!r}")
 
 
 class Interpolate(RescaleUpdate):

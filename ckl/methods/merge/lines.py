@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import parameter_depths
 from ckl.methods.merge.task_arithmetic import RescaleUpdate
@@ -32,7 +33,7 @@ class LinesConfig:
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
 
 
 class Lines(RescaleUpdate):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import Part, StageContext, register_part
 
 
@@ -64,7 +65,7 @@ class TaskArithmeticConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+            raise ConfigError("scale", f"scale must be a finite number, got {self.scale!r}")
 
 
 class RescaleUpdate(Part):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_number
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.penalty.l2 import AnchorCache, snapshot, squared_distance
 
@@ -40,7 +40,7 @@ class RecAdamConfig:
         check_number(self.gamma, "gamma", low=0)
         check_number(self.k, "k", low=0, low_open=True)
         if isinstance(self.t0, bool) or not isinstance(self.t0, int) or self.t0 < 0:
-            raise ValueError(f"t0 must be an integer >= 0, got {self.t0!r}")
+            raise ConfigError("t0", f"t0 must be an integer >= 0, got {self.t0!r}")
 
 
 def task_weight(step: int, k: float, t0: int) -> float:

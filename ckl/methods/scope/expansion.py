@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks
 from ckl.methods.scope._base import ScopePart
@@ -37,7 +38,7 @@ class ExpansionConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 1:
-            raise ValueError(f"blocks must be a positive integer, got {self.blocks!r}")
+            raise ConfigError("blocks", f"blocks must be a positive integer, got {self.blocks!r}")
 
 
 def identity_copy(block: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import parameter_depths
 from ckl.methods.scope._base import ScopePart
@@ -28,9 +29,9 @@ class FreezeConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
-            raise ValueError(f"layers must be an integer >= 0, got {self.layers!r}")
+            raise ConfigError("layers", f"layers must be an integer >= 0, got {self.layers!r}")
         if not isinstance(self.embeddings, bool):
-            raise ValueError(f"embeddings must be true or false, got {self.embeddings!r}")
+            raise ConfigError("embeddings", f"embeddings must be true or false, got {self.embeddings!r}")
 
 
 class Freeze(ScopePart):

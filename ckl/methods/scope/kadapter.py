@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ckl.core.checks import ConfigError
 from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks
@@ -56,13 +57,13 @@ class KAdapterConfig:
     def __post_init__(self) -> None:
         if self.layers is not None:
             if not isinstance(self.layers, list) or not self.layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.layers):
-                raise ValueError(f"layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
+                raise ConfigError("layers", f"layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
             if len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers must not repeat a block, got {self.layers!r}")
+                raise ConfigError("layers", f"layers must not repeat a block, got {self.layers!r}")
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be a positive integer, got {self.size!r}")
+            raise ConfigError("size", f"size must be a positive integer, got {self.size!r}")
         if not isinstance(self.per_stage, bool):
-            raise ValueError(f"per_stage must be true or false, got {self.per_stage!r}")
+            raise ConfigError("per_stage", f"per_stage must be true or false, got {self.per_stage!r}")
 
 
 class AdapterLayer(torch.nn.Module):

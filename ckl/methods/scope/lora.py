@@ -17,7 +17,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from transformers.pytorch_utils import Conv1D
 
-from ckl.core.checks import check_number
+from ckl.core.checks import ConfigError, check_number
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.train.loop import rng_for
 
@@ -31,10 +31,10 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+            raise ConfigError("r", f"r must be a positive integer, got {self.r!r}")
         check_number(self.alpha, "alpha", low=0, low_open=True)
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError("dropout", f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class Lora(Part):

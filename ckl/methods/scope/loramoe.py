@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from ckl.core.checks import check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks
@@ -64,14 +64,14 @@ class LoraMoeConfig:
         for name in ("experts", "r"):
             check_count(getattr(self, name), name)
         if self.experts < 2:
-            raise ValueError(f"experts must be at least 2 (a router needs a choice), got {self.experts!r}")
+            raise ConfigError("experts", f"experts must be at least 2 (a router needs a choice), got {self.experts!r}")
         check_number(self.alpha, "alpha", low=0, low_open=True)
         check_number(self.balance, "balance", low=0)
         ok = self.target_modules in ("mlp", "all-linear") or (
             isinstance(self.target_modules, list) and self.target_modules and all(isinstance(t, str) and t for t in self.target_modules)
         )
         if not ok:
-            raise ValueError(f"target_modules must be 'mlp', 'all-linear' or a list of module name suffixes, got {self.target_modules!r}")
+            raise ConfigError("target_modules", f"target_modules must be 'mlp', 'all-linear' or a list of module name suffixes, got {self.target_modules!r}")
 
 
 def _features(module: torch.nn.Module) -> tuple[int, int] | None:

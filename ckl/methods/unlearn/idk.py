@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact
 from ckl.methods.base import StageContext, register_part
 from ckl.data.formats.refusals import DEFAULT_FILE, read_refusals
@@ -44,9 +45,9 @@ class IdkConfig(UnlearnConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.file is not None and (not isinstance(self.file, str) or not self.file.strip()):
-            raise ValueError(f"file must be a path, got {self.file!r}")
+            raise ConfigError("file", f"file must be a path, got {self.file!r}")
         if self.file is not None and not Path(self.file).is_file():  # caught with the config, before any work
-            raise ValueError(f"file {self.file!r} not found (one refusal sentence per line)")
+            raise ConfigError("file", f"file {self.file!r} not found (one refusal sentence per line)")
 
 
 def expressible(sentences: list[str], tokenizer) -> list[str]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ckl.core.checks import check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.data.facts import Fact
 from ckl.methods.base import Part, StageContext
 from ckl.methods.distill.lwf import distillation_kl
@@ -59,9 +59,9 @@ class UnlearnConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("batched", "sequential"):
-            raise ValueError(f"mode must be 'batched' or 'sequential', got {self.mode!r}")
+            raise ConfigError("mode", f"mode must be 'batched' or 'sequential', got {self.mode!r}")
         if self.retain_loss not in ("nll", "kl"):
-            raise ValueError(f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
+            raise ConfigError("retain_loss", f"retain_loss must be 'nll' or 'kl', got {self.retain_loss!r}")
         check_number(self.weight, "weight", 0)
         check_number(self.retain_weight, "retain_weight", 0)
         check_number(self.stop_accuracy, "stop_accuracy", 0, optional=True, high=1)

@@ -21,7 +21,7 @@ def edit_stream_dir(tmp_path_factory):
 
 
 def _config(stream_dir, model_dir):
-    return ExperimentConfig.model_validate({
+    return ExperimentConfig.from_dict({
         "name": "edit", "stream": str(stream_dir), "model": str(model_dir),
         "methods": [{"name": "rome", "rome": {"steps": 10, "covariance_samples": 40}, "skip": ["learn", "forget"]}],
         "eval": {"kinds": ["statement"]},

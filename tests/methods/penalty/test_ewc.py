@@ -4,7 +4,7 @@ Compress, and its state survives a checkpoint."""
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ckl.model.scoring import score_probes
 from ckl.methods.base import StageContext, build_method

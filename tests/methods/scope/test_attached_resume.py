@@ -18,7 +18,7 @@ METHODS = [
 
 
 def _config(stream_dir, model_dir):
-    return ExperimentConfig.model_validate({
+    return ExperimentConfig.from_dict({
         "name": "attached", "stream": str(stream_dir), "model": str(model_dir),
         "methods": METHODS, "eval": {"kinds": ["statement"]},
     })
@@ -86,7 +86,7 @@ def test_the_relearning_attack_attacks_the_model_with_its_adapters(tmp_path, tin
 
     stream_dir = tmp_path / "stream"
     tiny_stream.save(stream_dir)
-    config = ExperimentConfig.model_validate({
+    config = ExperimentConfig.from_dict({
         "name": "attacked", "stream": str(stream_dir), "model": str(tiny_model_dir), "methods": METHODS[:1],
         "eval": {"kinds": ["statement"], "attack": {"data": "partial", "epochs": 1}},
     })

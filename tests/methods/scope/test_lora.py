@@ -1,7 +1,6 @@
 import torch
 
 from ckl.methods.base import StageContext, build_method
-from ckl.data.stream import Change
 
 
 def test_lora_trains_only_adapters_and_merges_them_into_a_plain_model(tiny_stream, tiny_model, accelerator):
