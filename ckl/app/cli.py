@@ -151,6 +151,19 @@ def _guard(fn):
         _fail(InputError(str(err.filename), None, None, "not found"))
 
 
+def _checked(stream_dir: Path, stream) -> None:
+    """`ckl check`'s rules on a stream a command is about to use: errors stop it (exit 2,
+    nothing written), warnings print."""
+    from rich.markup import escape
+
+    from ckl.data.check import check_stream, raise_errors
+
+    findings = _guard(lambda: check_stream(stream_dir, stream=stream))
+    _guard(lambda: raise_errors(findings))
+    for finding in findings:
+        err_console.print(f"[yellow]{escape(str(finding))}[/]", highlight=False, soft_wrap=True)
+
+
 def _world_option(name: str, *flags: str):
     """A `ckl world` option from WorldConfig's field: its default and help, one definition."""
     from dataclasses import fields
@@ -204,6 +217,7 @@ def _pretrain(**values) -> None:
 
     stream_dir, out = values.pop("stream_dir"), values.pop("out")
     stream = _guard(lambda: Stream.load(stream_dir))
+    _checked(stream_dir, stream)
     _new_output(out, "the model's")
     try:
         config = PretrainConfig(**values)
@@ -543,6 +557,30 @@ def locate(
     result, table = _guard(lambda: locate_table(model, stream_dir, facts=facts, samples=samples))
     console.print(table)
     console.print("Each cell: mean recovered probability of the true object when that state is restored in a run with the subject's embeddings corrupted by noise.")
+
+
+@app.command()
+def check(
+    stream_dir: Path = typer.Argument(..., metavar="STREAM", help="stream directory (from `ckl world`, `ckl import` or written by hand)"),
+    metric: str = typer.Option("em", "--metric", help="the metric the runs will use: em or rank (a relation without candidates is an error for rank)"),
+    strict: bool = typer.Option(False, "--strict", help="exit 2 on warnings too"),
+) -> None:
+    """Check a stream for what loads but makes results wrong (docs/formats.md: every rule); exit 2 on an error."""
+    from rich.markup import escape
+
+    from ckl.data.check import check_stream, errors
+
+    if metric not in ("em", "rank"):
+        _fail(InputError("--metric", None, None, f"must be em or rank, got {metric!r}"))
+    findings = _guard(lambda: check_stream(stream_dir, rank_metric=metric == "rank"))
+    for finding in findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        console.print(f"[{colour}]{escape(str(finding))}[/]", highlight=False, soft_wrap=True)
+    n_err = len(errors(findings))
+    n_warn = len(findings) - n_err
+    console.print(f"{stream_dir}: {n_err} error(s), {n_warn} warning(s)" if findings else f"{stream_dir}: no problems found", soft_wrap=True)
+    if n_err or (strict and n_warn):
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from ckl.core.distributed import gather, is_main, on_main, shard
 from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
+from ckl.data.check import check_stream, raise_errors
 from ckl.data.facts import Probe, atomic_write_text
 from ckl.methods.base import StageContext, apply_stage, build_method
 from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
@@ -207,6 +208,11 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
         say, progress = (lambda message: None), None
     # a bad stream or model directory stops the run here, before anything is written
     stream = Stream.load(config.stream) if config.stream is not None else None
+    if stream is not None:  # what loads but would make the numbers wrong (ckl check): errors stop, warnings print
+        findings = check_stream(config.stream, rank_metric=config.eval.metric == "rank", stream=stream)
+        raise_errors(findings)
+        for finding in findings:
+            say(str(finding))
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle, config.trust_remote_code)
     _check_block_sizes(config)

@@ -215,3 +215,20 @@ def test_an_options_file_with_a_key_twice_or_that_is_a_fifo_is_refused(files, ti
     result = run(files, tiny_model_dir, tmp_path / "out", "--options", str(fifo), "--gate", "acquisition>=0.5")
     assert result.exit_code == 2 and "not a regular file" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_learned_fact_that_contradicts_a_known_one_stops_before_anything_is_written(files, tiny_model_dir, tiny_stream, tmp_path):
+    stage = tiny_stream.stages[0]
+    touched = stage.touched()
+    held = next(f for f in tiny_stream.base if f.id not in touched)
+    learn = tmp_path / "learn.jsonl"
+    learn.write_text((files / "learn.jsonl").read_text() + json.dumps(
+        {"id": "clash", "subject": held.subject, "relation": held.relation, "object": "Nowhere", "valid_form": 1}) + "\n")
+    args = ["update", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--relations", str(files / "relations.jsonl"),
+            "--facts", str(files / "facts.jsonl"), "--learn", str(learn), "--gate", "retention>=0.5"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"{learn}:7: field 'object'" in text and f"contradicts fact {held.id!r}" in text
+    assert f"{learn}:7: field 'valid_form'" in text and "did you mean 'valid_from'" in text  # every error at once
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckl.core.errors import InputError
+from ckl.data.check import FACT_KEYS, RELATION_KEYS, Finding, fact_findings, relation_findings, unknown_keys
 from ckl.data.facts import ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_relations, text_field
 from ckl.data.stream import Change
 
@@ -111,3 +112,38 @@ def read_inputs(relations: Path, facts: Path | None, learn: Path | None, update:
     elif not known:
         raise InputError("<options>", None, None, "give --keep FILE (facts that must stay) or --facts FILE to sample them from")
     return UpdateInputs(rels, known, change, kept)
+
+
+UPDATE_KEYS = ("id", "object", "subject", "relation", "old_object")
+FORGET_KEYS = ("id", "subject", "relation", "object")
+
+
+def check_inputs(inputs: UpdateInputs, relations: Path, facts: Path | None, learn: Path | None, update: Path | None,
+                 forget: Path | None, keep: Path | None) -> list[Finding]:
+    """`ckl check`'s rules on the files of an update (docs/formats.md): misspelled keys,
+    paraphrases that are training templates, facts that contradict each other, a learned
+    fact that contradicts a known one (that is an --update), candidate sets the rank metric
+    cannot use, objects with stop tokens."""
+    found: list[Finding] = list(unknown_keys(relations, RELATION_KEYS))
+    for path, keys in ((facts, FACT_KEYS), (learn, FACT_KEYS), (keep, FACT_KEYS), (update, UPDATE_KEYS), (forget, FORGET_KEYS)):
+        if path:
+            found += unknown_keys(path, keys)
+    learned = list(inputs.change.learn)
+    objects: dict[str, set[str]] = {}
+    for f in [*inputs.known, *learned, *(r.fact for r in inputs.change.update)]:
+        objects.setdefault(f.relation, set()).add(f.object)
+    found += relation_findings(relations, inputs.relations, objects)
+    if facts:
+        found += fact_findings(facts, inputs.known)
+    if learn:
+        found += fact_findings(learn, learned)
+        changed = inputs.change.touched()
+        held = {(f.subject, f.relation): f for f in inputs.known if f.id not in changed}
+        lines = {obj.get("id", "").strip(): line for line, obj in iter_jsonl(learn) if isinstance(obj.get("id"), str)}
+        for f in learned:
+            old = held.get((f.subject, f.relation))
+            if old is not None and old.object != f.object:
+                found.append(Finding("error", str(learn), lines.get(f.id), "object",
+                                     f"{f.subject!r} {f.relation!r} = {f.object!r} contradicts fact {old.id!r} in --facts ({old.object!r}): "
+                                     "the model would be taught both; give it in --update (id, object) instead"))
+    return sorted(found, key=lambda f: (f.severity != "error", f.file, f.line or 0))

@@ -34,7 +34,8 @@ from ckl.core.errors import DivergenceError, InputError
 from ckl.data.facts import Fact, Probe, atomic_write_text
 from ckl.evaluate.metrics import kept_ratio
 from ckl.app.update.gates import Gate, check_measurable, parse_gate
-from ckl.app.update.inputs import UpdateInputs, read_inputs
+from ckl.app.update.inputs import UpdateInputs, check_inputs, read_inputs
+from ckl.data.check import raise_errors
 
 KINDS = ("statement", "paraphrase", "question")
 GATE_KIND = "statement"
@@ -249,6 +250,8 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
         raise InputError(str(model_dir), None, None, "not a Hugging Face model directory (no config.json)")
     _check_out(out, model_dir)
     inputs = read_inputs(req.relations, req.facts, req.learn, req.update, req.forget, req.keep)
+    findings = check_inputs(inputs, req.relations, req.facts, req.learn, req.update, req.forget, req.keep)
+    raise_errors(findings)  # what loads but would make the update wrong: errors stop here, warnings print below
     for flag, value in (("--keep-size", req.keep_size), ("--batch-size", req.batch_size)):
         if value < 1:
             raise InputError(flag, None, None, f"must be >= 1, got {value}")
@@ -262,6 +265,8 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     if gates and req.no_gates:
         raise InputError("--no-gates", None, None, "conflicts with --gate; give one or the other")
 
+    for finding in findings:
+        say(str(finding))
     model, tokenizer = lm.load(model_dir)
     accelerator = make_accelerator()
     model.to(accelerator.device)

@@ -26,7 +26,10 @@ every template of its group (its own first) and with one question per template
 subject carries the fact; where a subject has more than one fact in a group, its facts
 keep their own template only (they would contradict each other). The record's own prompt
 stays the statement probe (`Relation.probe_template`) and its rephrased prompt the
-held-out paraphrase, never trained. `forms=False` is the earlier one-sentence-per-record
+held-out paraphrase, never trained: where the rephrased prompt is another record's
+template of the same group (15 of CounterFact's first 1,000 records), that template is
+left out of this record's forms (`ckl check` refuses a paraphrase that is a training
+template). `forms=False` is the earlier one-sentence-per-record
 stream.
 
 **New targets the model can produce (`taught_targets=True`, the default).** An editor
@@ -205,10 +208,14 @@ def edit_stream(
                 retargeted[case.id] = case.target_new
         rel = case.id
         templates = forms_of(t, case.subject)
+        paraphrase = template(case.paraphrase, case.subject) if case.paraphrase else None
+        if paraphrase in templates:  # another record's prompt: held out for this one, or no paraphrase if it is its own
+            templates = tuple(x for x in templates if x != paraphrase) if paraphrase != t else templates
+            paraphrase = None if paraphrase == t else paraphrase
         relations[rel] = Relation(
             name=rel,
             templates=templates,
-            paraphrases=(template(case.paraphrase, case.subject),) if case.paraphrase else (),
+            paraphrases=(paraphrase,) if paraphrase else (),
             questions=tuple(question_form(x) for x in templates) if forms else (),
             candidates=(case.truth, target),
             probe_template=t if forms else None,
