@@ -91,7 +91,33 @@ def block_mlp(model: nn.Module, layer: int) -> nn.Module:
     for name in _MLP_NAMES:
         if isinstance(getattr(block, name, None), nn.Module):
             return getattr(block, name)
+    for name in _PROJ_NAMES:  # no MLP module (OPT: fc1, fc2 sit in the block): its output projection stands for it
+        if _weight(getattr(block, name, None) or nn.Module()) is not None:
+            return getattr(block, name)
     raise ValueError(f"cannot find the MLP of layer {layer} in {type(block).__name__}")
+
+
+def mlp_linears(model: nn.Module) -> set[str]:
+    """Qualified names of the feed-forward linear layers of every block: those inside its
+    MLP module, or, for a block without one (OPT), the linear layers that are the block's
+    own children (its attention projections sit inside the attention module)."""
+    prefix, stack = find_blocks(model)
+    names: set[str] = set()
+    for i, block in enumerate(stack):
+        base = f"{prefix}.{i}"
+        mlp = next((n for n in _MLP_NAMES if isinstance(getattr(block, n, None), nn.Module)), None)
+        if mlp is not None:
+            names |= {f"{base}.{mlp}.{sub}" for sub, m in getattr(block, mlp).named_modules() if sub and _weight(m) is not None}
+        else:
+            names |= {f"{base}.{n}" for n, m in block.named_children() if _weight(m) is not None}
+    return names
+
+
+def token_view(x: torch.Tensor, width: int) -> torch.Tensor:
+    """A module's input or output as (batch, tokens, features): most blocks keep that
+    shape, but some flatten the tokens before their MLP (OPT: (batch * tokens, features)),
+    so a hook that reads or writes token positions views it back with the batch's width."""
+    return x if x.dim() == 3 else x.view(-1, width, x.shape[-1])
 
 
 def mlp_output_projection(model: nn.Module, layer: int) -> nn.Module:
@@ -104,6 +130,8 @@ def mlp_output_projection(model: nn.Module, layer: int) -> nn.Module:
     if not 0 <= layer < len(stack):
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{len(stack) - 1}")
     module_mlp = block_mlp(model, layer)
+    if any(getattr(stack[layer], proj, None) is module_mlp for proj in _PROJ_NAMES):
+        return module_mlp  # a block without an MLP module: `block_mlp` is already its projection
     for proj in _PROJ_NAMES:
         module = getattr(module_mlp, proj, None)
         if module is not None and _weight(module) is not None:

@@ -83,6 +83,49 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, seed
     return model.eval()
 
 
+def stream_texts(relations, facts) -> list[str]:
+    """The texts a model must be able to encode to be trained and probed on `facts`:
+    every subject and object, every candidate, and each relation's templates, paraphrases
+    and questions (without their "{subject}" slot)."""
+    texts = {t for f in facts for t in (f.subject, f.object)}
+    for r in relations.values():
+        texts |= set(r.candidates)
+        texts |= {t.replace("{subject}", " ").strip() for t in (*r.templates, *r.paraphrases, *r.questions)}
+    return sorted(t for t in texts if t)
+
+
+def check_vocabulary(tokenizer, texts, where: str) -> None:
+    """Refuse a tokenizer that encodes some of `texts` (as they follow a prompt, after a
+    space) to no tokens or to its unknown token: such a model could never be taught or
+    scored on them (a word-level vocabulary of another world, or a tokenizer class that
+    does not fit the directory's vocabulary).
+
+    Raises:
+        InputError: naming `where`, the tokenizer's class and the first texts it cannot encode.
+    """
+    texts = sorted(set(texts))
+    if not texts:
+        return
+    ids = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    bad = [t for t, seq in zip(texts, ids) if not seq or (unk is not None and unk in seq)]
+    if bad:
+        shown = ", ".join(repr(t) for t in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        raise InputError(where, None, "tokenizer", (
+            f"{type(tokenizer).__name__} encodes {len(bad)} of the stream's {len(texts)} words and templates to no tokens "
+            f"or to its unknown token ({shown}): the model could not be taught or scored on them. Use a tokenizer whose "
+            "vocabulary covers the stream's text (a byte-level BPE covers any text), or pretrain a model on this stream (ckl pretrain)"))
+
+
+def load_tokenizer(directory: str | Path, trust_remote_code: bool = False):
+    """The tokenizer of a local model directory alone (no weights), as `load` reads it
+    (a tokenizer without a padding token pads with its end-of-sequence token)."""
+    tokenizer = AutoTokenizer.from_pretrained(Path(directory), local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load(directory: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
     """Load (model, tokenizer) from a local Hugging Face directory, never from a hub.
 
@@ -179,9 +222,7 @@ def context_length(d: str | Path) -> int | None:
 
 
 def _load(d: Path, safetensors: list, allow_pickle: bool, trust_remote_code: bool, dtype):
-    tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(d, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         d,
         local_files_only=True,

@@ -62,8 +62,10 @@ ranking. The two can differ in two ways only, neither of which the synthetic wor
 (objects without punctuation, a word-level tokenizer) can produce: the fast path needs
 the gold *tokens*, so a greedy output that spells the answer with other tokens or in
 another letter case matches only in the reference; and an answer that itself contains a
-stop token ("St. Ives", or a byte-level BPE answer with a bare-space token "Ġ" before an
-unmerged word) can match only in the fast path, since the reference cuts it there.
+stop token ("St. Ives") can match only in the fast path, since the reference cuts it there.
+A whitespace-only token that opens the continuation (a byte-level BPE's bare "Ġ" before an
+unmerged word) is part of the answer in both (tests/model/test_architectures.py checks
+the two paths agree on seven architectures with such a tokenizer).
 """
 
 from __future__ import annotations
@@ -613,7 +615,12 @@ def reference_exact_match(model, tokenizer, probe: Probe) -> bool:
     )
     continuation = out[0, len(prompt) :].tolist()
     stop = stop_token_mask(tokenizer, _vocab_size(model))
-    cut = next((i for i, t in enumerate(continuation) if t >= len(stop) or stop[t]), len(continuation))
+    # whitespace-only tokens that open the continuation (a byte-level BPE's bare "Ġ" before an
+    # unmerged word: " journalist" as " " "j" "our" ...) start the answer, they do not end it
+    lead = 0
+    while lead < len(continuation) and continuation[lead] != tokenizer.eos_token_id and tokenizer.decode([continuation[lead]]).isspace():
+        lead += 1
+    cut = next((i for i in range(lead, len(continuation)) if continuation[i] >= len(stop) or stop[continuation[i]]), len(continuation))
     text = tokenizer.decode(continuation[:cut], skip_special_tokens=True)
     return normalise_answer(text) == normalise_answer(probe.answer)
 

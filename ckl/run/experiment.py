@@ -215,6 +215,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
             say(str(finding))
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle, config.trust_remote_code)
+        _check_tokenizer(config, stream)
     _check_block_sizes(config)
     experiment = experiment_hash(experiment_identity(resolved))
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
@@ -297,6 +298,16 @@ def experiment_identity(resolved: dict) -> dict:
     """What makes two configs one experiment: everything but the name, methods and seeds
     (methods and seeds may be added to a run later)."""
     return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds", "allow_weak_base")}
+
+
+def _check_tokenizer(config: ExperimentConfig, stream: Stream | None) -> None:
+    """A user's model must encode the stream's words (before anything is written)."""
+    from ckl.data.world import build_world
+
+    stream = stream if stream is not None else build_world(config.world)
+    facts = [*stream.base, *(r.fact for r in stream.records()), *stream.unseen]
+    tokenizer = lm.load_tokenizer(config.model, config.trust_remote_code)
+    lm.check_vocabulary(tokenizer, lm.stream_texts(stream.relations, facts), str(Path(config.model) / "tokenizer"))
 
 
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:

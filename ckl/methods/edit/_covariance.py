@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ckl.model.layers import key_size, mlp_output_projection
+from ckl.model.layers import key_size, mlp_output_projection, token_view
 from ckl.data.facts import Fact, Relation
 from ckl.data.stream import render_documents
 
@@ -86,7 +86,7 @@ def compute_second_moment(
     state: dict[str, torch.Tensor] = {}
 
     def grab(mod, args):
-        keys = args[0][state["mask"]].double()  # (tokens, d)
+        keys = token_view(args[0], state["mask"].shape[1])[state["mask"]].double()  # (tokens, d)
         total.addmm_(keys.T, keys)
 
     limit = getattr(getattr(model, "config", None), "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ckl.methods.edit._prompts import PromptBatch
+from ckl.model.layers import token_view
 
 
 def _first(x):
@@ -32,7 +33,7 @@ def capture(
 
     def hook_for(i: int, where: str):
         def grab(x: torch.Tensor) -> None:
-            found[i].append(x[current["rows"], current["pos"]].float())
+            found[i].append(token_view(x, current["width"])[current["rows"], current["pos"]].float())
 
         if where == "in":
             return lambda module, args, kwargs: grab(args[0] if args else next(iter(kwargs.values())))
@@ -51,6 +52,7 @@ def capture(
             part = batch.select(rows).to(device)
             current["rows"] = torch.arange(len(rows), device=device)
             current["pos"] = positions[rows].to(device)
+            current["width"] = part.input_ids.shape[1]
             decoder(input_ids=part.input_ids, attention_mask=part.attention_mask)
     finally:
         for h in handles:

@@ -39,6 +39,7 @@ from torch import nn
 from ckl.core.checks import ConfigError
 from ckl.methods.edit._keys import _first, capture
 from ckl.methods.edit._prompts import PromptBatch, concat
+from ckl.model.layers import token_view
 
 
 DECAYS = ("norm", "squared")
@@ -121,10 +122,11 @@ def optimize_values(
     state: dict[str, torch.Tensor] = {}
 
     def write(mod, args, output):
-        out = _first(output)
+        flat = _first(output)
+        out = token_view(flat, state["width"])  # OPT's MLP sees (batch * tokens, d)
         rows, pos, group = state["rows"], state["pos"], state["group"]
         value = param[group].to(out.dtype)
-        out = out.index_put((rows, pos), value if replace else out[rows, pos] + value)
+        out = out.index_put((rows, pos), value if replace else out[rows, pos] + value).reshape(flat.shape)
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     head = model.get_output_embeddings()
@@ -136,7 +138,7 @@ def optimize_values(
         """(nll, kl), each (G,) and zero outside `in_chunk`, from one forward pass."""
         rows = torch.nonzero(in_chunk[both.group]).squeeze(1)  # rewrite rows first, then essence rows
         part, rw = both.select(rows), is_rewrite[rows]
-        state.update(rows=torch.arange(len(part), device=device), pos=part.subject_pos, group=part.group)
+        state.update(rows=torch.arange(len(part), device=device), pos=part.subject_pos, group=part.group, width=part.input_ids.shape[1])
         hidden = model.base_model(input_ids=part.input_ids, attention_mask=part.attention_mask).last_hidden_state
 
         r_idx = torch.nonzero(rw).squeeze(1)

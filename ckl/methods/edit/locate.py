@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ckl.methods.edit._keys import _first
-from ckl.model.layers import blocks, mlp_output_projection
+from ckl.model.layers import blocks, mlp_output_projection, token_view
 from ckl.methods.edit._prompts import Row, encode
 from ckl.data.facts import Fact, Relation
 from ckl.data.stream import pick
@@ -88,7 +88,7 @@ def trace_fact(model: nn.Module, tokenizer, fact: Fact, relation: Relation, samp
     clean_block, clean_mlp = {}, {}
     mlps = [mlp_output_projection(model, l) for l in range(L)]
     handles = [stack[l].register_forward_hook(lambda m, a, o, l=l: clean_block.__setitem__(l, _first(o)[0].clone())) for l in range(L)]
-    handles += [mlps[l].register_forward_hook(lambda m, a, o, l=l: clean_mlp.__setitem__(l, _first(o)[0].clone())) for l in range(L)]
+    handles += [mlps[l].register_forward_hook(lambda m, a, o, l=l: clean_mlp.__setitem__(l, token_view(_first(o), batch.input_ids.shape[1])[0].clone())) for l in range(L)]
     try:
         model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     finally:
@@ -114,8 +114,10 @@ def trace_fact(model: nn.Module, tokenizer, fact: Fact, relation: Relation, samp
         def hook(module, args, output):
             if not len(rows):
                 return output
-            out = _first(output).clone()
+            flat = _first(output)
+            out = token_view(flat, ids.shape[1]).clone()  # OPT's MLP sees (batch * tokens, d)
             out[rows, cols] = source[cols].to(out.dtype)
+            out = out.reshape(flat.shape)
             return (out, *output[1:]) if isinstance(output, tuple) else out
 
         return hook

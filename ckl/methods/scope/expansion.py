@@ -28,8 +28,10 @@ from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks
 from ckl.methods.scope._base import ScopePart
 
-# linear layers whose output is added to the residual stream, by the names architectures use
-OUTPUT_PROJECTIONS = ("attn.c_proj", "mlp.c_proj", "self_attn.o_proj", "mlp.down_proj", "attention.dense", "mlp.dense_4h_to_h", "mlp.fc2", "self_attn.out_proj")
+# linear layers whose output is added to the residual stream, by the names GPT-2, Llama-style
+# models, GPT-NeoX, Phi and OPT use
+OUTPUT_PROJECTIONS = ("attn.c_proj", "mlp.c_proj", "self_attn.o_proj", "mlp.down_proj", "attention.dense", "self_attn.dense",
+                      "mlp.dense_4h_to_h", "fc2", "self_attn.out_proj")
 
 
 @dataclass

@@ -45,7 +45,7 @@ from transformers.pytorch_utils import Conv1D
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
 from ckl.methods.base import StageContext, register_part
-from ckl.model.layers import find_blocks
+from ckl.model.layers import find_blocks, mlp_linears
 from ckl.methods.scope._base import ScopePart
 from ckl.train.loop import rng_for
 
@@ -86,12 +86,13 @@ def _features(module: torch.nn.Module) -> tuple[int, int] | None:
 def target_layers(model, targets: str | list[str]) -> dict[str, tuple[int, int]]:
     """Linear layers inside the transformer blocks that get experts, by name: (in, out)."""
     prefix, _ = find_blocks(model)
+    feed_forward = mlp_linears(model) if targets == "mlp" else set()
     out = {}
     for name, module in model.named_modules():
         features = _features(module)
         if features is None or not name.startswith(prefix + "."):
             continue
-        if targets == "all-linear" or (targets == "mlp" and ".mlp." in f".{name}.") or (isinstance(targets, list) and name.endswith(tuple(targets))):
+        if targets == "all-linear" or name in feed_forward or (isinstance(targets, list) and name.endswith(tuple(targets))):
             out[name] = features
     if not out:
         raise ValueError(f"loramoe.target_modules: {targets!r} matches no linear layer in the model's blocks")
