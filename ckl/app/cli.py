@@ -559,6 +559,38 @@ def locate(
     console.print("Each cell: mean recovered probability of the true object when that state is restored in a run with the subject's embeddings corrupted by noise.")
 
 
+data_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="The benchmark files ckl imports: where they come from, and getting them.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Every data source: what it is, its licence, whether a sample ships with ckl."""
+    from rich.markup import escape
+
+    from ckl.data.sources import SOURCES
+
+    for s in SOURCES.values():
+        console.print(f"[bold]{s.name}[/]: {escape(s.what)}", soft_wrap=True)
+        console.print(f"  licence: {escape(s.licence)}; sample shipped: {'yes' if s.sample else 'no'}", soft_wrap=True, highlight=False)
+        console.print(f"  then: {escape(s.then)}", soft_wrap=True, highlight=False)
+
+
+@data_app.command("get")
+def data_get(
+    name: str = typer.Argument(..., metavar="NAME", help="a data source (see `ckl data list`)"),
+    out: Path = typer.Option(..., "--out", help="new or empty directory to write the files to"),
+    mirror: Optional[Path] = typer.Option(None, "--from", help="a local directory holding the files under their names (no download)"),
+    sample: bool = typer.Option(False, "--sample", help="copy the small sample shipped with ckl instead (no network)"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="accept files whose SHA-256 differs from the version ckl was measured on"),
+) -> None:
+    """Fetch a benchmark's files from their public origin (pinned to a commit, checksums checked), or its shipped sample."""
+    from ckl.data.sources import SOURCES, get
+
+    written = _guard(lambda: get(name, out, mirror=mirror, verify=not no_verify, sample=sample, say=console.print))
+    console.print(f"wrote {len(written)} file(s) to {out}; next: {SOURCES[name].then.format(out=out, first=written[0])}", soft_wrap=True)
+
+
 @app.command()
 def check(
     stream_dir: Path = typer.Argument(..., metavar="STREAM", help="stream directory (from `ckl world`, `ckl import` or written by hand)"),

@@ -51,3 +51,11 @@ def check_unit(value, name: str) -> None:
     """A number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:  # NaN fails the comparison
         raise ConfigError(name, f"{name} must be in [0, 1], got {value!r}")
+
+
+def did_you_mean(word: str, choices) -> str:
+    """" (did you mean 'train'?)" for the closest of `choices` to a mistyped `word`, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckl.core.errors import DivergenceError
-from ckl.core.checks import ConfigError
+from ckl.core.checks import ConfigError, did_you_mean
 from ckl.data.facts import Fact, Probe, Relation
 from ckl.model.lm import count_parameters
 from ckl.data.stream import Change, render_documents
@@ -245,14 +245,6 @@ def _broken_hint() -> str:
     if not BROKEN:
         return ""
     return "; modules that failed to import: " + "; ".join(f"{m} ({why})" for m, why in sorted(BROKEN.items()))
-
-
-def did_you_mean(word: str, choices) -> str:
-    """" (did you mean 'train'?)" for the closest of `choices` to a mistyped `word`, or ""."""
-    import difflib
-
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _refuse(field: str, message: str) -> ConfigError:

@@ -252,7 +252,7 @@ def _line_of(root: yaml.Node | None, path: tuple) -> int | None:
 def _message(error: dict) -> str:
     """pydantic's message, with a suggestion for a mistyped key ("trian" -> "train")."""
     if error["type"] == "extra_forbidden" and error["loc"]:
-        from ckl.methods.base import did_you_mean
+        from ckl.core.checks import did_you_mean
 
         model = _model_at(error["loc"][:-1])
         known = list(model.model_fields) if model is not None else []

@@ -94,20 +94,19 @@ def test_counts_that_do_not_fit_are_input_errors(tmp_path):
         counterfact_stream(path, edits=3, untouched=1)
 
 
-def test_real_files_import(tmp_path):
-    from pathlib import Path
+def test_the_shipped_real_samples_import():
+    """The first 300 records of the real CounterFact and zsRE files (shipped with ckl)."""
+    from ckl.data.sources import sample_path
 
-    data = Path(__file__).resolve().parents[4] / "shared" / "data"
-    if not (data / "counterfact").is_dir():
-        pytest.skip("../shared/data (CounterFact, zsRE) is not next to this checkout")
-    cf_stream = counterfact_stream(data / "counterfact" / "counterfact-edit-1k.json", edits=1000, batch=100)
-    assert cf_stream.T == 10 and len(cf_stream.base) == 2000
-    # the records fall into about as many template groups as CounterFact has relations (34);
-    # nearly every neighbourhood prompt is a known template about another subject
-    assert 20 <= cf_stream.meta["groups"] <= 40
+    cf_stream = counterfact_stream(sample_path("counterfact-edit-300.json"), edits=300, batch=100)
+    assert cf_stream.T == 3 and len(cf_stream.base) == 600
+    # the records fall into far fewer template groups than records (CounterFact has 34
+    # relations); nearly every neighbourhood prompt is a known template about another subject
+    assert cf_stream.meta["groups"] == 38
     neighbours = [f for f in cf_stream.base if f.id.endswith("/neighbour")]
     assert sum(cf_stream.relations[f.relation].probe_template is not None for f in neighbours) >= 0.9 * len(neighbours)
-    assert len(zsre_stream(data / "zsre" / "zsre_mend_train-1k.json", batch=500).records()) == 981
+    zsre = zsre_stream(sample_path("zsre_mend_train-300.json"), batch=100)
+    assert len(zsre.records()) == 293  # 7 records have no usable new answer
 
 
 def test_cli_import_writes_a_stream_or_exits_2_writing_nothing(tmp_path):

@@ -1,6 +1,6 @@
-"""The KnowUnDo privacy importer: the real files become a stream that teaches every
-record and forgets the unlearn_* ones; malformed files are rejected with file, line and
-record number."""
+"""The KnowUnDo privacy importer: the real files (the sample ckl ships: 15 of the 55
+people, every record about them) become a stream that teaches every record and forgets the
+unlearn_* ones; malformed files are rejected with file, line and record number."""
 
 from __future__ import annotations
 
@@ -11,41 +11,38 @@ import pytest
 
 from ckl.core.errors import InputError
 from ckl.data.formats.knowundo import KnowUndoConfig, load_knowundo
+from ckl.data.sources import sample_path
 from ckl.data.stream import Stream
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "knowundo_privacy"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/knowundo_privacy not present")
+DATA = sample_path("knowundo_privacy")
 
 
-@needs_data
 def test_teaches_the_full_set_and_forgets_exactly_the_unlearn_records():
     stream = load_knowundo(DATA)
     full = json.loads((DATA / "full.json").read_text())
     unlearn = json.loads((DATA / "unlearn_train.json").read_text()) + json.loads((DATA / "unlearn_val.json").read_text())
-    assert len(stream.base) == len(full) == 1059
+    assert len(stream.base) == len(full) == 284
     forgotten = [f for ch in stream.stages for f in ch.forget]
-    assert len(forgotten) == len(unlearn) == 510
+    assert len(forgotten) == len(unlearn) == 162
     kept = stream.invariant()
-    assert len(kept) == 1059 - 510
+    assert len(kept) == 284 - 162
     # a record is (person, question form, answer): the prompt is the original question
     by_question = {r["text"]: r["labels"] for r in full}
     statements = [p for p in stream.probes() if p.kind == "statement"]
-    assert len(statements) == 1059
+    assert len(statements) == 284
     for p in statements:
         assert by_question[p.prompt].strip().startswith(p.answer) and p.answer[-1].isalnum()
 
 
-@needs_data
 def test_forgetting_boundary_is_the_same_peoples_retained_facts():
     stream = load_knowundo(DATA, KnowUndoConfig(people=6))
     boundary = stream.boundary(1)
     forgotten_people = {f.subject for f in stream.stages[0].forget}
     assert boundary and all(f.subject in forgotten_people for f in boundary)
     assert not {f.id for f in boundary} & {f.id for f in stream.stages[0].forget}
-    assert "Isabella Marquez" in forgotten_people
+    assert "Hiro Tanaka" in forgotten_people
 
 
-@needs_data
 def test_streaming_stages_and_never_seen_people(tmp_path):
     stream = load_knowundo(DATA, KnowUndoConfig(people=8, unseen_people=2, stages=3))
     assert stream.T == 3 and all(ch.forget for ch in stream.stages)

@@ -13,12 +13,28 @@ from ckl.data.formats.pile import PileConfig, load_pile, read_pile_csv
 from ckl.data.formats.text_targets import TEXT
 from ckl.data.stream import Stream
 
-CSV = Path(__file__).resolve().parents[4] / "shared" / "data" / "pile_extraction" / "lm_extraction_128_0.csv"
-needs_data = pytest.mark.skipif(not CSV.exists(), reason="../shared/data/pile_extraction not present")
+WORDS = ("the of and to in is was for on that with as by at from it an be this are or his which had not but "
+         "river stone map key window garden letter engine harbour market winter candle station ledger").split()
 
 
-@needs_data
-def test_targets_are_cut_at_word_boundaries_of_the_original_text():
+@pytest.fixture(scope="module")
+def CSV(tmp_path_factory):
+    """128 targets in the benchmark's CSV form (doc_id, corpus, text): the real file's
+    licence is unstated, so ckl does not ship it (`ckl data get pile` fetches it). Texts of
+    60-90 words with punctuation, quotes and line breaks, like the Pile's."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(128):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(60, 90))]
+        for j in range(7, len(words), 11):
+            words[j] += rng.choice([",", ".", ";", ":\n", '"'])
+        rows.append([str(1000 + i), rng.choice(["Pile-CC", "Github", "FreeLaw"]), " ".join(words)])
+    return _csv(tmp_path_factory.mktemp("pile") / "targets.csv", rows)
+
+
+def test_targets_are_cut_at_word_boundaries_of_the_original_text(CSV):
     records = dict(read_pile_csv(CSV))
     assert len(records) == 128
     stream = load_pile(CSV, PileConfig(prefix_words=8, suffix_words=6))
@@ -32,8 +48,7 @@ def test_targets_are_cut_at_word_boundaries_of_the_original_text():
         assert len(fact.object.split()) <= 6
 
 
-@needs_data
-def test_forget_unseen_and_streaming_stages(tmp_path):
+def test_forget_unseen_and_streaming_stages(CSV, tmp_path):
     stream = load_pile(CSV, PileConfig(limit=40, forget=12, unseen=8, stages=3))
     assert len(stream.base) == 32 and len(stream.unseen) == 8
     assert [len(ch.forget) for ch in stream.stages] == [4, 4, 4]
@@ -45,8 +60,7 @@ def test_forget_unseen_and_streaming_stages(tmp_path):
     assert probe.prompt == stream.stages[0].forget[0].subject and probe.answer == stream.stages[0].forget[0].object
 
 
-@needs_data
-def test_asking_for_more_than_the_file_has_is_an_input_error():
+def test_asking_for_more_than_the_file_has_is_an_input_error(CSV):
     with pytest.raises(InputError, match="asked for 500 targets"):
         load_pile(CSV, PileConfig(limit=500))
     with pytest.raises(InputError) as info:
