@@ -559,6 +559,35 @@ def locate(
     console.print("Each cell: mean recovered probability of the true object when that state is restored in a run with the subject's embeddings corrupted by noise.")
 
 
+@app.command("harness-tasks")
+def harness_tasks(
+    source: Path = typer.Argument(..., metavar="RUN_OR_STREAM", help="a run directory (its stream and eval settings) or a stream directory"),
+    out: Path = typer.Option(..., "--out", help="new or empty directory for the task YAMLs and JSONL documents"),
+    prefix: str = typer.Option("ckl", "--prefix", help="task name prefix (tasks are PREFIX_statement, PREFIX_paraphrase, ...)"),
+) -> None:
+    """Write the probes as lm-evaluation-harness multiple-choice tasks (acc = ckl's rank metric)."""
+    import json
+
+    from ckl.data.facts import PROBE_KINDS
+    from ckl.data.stream import Stream
+    from ckl.evaluate.harness import export_tasks
+
+    kinds, max_candidates, stream_dir = list(PROBE_KINDS), 10, source
+    config_path = source / "config.json"
+    if config_path.is_file() and not (source / "relations.jsonl").exists():  # a run directory
+        resolved = json.loads(config_path.read_text())
+        kinds = resolved.get("eval", {}).get("kinds", kinds)
+        max_candidates = resolved.get("eval", {}).get("max_candidates", max_candidates)
+        stream_dir = Path(resolved["stream"]) if resolved.get("stream") else source / "world"
+    if not prefix.replace("_", "").isalnum():
+        _fail(InputError("--prefix", None, None, f"must be letters, digits and underscores, got {prefix!r}"))
+    stream = _guard(lambda: Stream.load(stream_dir))
+    _new_output(out, "the tasks'")
+    counts = export_tasks(stream.probes(kinds=kinds, max_candidates=max_candidates), out, prefix)
+    console.print(f"wrote {len(counts)} task(s) to {out}: " + ", ".join(f"{k} ({n} docs)" for k, n in counts.items()), soft_wrap=True)
+    console.print(f"run them with: lm_eval --model hf --model_args pretrained=MODEL --include_path {out} --tasks {prefix}", soft_wrap=True)
+
+
 data_app = typer.Typer(cls=_Commands, no_args_is_help=True, help="The benchmark files ckl imports: where they come from, and getting them.")
 app.add_typer(data_app, name="data")
 
