@@ -8,11 +8,15 @@ of the base facts + general text; batch 16, block 128, AdamW lr 3e-3, clip 1.0) 
   - bare: the same model initialisation, the same packed blocks (`pack` once per epoch,
     same documents), the same batch order, and a plain
     `model(**batch).loss.backward(); clip; opt.step(); opt.zero_grad()` loop,
+  - trainer (with --trainer): Hugging Face `Trainer` on the same blocks in the same batch
+    order (a batch sampler of the bare loop's batches), constant lr, the same clip, with
+    `optim="adamw_torch"` and with Trainer's default `adamw_torch_fused`; and ckl with
+    `train.optimizer: adamw_fused` beside it,
 timed in alternation (ckl, bare, ckl, bare, ... after a warm-up) so that noise from other
 processes hits both alike, together with square fp32 matmuls (the same-run peak). Reports
-medians. The two loops see identical batches, so they must end on the same loss.
+medians. The loops see identical batches, so the unfused ones must end on the same loss.
 
-    python bench/train_speed.py [--epochs 3] [--rounds 5] [--threads N] [--max-seconds 150] [--profile]
+    python bench/train_speed.py [--epochs 3] [--rounds 5] [--threads N] [--max-seconds 150] [--profile] [--trainer]
 
 The headline ratio is of whole `train()` calls (setup and teardown included); the ratio
 of the time between the first and the last optimiser step is printed too, which
@@ -36,7 +40,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 
 import torch
@@ -64,10 +70,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_ckl(tokenizer, docs, epochs: int, accelerator) -> dict:
+def run_ckl(tokenizer, docs, epochs: int, accelerator, optimizer: str = "adamw") -> dict:
     model = lm.tiny_model(tokenizer, lm.TinyModelConfig(), seed=SEED)
     # shuffle off: the bare loop packs the renderer's order (shuffling is a data choice, not loop overhead)
-    config = TrainConfig(epochs=epochs, lr=LR, batch_size=BATCH, block_size=BLOCK, max_grad_norm=CLIP, shuffle=False)
+    config = TrainConfig(epochs=epochs, lr=LR, batch_size=BATCH, block_size=BLOCK, max_grad_norm=CLIP, shuffle=False, optimizer=optimizer)
     stamps: list[float] = []  # after each optimiser step (the loop's progress callback)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -101,6 +107,47 @@ def run_bare(tokenizer, docs, epochs: int) -> dict:
             stamps.append(time.perf_counter())
     seconds = time.perf_counter() - start
     return dict(seconds=seconds, tokens=tokens, steps=steps, loss=float(loss.detach()), in_loop=stamps[-1] - stamps[0])
+
+
+def run_trainer(tokenizer, docs, epochs: int, optim: str, out_dir: str) -> dict:
+    """Hugging Face Trainer on the bare loop's blocks and batches (same init, order, clip)."""
+    import transformers as hf
+
+    model = lm.tiny_model(tokenizer, lm.TinyModelConfig(), seed=SEED)
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(SEED)
+    blocks, batches, tokens = [], [], 0
+    for epoch in range(epochs):
+        input_ids, mask, labels = pack(tokenizer, docs[epoch], BLOCK)
+        tokens += int(mask.sum())
+        offset = len(blocks)
+        blocks += [{"input_ids": i, "attention_mask": m, "labels": lab} for i, m, lab in zip(input_ids, mask, labels)]
+        batches += [[offset + int(j) for j in index] for index in shard_batches(len(input_ids), BATCH, 0, 1, generator)]
+    stamps: list[float] = []
+
+    class Stamp(hf.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    last = {}
+
+    class SameBatches(hf.Trainer):
+        def get_train_dataloader(self):
+            return torch.utils.data.DataLoader(blocks, batch_sampler=batches, collate_fn=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+
+        def compute_loss(self, model, inputs, *a, **k):
+            loss = super().compute_loss(model, inputs, *a, **k)
+            last["loss"] = loss[0] if isinstance(loss, tuple) else loss
+            return loss
+
+    args = hf.TrainingArguments(output_dir=out_dir, per_device_train_batch_size=BATCH, learning_rate=LR, weight_decay=0.0,
+                                max_grad_norm=CLIP, lr_scheduler_type="constant", warmup_steps=0, num_train_epochs=1,
+                                max_steps=len(batches), optim=optim, report_to=[], save_strategy="no", logging_strategy="no",
+                                use_cpu=True, seed=SEED, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = SameBatches(model=model, args=args, train_dataset=blocks, callbacks=[Stamp()])
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return dict(seconds=seconds, tokens=tokens, steps=len(batches), loss=float(last["loss"].detach()), in_loop=stamps[-1] - stamps[0])
 
 
 def matmul_peak(sizes=(1024, 2048), repeats: int = 3) -> dict[int, float]:
@@ -218,6 +265,8 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=150.0,
                         help="start no further round once the next one would end past this many seconds of timing")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler breakdown of one epoch")
+    parser.add_argument("--trainer", action="store_true",
+                        help="also time Hugging Face Trainer (adamw_torch and its default adamw_torch_fused) and ckl with adamw_fused")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -263,6 +312,11 @@ def main() -> None:
     print(f"warm-up: {time.perf_counter() - start:.1f} s")
 
     ckl_runs, bare_runs, peaks = [], [], []
+    sides: dict[str, list[dict]] = {"trainer adamw_torch": [], "trainer adamw_torch_fused": [], "ckl adamw_fused": []}
+    scratch = tempfile.mkdtemp(prefix="ckl-bench-trainer-")
+    if args.trainer:
+        run_trainer(tokenizer, warm, 1, "adamw_torch", scratch)
+        run_ckl(tokenizer, warm, 1, accelerator, "adamw_fused")
     timing = time.perf_counter()
     for r in range(args.rounds):
         elapsed = time.perf_counter() - timing
@@ -273,6 +327,11 @@ def main() -> None:
         b = run_bare(tokenizer, docs, args.epochs)
         p = matmul_peak()
         ckl_runs.append(c), bare_runs.append(b), peaks.append(p)
+        if args.trainer:
+            sides["trainer adamw_torch"].append(run_trainer(tokenizer, docs, args.epochs, "adamw_torch", scratch))
+            sides["trainer adamw_torch_fused"].append(run_trainer(tokenizer, docs, args.epochs, "adamw_torch_fused", scratch))
+            sides["ckl adamw_fused"].append(run_ckl(tokenizer, docs, args.epochs, accelerator, "adamw_fused"))
+            print("  " + ", ".join(f"{k} {v[-1]['seconds']:.2f} s" for k, v in sides.items()))
         print(f"round {r + 1}: ckl {c['seconds']:.2f} s, bare {b['seconds']:.2f} s, ratio {b['seconds'] / c['seconds']:.3f} "
               f"(between first and last step: {b['in_loop'] / c['in_loop']:.3f}); "
               f"matmul " + ", ".join(f"{n}: {g:.0f}" for n, g in p.items()) + f" GFLOP/s; load {os.getloadavg()[0]:.2f}")
@@ -302,6 +361,18 @@ def main() -> None:
     print(f"ckl/bare speed, whole train() call: median of per-round ratios {ratio:.3f} (ratio of medians {t_bare / t_ckl:.3f})")
     print(f"ckl/bare speed, steps 2..{c0['steps']} only (first step to last): {ratio_loop:.3f}; time outside that span "
           f"(setup, packing epoch 1, first step, teardown): ckl {outside_ckl:.3f} s, bare {outside_bare:.3f} s")
+    if args.trainer:
+        t = {k: statistics.median(x["seconds"] for x in v) for k, v in sides.items()}
+        per_round = lambda a, b: statistics.median(x["seconds"] / y["seconds"] for x, y in zip(a, b))  # noqa: E731
+        tr, trf, cf = sides["trainer adamw_torch"], sides["trainer adamw_torch_fused"], sides["ckl adamw_fused"]
+        print(f"trainer adamw_torch: {t['trainer adamw_torch']:.2f} s, final loss {tr[0]['loss']:.6f} "
+              f"({'identical to ckl' if tr[0]['loss'] == c0['loss'] else 'ckl: %.6f' % c0['loss']})")
+        print(f"trainer adamw_torch_fused (Trainer's default): {t['trainer adamw_torch_fused']:.2f} s; "
+              f"ckl adamw_fused: {t['ckl adamw_fused']:.2f} s (final losses {trf[0]['loss']:.6f} / {cf[0]['loss']:.6f})")
+        print(f"ckl/Trainer speed, both adamw_torch (multi-tensor): {per_round(tr, ckl_runs):.3f}")
+        print(f"ckl/Trainer speed, ckl adamw vs Trainer's default fused: {per_round(trf, ckl_runs):.3f}")
+        print(f"ckl/Trainer speed, both fused: {per_round(trf, cf):.3f}")
+    shutil.rmtree(scratch, ignore_errors=True)
     if args.profile:
         profile(tokenizer, docs, accelerator)
     print(f"train loop speed (ckl vs bare PyTorch): {ratio:.2f}x  MFU: {mfu_ckl:.2f} of fp32 matmul peak")

@@ -23,9 +23,27 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.core.errors import DivergenceError
 from ckl.train.batching import IGNORE, pack, shard_batches
+
+
+OPTIMIZERS = ("adamw", "adamw_fused")
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `params`: torch's multi-tensor implementation, or its fused kernel
+    (`optimizer: adamw_fused`) where torch has one for the parameters' device (CPU and
+    CUDA in torch >= 2.4; elsewhere the multi-tensor one is used, and said)."""
+    params = list(params)
+    if config.optimizer == "adamw_fused":
+        try:
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        except (RuntimeError, ValueError) as err:  # no fused kernel for this device or dtype
+            import warnings
+
+            warnings.warn(f"optimizer adamw_fused: {err}; using the multi-tensor AdamW", stacklevel=2)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -42,6 +60,7 @@ class TrainConfig:
     shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing them into blocks (see `train`)"})
     until: float = field(default=0.0, metadata={"help": "stop once the stage's new and updated facts are known at this statement accuracy, checked every `check_every` epochs; `epochs` is then the budget (0 = train every epoch)"})
     check_every: int = field(default=5, metadata={"help": "epochs between the checks of `until`"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (torch's AdamW, multi-tensor) | adamw_fused (its fused kernel, where torch has one for the device; same maths, other rounding)"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
@@ -50,12 +69,14 @@ class TrainConfig:
         check_number(self.weight_decay, "weight_decay", low=0)
         check_number(self.max_grad_norm, "max_grad_norm", low=0)
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise ConfigError("schedule", f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not isinstance(self.shuffle, bool):
-            raise ValueError(f"shuffle must be true or false, got {self.shuffle!r}")
+            raise ConfigError("shuffle", f"shuffle must be true or false, got {self.shuffle!r}")
         if isinstance(self.until, bool) or not isinstance(self.until, (int, float)) or not 0 <= self.until <= 1:
-            raise ValueError(f"until must be a number in [0, 1] (0 = off), got {self.until!r}")
+            raise ConfigError("until", f"until must be a number in [0, 1] (0 = off), got {self.until!r}")
         check_count(self.check_every, "check_every")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 @dataclass
@@ -136,7 +157,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     generator = torch.Generator().manual_seed(seed)

@@ -151,3 +151,18 @@ def test_a_stand_in_step_adds_nothing_from_terms_that_read_the_batch():
     train(model, tok, lambda e: DOCS, TrainConfig(epochs=1, lr=1e-2, batch_size=1, block_size=10), _Rank1Of2(), seed=0, terms=[term])
     assert len(term.grads) == 2
     assert term.grads[0] > 0 and term.grads[1] == 0.0
+
+
+def test_the_fused_optimizer_does_the_same_maths(accelerator):
+    trained = {}
+    for name in ("adamw", "adamw_fused"):
+        model, tok = _model()
+        train(model, tok, lambda e: DOCS, TrainConfig(epochs=5, lr=1e-2, batch_size=1, optimizer=name), accelerator, seed=3)
+        trained[name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    untrained = dict(_model()[0].named_parameters())
+    for n, p in trained["adamw"].items():
+        assert not torch.equal(p, untrained[n].detach()) or n.endswith("wpe.weight")  # training moved them
+        torch.testing.assert_close(trained["adamw_fused"][n], p, atol=5e-4, rtol=1e-3)  # other rounding, same steps (each moves up to 0.01)
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, adamw_fused") as err:
+        TrainConfig(optimizer="sgd")
+    assert err.value.field == "optimizer"
