@@ -54,8 +54,10 @@ class MethodReport:
     drill_seed: int | None = None
     forgotten: list[dict[str, Any]] = field(default_factory=list)
     forgotten_total: int = 0
+    known_total: int = 0  # statement probes right when they were last taught (the denominator of forgotten_total)
     not_learned: list[dict[str, Any]] = field(default_factory=list)
     not_learned_total: int = 0
+    taught_total: int = 0  # the stages' new and changed facts' statement probes (the denominator of not_learned_total)
     editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.results.editing)
     editing_final: dict[str, Any] | None = None  # editing runs: the final numbers of that seed
     unlearning: dict[str, Any] | None = None  # methods that applied deletions: ckl.results.unlearning means over seeds
@@ -141,8 +143,9 @@ def _probe_row(o: dict[str, Any], when: str) -> dict[str, Any]:
     }
 
 
-def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[list[dict], list[dict]]:
-    """(forgotten, not learned) statement probes of one seed.
+def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[list[dict], list[dict], int, int]:
+    """(forgotten, not learned, known, taught) statement probes of one seed: the two lists
+    and their denominators (probes right when last taught; the stages' probes).
 
     Forgotten: right when it was last taught (row 0 for base knowledge, row j for what
     stage j taught) and wrong after the last stage. Not learned: a stage's new or changed
@@ -150,16 +153,16 @@ def _drill(store: Store, method: str, seed: int, metric: str, T: int) -> tuple[l
     """
     key = metric_column(metric)
     forgotten = [_probe_row(o, "known before any stage") for o in store.forgotten(method, seed, cohorts.INVARIANT, 0, T, metric, KINDS)]
-    not_learned = []
+    known = sum(1 for o in store.outcomes(method, seed, 0, cohort=cohorts.INVARIANT) if o["kind"] in KINDS and o[key])
+    not_learned, taught = [], 0
     for j in range(1, T + 1):
         if j < T:
             forgotten += [_probe_row(o, f"known after stage {j}") for o in store.forgotten(method, seed, cohorts.name(cohorts.STAGE, j), j, T, metric, KINDS)]
-        not_learned += [
-            _probe_row(o, f"after stage {j}")
-            for o in store.outcomes(method, seed, j, cohort=cohorts.name(cohorts.STAGE, j))
-            if o["kind"] in KINDS and not o[key]
-        ]
-    return forgotten, not_learned
+        stage = [o for o in store.outcomes(method, seed, j, cohort=cohorts.name(cohorts.STAGE, j)) if o["kind"] in KINDS]
+        taught += len(stage)
+        known += sum(1 for o in stage if o[key]) if j < T else 0
+        not_learned += [_probe_row(o, f"after stage {j}") for o in stage if not o[key]]
+    return forgotten, not_learned, known, taught
 
 
 def _experiment_of(run_dir: Path) -> str | None:
@@ -212,7 +215,7 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                     report.editing_final = summary["final"] if summary else None
                 report.unlearning = forgetting.get(method)
                 if done and drill:
-                    forgotten, not_learned = _drill(store, method, seeds[0], metric, int(T))
+                    forgotten, not_learned, report.known_total, report.taught_total = _drill(store, method, seeds[0], metric, int(T))
                     report.forgotten, report.forgotten_total = forgotten[:DRILL_LIMIT], len(forgotten)
                     report.not_learned, report.not_learned_total = not_learned[:DRILL_LIMIT], len(not_learned)
                 methods.append(report)

@@ -96,7 +96,10 @@ def _runs(data: ReportData) -> str:
 
 def _key_table(data: ReportData) -> str:
     cols = columns()
-    headers = ["method"] + [n.label for n in cols] + ["seed(s)"]
+    # perplexity has no meaning without the base model's beside it (every method starts from it)
+    bases = {round(m.summary["perplexity_before"], 2) for m in data.methods if m.complete and m.summary.get("perplexity_before") is not None}
+    base = f" (base {bases.pop():.2f})" if len(bases) == 1 else ""
+    headers = ["method"] + [n.label + (base if n.key == "perplexity_after" else "") for n in cols] + ["seed(s)"]
     rows, classes = [], []
     for m in data.methods:
         if not m.complete:
@@ -153,7 +156,8 @@ def _drill_down(methods: list[MethodReport]) -> str:
         if not m.complete:
             continue
         parts.append(
-            f"<details><summary>{esc(m.label)}: forgot {m.forgotten_total}, did not learn {m.not_learned_total} "
+            f"<details><summary>{esc(m.label)}: forgot {m.forgotten_total:,} of the {m.known_total:,} facts it knew when last taught, "
+            f"did not learn {m.not_learned_total:,} of the {m.taught_total:,} the stages taught "
             f"(seed {esc(m.drill_seed)})</summary>"
             f"<h3>Forgotten: known earlier, wrong after the last stage</h3>{_probe_table(m.forgotten, m.forgotten_total)}"
             f"<h3>Not learned: wrong right after the stage that taught it</h3>{_probe_table(m.not_learned, m.not_learned_total)}"
@@ -228,8 +232,9 @@ def report_page(data: ReportData) -> str:
         "after stage i. Read a column downwards to see a cohort being learned and then forgotten.</p>",
         plots.heatmaps([(m.label, m.matrix) for m in done]) if done else "",
         "<h2>Every cohort across stages</h2>",
-        '<p class="note">Solid: invariant (thick) and what each stage taught; dashed: the outdated objects of '
-        "updated facts (should fall); dotted: facts each stage asked to forget (should fall).</p>",
+        '<p class="note">Colour says what a cohort is and which way its line should go: black, base knowledge no stage '
+        "touches (should stay up); blue, what stage j taught (should rise and stay); orange dashed, stage j's outdated "
+        "objects (should fall); red dotted, what stage j asked to forget (should fall). The marker says the stage.</p>",
         plots.cohort_curves([(m.label, m.curves) for m in done]) if done else "",
         *_editing_section(done),
         *_unlearning_section(done),

@@ -116,35 +116,57 @@ def editing_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "edi
     return to_svg(fig, prefix)
 
 
-def _cohort_style(cohort: str, palette: Sequence) -> dict:
+# What a cohort is decides its colour (the reader's first question: should this line stay up
+# or fall?); the stage that made it decides its marker. One legend for the whole figure.
+_KIND_STYLE = {
+    cohorts.INVARIANT: ("#111111", "-", "base knowledge no stage touches (should stay up)"),
+    cohorts.STAGE: ("#1f77b4", "-", "taught or updated in stage j (should rise and stay)"),
+    cohorts.STALE: ("#ff7f0e", "--", "stage j's outdated objects (should fall)"),
+    cohorts.FORGET: ("#d62728", ":", "asked to forget in stage j (should fall)"),
+    cohorts.LOCAL: ("#7f7f7f", "-.", "neighbours of stage j's edits (should stay up)"),
+    cohorts.UNSEEN: ("#9467bd", "-", "never taught (the floor)"),
+}
+_STAGE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _cohort_style(cohort: str) -> dict:
     kind, stage = cohorts.parse(cohort)
-    dash = {cohorts.STAGE: "-", cohorts.STALE: "--", cohorts.FORGET: ":"}.get(kind)
-    if dash is not None and stage is not None:
-        return {"color": palette[stage % len(palette)], "linestyle": dash}
-    return {"color": "black", "linestyle": "-", "linewidth": 2.2}
+    colour, dash, _ = _KIND_STYLE.get(kind, ("#111111", "-", ""))
+    marker = _STAGE_MARKERS[(stage - 1) % len(_STAGE_MARKERS)] if stage else "o"
+    return {"color": colour, "linestyle": dash, "marker": marker, "linewidth": 2.2 if kind == cohorts.INVARIANT else 1.5}
 
 
 def cohort_curves(methods: Sequence[tuple[str, dict[str, list[float | None]]]], prefix: str = "cohorts") -> str:
     """Accuracy of every cohort after each stage, one panel per method.
 
-    Solid: invariant (black, thick) and what stage j taught; dashed: stage j's outdated
-    objects (should fall); dotted: facts stage j asked to forget (should fall)."""
-    import matplotlib.colors as mcolors
+    Colour says what a cohort is and which way it should go (black: base knowledge, blue:
+    what stage j taught, orange dashed: stage j's outdated objects, red dotted: what stage
+    j asked to forget); the marker says which stage (circle: 1, square: 2, ...). One
+    legend, above the panels, in the page's font size."""
+    from matplotlib.lines import Line2D
 
-    palette = list(mcolors.TABLEAU_COLORS.values())
-    fig, axes = _figure(len(methods), 3, (3.6, 3.1))
+    fig, axes = _figure(len(methods), 3, (3.8, 3.0))
+    seen_kinds, seen_stages = [], set()
     with matplotlib.rc_context(_RC):
         for ax, (label, curves) in zip(axes, methods):
             T = max((len(v) for v in curves.values()), default=1) - 1
             for cohort, values in curves.items():
                 xs = [i for i, v in enumerate(values) if v is not None]
-                ax.plot(xs, [values[i] for i in xs], marker="o", markersize=3, label=label_text(cohort), **_cohort_style(cohort, palette))
+                kind, stage = cohorts.parse(cohort)
+                seen_kinds += [kind] if kind not in seen_kinds else []
+                seen_stages |= {stage} if stage else set()
+                ax.plot(xs, [values[i] for i in xs], markersize=5, label=label_text(cohort), **_cohort_style(cohort))
             ax.set_xticks(range(T + 1), row_names(T))
             ax.set_ylim(-0.03, 1.03)
             ax.set_ylabel("accuracy")
-            ax.set_title(label_text(label))
+            ax.set_title(label_text(label), fontsize=10, fontweight="bold")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6.5, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+        handles = [Line2D([], [], color=_KIND_STYLE[k][0], linestyle=_KIND_STYLE[k][1], linewidth=2, label=_KIND_STYLE[k][2])
+                   for k in seen_kinds if k in _KIND_STYLE]
+        handles += [Line2D([], [], color="#555555", linestyle="none", marker=_STAGE_MARKERS[(j - 1) % len(_STAGE_MARKERS)], markersize=6,
+                           label=f"stage {j}") for j in sorted(seen_stages)]
+        if handles:
+            fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)), fontsize=9, frameon=False)
     return to_svg(fig, prefix)
 
 

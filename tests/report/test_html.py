@@ -106,3 +106,20 @@ def test_compare_warns_when_the_runs_are_different_experiments(tmp_path):
     assert "not one experiment" in compare_table([a, c])[2]
     result = CliRunner().invoke(app, ["compare", str(a), str(c)])
     assert result.exit_code == 0 and "warning: these runs are not one experiment" in result.output
+
+
+def test_counts_have_denominators_and_perplexity_its_base(html):
+    # tests/report/fakerun.py: naive knew both invariant facts at row 0 and 2 of the 3 stage
+    # facts right after their stage, and lost 3 of those 4 by the end; the stages taught 3
+    summaries = re.findall(r"<summary>(.*?)</summary>", html)
+    assert summaries[0] == "naive: forgot 3 of the 4 facts it knew when last taught, did not learn 0 of the 3 the stages taught (seed 0)"
+    assert "ppl (base 20.00)" in re.findall(r"<th[^>]*>(ppl[^<]*)</th>", html)  # every method starts from perplexity 20
+
+
+def test_the_cohort_plot_says_what_each_colour_means_once():
+    from ckl.report.plots import cohort_curves
+
+    curves = {"invariant": [1.0, 0.5, 0.4], "stage1": [0.0, 0.9, 0.7], "stale1": [1.0, 0.2, 0.1], "forget1": [1.0, 0.3, 0.2], "stage2": [0.0, 0.1, 0.8]}
+    svg = cohort_curves([("a", curves), ("b", curves)])
+    assert svg.count("should stay up") == 1 and svg.count("should fall") == 2  # one figure legend, not one per panel
+    assert "stage 1" in svg and "stage 2" in svg  # markers name the stage
