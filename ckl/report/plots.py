@@ -174,7 +174,8 @@ def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[floa
     """Retention (x) against acquisition (y), one point per method; the Pareto front
     (no other method is better on both) in red, joined by a line."""
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(6.4, 4.6))
+        big = len(points) > 12
+        fig = Figure(figsize=(9.0, 6.4) if big else (6.4, 4.6))
         ax = fig.subplots()
         for label, (x, y) in points.items():
             on = label in front
@@ -182,7 +183,11 @@ def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[floa
             if sx or sy:
                 ax.errorbar(x, y, xerr=sx or None, yerr=sy or None, color="#c0392b" if on else "#7f8c8d", alpha=0.5, linewidth=1, capsize=2)
             ax.scatter([x], [y], s=60 if on else 36, marker="D" if on else "o", color="#c0392b" if on else "#7f8c8d", zorder=3, edgecolor="black", linewidth=0.5)
-            ax.annotate(label_text(label), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        for label, (dx, dy) in _label_offsets(points, fig.get_size_inches()).items():
+            x, y = points[label]
+            ax.annotate(label_text(label), (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                        color="#c0392b" if label in front else "black",
+                        arrowprops={"arrowstyle": "-", "color": "#bbbbbb", "linewidth": 0.6} if abs(dy) > 6 else None)
         if front:
             fx, fy = zip(*(points[k] for k in front))
             ax.plot(fx, fy, color="#c0392b", linewidth=1.2, linestyle="--", label="Pareto front", zorder=2)
@@ -194,6 +199,29 @@ def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[floa
         ax.set_ylabel("acquisition (new facts known at the end)")
         ax.grid(alpha=0.3)
     return to_svg(fig, prefix)
+
+
+def _label_offsets(points: dict[str, tuple[float, float]], size_in: Sequence[float]) -> dict[str, tuple[int, int]]:
+    """Text offsets (points) that keep the labels of a scatter from overlapping: each label
+    goes right of its point, moved up or down in steps until its box (width estimated from
+    its length) clears every label placed before it. Greedy, top to bottom; matplotlib has
+    no label placement of its own and adjustText would be a dependency for one plot."""
+    width_pt, height_pt = size_in[0] * 72 * 0.8, size_in[1] * 72 * 0.8  # the axes' share of the figure
+    xs = [x for x, _ in points.values()] + [0.0, 1.05]
+    ys = [y for _, y in points.values()] + [0.0, 1.05]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, float, float]] = []
+    out = {}
+    for label, (x, y) in sorted(points.items(), key=lambda kv: (-kv[1][1], kv[1][0])):
+        px, py = (x - min(xs)) / span_x * width_pt, (y - min(ys)) / span_y * height_pt
+        w, h = 4.6 * min(len(label), 40) + 2, 10.0
+        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6):
+            box = (px + 6, py + 2 + step * h, px + 6 + w, py + 2 + step * h + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        out[label] = (6, int(2 + step * h))
+    return out
 
 
 def before_after(rows: Sequence[tuple[str, float | None, float | None]], prefix: str = "bars") -> str:
