@@ -430,14 +430,15 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="output directory"),
     model: Optional[Path] = typer.Option(None, "--model", help="a local Hugging Face causal LM instead of pretraining the tiny default"),
     allow_weak_base: bool = typer.Option(False, "--allow-weak-base", help="go on when the pretrained base model misses its target"),
+    threads: int = typer.Option(2, "--threads", min=0, help="torch intra-op threads for the run, whatever OMP_NUM_THREADS says (the README's numbers: 2; 0 = torch's default)"),
 ) -> None:
-    """World -> pretrain -> naive, replay, lora, lora+replay -> the table and summary.json."""
+    """World -> pretrain -> naive, replay, lora, lora+replay over 3 seeds -> the table and summary.json."""
     _quiet_libraries()
     from ckl.app.demo import run_demo
 
     if model is not None and not (model / "config.json").exists():
         _fail(InputError(str(model), None, None, "not a Hugging Face model directory (no config.json)"))
-    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None, allow_weak_base=allow_weak_base))
+    summary = _guard(lambda: run_demo(out, console, model=str(model) if model else None, allow_weak_base=allow_weak_base, threads=threads))
     console.print(f"demo finished in {summary['total_seconds']:.0f}s; summary in {out / 'summary.json'}")
 
 
