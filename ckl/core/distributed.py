@@ -111,3 +111,17 @@ def gather(items: list[_T], accelerator) -> list[_T]:
     dist.all_gather_object(parts, list(items))
     return [x for part in parts for x in part]
 
+
+def precision(name: str, accelerator=None):
+    """The context a run's training and scoring run in: bf16 autocast (matmuls and
+    activations in bfloat16, weights and optimizer state fp32) for `precision: bf16`,
+    nothing for fp32. Autocast rather than Accelerate's `mixed_precision`, which is one
+    setting per process and could not differ between runs in one process."""
+    import contextlib
+
+    import torch
+
+    if name != "bf16":
+        return contextlib.nullcontext()
+    device = accelerator.device.type if accelerator is not None else "cpu"
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)

@@ -163,6 +163,7 @@ class ExperimentConfig:
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = field(
         default_factory=lambda: [0], metadata={"help": "one run of every method per seed"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "what is scored after every stage"})
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "fp32, or bf16 mixed precision for training and scoring (autocast; weights stay fp32)"})
     allow_pickle: bool = field(default=False, metadata={"help": "load pickled (.bin) weights"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run a model directory's own Python code"})
     allow_weak_base: bool = field(default=False, metadata={"help": "run on a pretrained base model that missed its target (`ckl run --allow-weak-base`)"})

@@ -35,7 +35,7 @@ from ckl.run.checkpoint import checkpoint_dir as _checkpoint_dir
 from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
 from ckl.run.config import ExperimentConfig, plain
 from ckl.train.config import PretrainConfig
-from ckl.core.distributed import gather, is_main, on_main, shard
+from ckl.core.distributed import gather, is_main, on_main, precision, shard
 from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
@@ -221,23 +221,29 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
     store = on_main(accelerator, lambda: _open_store(run_dir, resolved, experiment))  # None on the other processes
     try:
-        if stream is None:
-            stream = prepare_stream(config, run_dir, accelerator)
-        model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say, progress)
-        _check_base(config, run_dir, store, accelerator, say)
-        probes = stream.probes(kinds=config.eval.kinds, max_candidates=config.eval.max_candidates)
-        on_main(accelerator, lambda: _describe(store, probes, stream.T, config.eval.metric))
-        on_main(accelerator, lambda: unlearning_run.describe(store, stream))
-        for spec in config.methods:
-            for seed in config.seeds:
-                _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress)
-                if config.eval.attack is not None:
-                    unlearning_run.attack_final(config, spec, seed, stream, probes, store,
-                                                _checkpoint_dir(run_dir, spec.display, seed), accelerator, say)
+        with precision(config.precision, accelerator):  # bf16: every forward pass below, training and scoring
+            _run_all(config, stream, run_dir, store, accelerator, say, progress)
     finally:
         if store is not None:
             store.close()
     return run_dir
+
+
+def _run_all(config: ExperimentConfig, stream: Stream | None, run_dir: Path, store, accelerator, say: Reporter, progress) -> None:
+    """The world, the base model, then every method x seed (and its attack)."""
+    if stream is None:
+        stream = prepare_stream(config, run_dir, accelerator)
+    model_dir = prepare_model_dir(config, stream, run_dir, accelerator, say, progress)
+    _check_base(config, run_dir, store, accelerator, say)
+    probes = stream.probes(kinds=config.eval.kinds, max_candidates=config.eval.max_candidates)
+    on_main(accelerator, lambda: _describe(store, probes, stream.T, config.eval.metric))
+    on_main(accelerator, lambda: unlearning_run.describe(store, stream))
+    for spec in config.methods:
+        for seed in config.seeds:
+            _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, accelerator, say, progress)
+            if config.eval.attack is not None:
+                unlearning_run.attack_final(config, spec, seed, stream, probes, store,
+                                            _checkpoint_dir(run_dir, spec.display, seed), accelerator, say)
 
 
 def _open_store(run_dir: Path, resolved: dict, experiment: str) -> Store:
@@ -297,7 +303,8 @@ def _check_block_sizes(config: ExperimentConfig) -> None:
 def experiment_identity(resolved: dict) -> dict:
     """What makes two configs one experiment: everything but the name, methods and seeds
     (methods and seeds may be added to a run later)."""
-    return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds", "allow_weak_base")}
+    # precision joined the config later: at its default it is the experiment every earlier run was
+    return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds", "allow_weak_base") and not (k == "precision" and v == "fp32")}
 
 
 def _check_tokenizer(config: ExperimentConfig, stream: Stream | None) -> None:
