@@ -151,15 +151,19 @@ def _guard(fn):
         _fail(InputError(str(err.filename), None, None, "not found"))
 
 
-def _checked(stream_dir: Path, stream) -> None:
+def _checked(stream_dir: Path, stream) -> list:
     """`ckl check`'s rules on a stream a command is about to use: errors stop it (exit 2,
-    nothing written), warnings print."""
-    from rich.markup import escape
-
+    nothing written); the warnings are returned, for `_warn` once every other check passed."""
     from ckl.data.check import check_stream, raise_errors
 
     findings = _guard(lambda: check_stream(stream_dir, stream=stream))
     _guard(lambda: raise_errors(findings))
+    return findings
+
+
+def _warn(findings) -> None:
+    from rich.markup import escape
+
     for finding in findings:
         err_console.print(f"[yellow]{escape(str(finding))}[/]", highlight=False, soft_wrap=True)
 
@@ -217,12 +221,13 @@ def _pretrain(**values) -> None:
 
     stream_dir, out = values.pop("stream_dir"), values.pop("out")
     stream = _guard(lambda: Stream.load(stream_dir))
-    _checked(stream_dir, stream)
+    warnings = _checked(stream_dir, stream)
     _new_output(out, "the model's")
     try:
         config = PretrainConfig(**values)
     except ValueError as err:
         _fail(InputError("<options>", None, _flag(err.field) if hasattr(err, "field") else None, str(err)))
+    _warn(warnings)
     from ckl.core.progress import RunProgress
 
     with RunProgress(console) as bar:

@@ -208,15 +208,16 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
         say, progress = (lambda message: None), None
     # a bad stream or model directory stops the run here, before anything is written
     stream = Stream.load(config.stream) if config.stream is not None else None
-    if stream is not None:  # what loads but would make the numbers wrong (ckl check): errors stop, warnings print
+    findings = []  # what loads but would make the numbers wrong (ckl check): errors stop here, warnings print once every check passed
+    if stream is not None:
         findings = check_stream(config.stream, rank_metric=config.eval.metric == "rank", stream=stream)
         raise_errors(findings)
-        for finding in findings:
-            say(str(finding))
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle, config.trust_remote_code)
         _check_tokenizer(config, stream)
     _check_block_sizes(config)
+    for finding in findings:
+        say(str(finding))
     experiment = experiment_hash(experiment_identity(resolved))
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
     store = on_main(accelerator, lambda: _open_store(run_dir, resolved, experiment))  # None on the other processes

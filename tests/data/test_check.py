@@ -169,3 +169,18 @@ def test_ckl_pretrain_and_run_stop_on_a_checked_error_before_writing(stream_dir,
     exp.write_text(f"name: x\nstream: {stream_dir}\npretrain: {{max_epochs: 1}}\nmethods:\n  - name: naive\n    skip: [forget]\n")
     r = _ckl("run", exp, "--out", tmp_path / "run")
     assert r.returncode == 2 and "contradict" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_warnings_wait_until_every_check_passed(stream_dir, tmp_path):
+    """A warning is not printed before an error of a later check: the user sees the error first."""
+    from typer.testing import CliRunner
+
+    from ckl.app.cli import app
+
+    rows = _rows(stream_dir / "relations.jsonl")
+    rows[0]["candidates"] = []  # a warning
+    _write(stream_dir / "relations.jsonl", rows)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"stream: {stream_dir}\nmodel: {tmp_path / 'no_model'}\nmethods:\n  - name: naive\n    skip: [forget]\n")
+    result = CliRunner().invoke(app, ["run", str(exp), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "no candidates" not in result.output

@@ -265,12 +265,12 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     if gates and req.no_gates:
         raise InputError("--no-gates", None, None, "conflicts with --gate; give one or the other")
 
-    for finding in findings:
-        say(str(finding))
     model, tokenizer = lm.load(model_dir)
     change = inputs.change
     lm.check_vocabulary(tokenizer, lm.stream_texts(inputs.relations, [*inputs.known, *change.learn, *(r.fact for r in change.update), *(inputs.keep or [])]),
                         str(model_dir / "tokenizer"))
+    for finding in findings:  # warnings, once every input check passed
+        say(str(finding))
     accelerator = make_accelerator()
     model.to(accelerator.device)
     keep = inputs.keep if inputs.keep is not None else _sample_keep(model, tokenizer, inputs, req.keep_size, req.seed, req.batch_size)
