@@ -19,7 +19,6 @@ them with `ckl data get pile`.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import urllib.error
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ckl.core.files import file_sha256
 from ckl.core.checks import did_you_mean
 from ckl.core.errors import InputError
 
@@ -86,14 +86,6 @@ def sample_path(relative: str) -> Path:
     return Path(str(resources.files("ckl.data") / "samples" / relative))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(url: str, dest: Path, timeout: float, sample: bool) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:  # noqa: S310 (https URLs above)
@@ -143,7 +135,7 @@ def get(name: str, out: str | Path, mirror: str | Path | None = None, verify: bo
                 else:
                     say(f"downloading {f.url}")
                     _download(f.url, dest, timeout, bool(source.sample))
-                found = _sha256(dest)
+                found = file_sha256(dest)
                 if verify and f.sha256 and found != f.sha256:
                     raise InputError(str(mirror_dir / f.name if mirror_dir else f.url), None, None, (
                         f"SHA-256 {found} differs from the version ckl was measured on ({f.sha256}); "

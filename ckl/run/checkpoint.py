@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ckl.core.files import file_sha256
 from ckl.model import lm
 from ckl.data.facts import atomic_write_text
 from ckl.run.rundir import label_component, legacy_label_component
@@ -98,14 +99,6 @@ def _adopt_legacy(ckpt: Path, legacy: Path, label: str, labels: list[str]) -> No
         legacy.rename(ckpt)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _content_hash(state: dict) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -123,7 +116,7 @@ def _save(ckpt: Path, model, tokenizer, stage: int, method_state: dict, info, la
     data, tensors = split_state(method_state)
     if tensors:
         save_file(tensors, str(tmp / TENSORS))
-    files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     state = {"stage": stage, "label": label, "method": data, "info": asdict(info), "files": files}
     state["sha256"] = _content_hash(state)
     atomic_write_text(tmp / STATE, json.dumps(state))
@@ -173,7 +166,7 @@ def _verify(ckpt: Path, label: str, last_stage: int) -> dict:
             path = ckpt / name
             if not path.is_file():
                 raise CheckpointError(f"{name} is missing")
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 raise CheckpointError(f"{name} does not match its recorded sha256")
         if state.get("label") != label:
             raise CheckpointError(f"it was written for method {state.get('label')!r}, not {label!r}")
