@@ -572,24 +572,21 @@ def harness_tasks(
     prefix: str = typer.Option("ckl", "--prefix", help="task name prefix (tasks are PREFIX_statement, PREFIX_paraphrase, ...)"),
 ) -> None:
     """Write the probes as lm-evaluation-harness multiple-choice tasks (acc = ckl's rank metric)."""
-    import json
-
-    from ckl.data.facts import PROBE_KINDS
+    from ckl.data.facts import parse_json, read_input_text
     from ckl.data.stream import Stream
     from ckl.evaluate.harness import export_tasks
+    from ckl.run.config import EvalConfig, ExperimentConfig
 
-    kinds, max_candidates, stream_dir = list(PROBE_KINDS), 10, source
+    evaluation, stream_dir = EvalConfig(), source
     config_path = source / "config.json"
-    if config_path.is_file() and not (source / "relations.jsonl").exists():  # a run directory
-        resolved = json.loads(config_path.read_text())
-        kinds = resolved.get("eval", {}).get("kinds", kinds)
-        max_candidates = resolved.get("eval", {}).get("max_candidates", max_candidates)
-        stream_dir = Path(resolved["stream"]) if resolved.get("stream") else source / "world"
+    if config_path.is_file() and not (source / "relations.jsonl").exists():  # a run directory: the config it stored
+        config = _guard(lambda: ExperimentConfig.from_dict(parse_json(read_input_text(config_path), str(config_path), None), str(config_path)))
+        evaluation, stream_dir = config.eval, Path(config.stream) if config.stream else source / "world"
     if not prefix.replace("_", "").isalnum():
         _fail(InputError("--prefix", None, None, f"must be letters, digits and underscores, got {prefix!r}"))
     stream = _guard(lambda: Stream.load(stream_dir))
     _new_output(out, "the tasks'")
-    counts = export_tasks(stream.probes(kinds=kinds, max_candidates=max_candidates), out, prefix)
+    counts = export_tasks(stream.probes(kinds=evaluation.kinds, max_candidates=evaluation.max_candidates), out, prefix)
     console.print(f"wrote {len(counts)} task(s) to {out}: " + ", ".join(f"{k} ({n} docs)" for k, n in counts.items()), soft_wrap=True)
     console.print(f"run them with: lm_eval --model hf --model_args pretrained=MODEL --include_path {out} --tasks {prefix}", soft_wrap=True)
 

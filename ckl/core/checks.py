@@ -53,9 +53,15 @@ def check_unit(value, name: str) -> None:
         raise ConfigError(name, f"{name} must be in [0, 1], got {value!r}")
 
 
-def did_you_mean(word: str, choices) -> str:
-    """" (did you mean 'train'?)" for the closest of `choices` to a mistyped `word`, or ""."""
+def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """The one of `choices` a mistyped `word` most likely meant (difflib's ratio >= cutoff), or None."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """" (did you mean 'train'?)" for the closest of `choices` to a mistyped `word`, or ""."""
+    close = closest(word, choices)
+    return f" (did you mean {close!r}?)" if close else ""

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckl.core.checks import closest
 from ckl.core.errors import InputError
 from ckl.data.facts import ChangeRecord, Fact, Relation, iter_jsonl, parse_json, read_input_text
 
@@ -79,14 +80,6 @@ def raise_errors(findings: Sequence[Finding]) -> None:
 # ------------------------------------------------------------------ single rules
 
 
-def _near(key: str, known: Sequence[str]) -> str | None:
-    """The known key `key` most likely misspells, or None."""
-    import difflib
-
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    return close[0] if close else None
-
-
 def unknown_keys(path: str | Path, known: Sequence[str]) -> list[Finding]:
     """Keys of each JSONL line that ckl does not read: an error when it misspells a known
     key, a warning otherwise."""
@@ -96,7 +89,7 @@ def unknown_keys(path: str | Path, known: Sequence[str]) -> list[Finding]:
         for key in obj:
             if key in known:
                 continue
-            near = _near(key, known)
+            near = closest(key, known, cutoff=0.75)
             if near is not None and near not in obj:
                 out.append(Finding("error", path, line, key, f"unknown key; did you mean {near!r}? (as written, ckl ignores it)"))
             else:
@@ -245,7 +238,7 @@ def meta_findings(meta_path: Path, records: Sequence[ChangeRecord]) -> list[Find
     out = []
     for key in meta:
         if key not in META_KEYS:
-            near = _near(key, META_KEYS)
+            near = closest(key, META_KEYS, cutoff=0.75)
             severity = "error" if near is not None and near not in meta else "warning"
             hint = f"did you mean {near!r}? " if severity == "error" else ""
             out.append(Finding(severity, str(meta_path), None, key, f"unknown key; {hint}(known: {', '.join(META_KEYS)})"))

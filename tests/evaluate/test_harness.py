@@ -53,3 +53,18 @@ def test_ckl_harness_tasks_from_a_stream(tmp_path, tiny_stream):
     assert "lm_eval --model hf" in r.stdout and (tmp_path / "t" / "ckl_statement.yaml").exists()
     r = subprocess.run([sys.executable, "-m", "ckl", "harness-tasks", tmp_path / "s", "--out", tmp_path / "t"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2  # never over an existing output
+
+
+def test_ckl_harness_tasks_from_a_run_uses_its_stream_and_eval_settings(tmp_path, tiny_stream):
+    from ckl.run.config import ExperimentConfig, plain
+
+    tiny_stream.save(tmp_path / "s")
+    config = ExperimentConfig.from_dict({"stream": str(tmp_path / "s"), "methods": [{"name": "naive"}],
+                                         "eval": {"kinds": ["statement", "question"], "max_candidates": 3}})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(plain(config)))
+    r = subprocess.run([sys.executable, "-m", "ckl", "harness-tasks", tmp_path / "run", "--out", tmp_path / "t"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.yaml")) == ["ckl.yaml", "ckl_question.yaml", "ckl_statement.yaml"]
+    docs = [json.loads(line) for line in (tmp_path / "t" / "ckl_statement.jsonl").read_text().splitlines()]
+    assert max(len(d["choices"]) for d in docs) == 3
