@@ -411,16 +411,16 @@ def _option_problems(methods: list[MethodSpec], file: str, root: yaml.Node | Non
     return problems
 
 
-def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None) -> None:
+def check_world(config: ExperimentConfig, file: str = "<config>", root: yaml.Node | None = None):
     """Build the configured world once, before any work: its sizes, the QA half and the
-    probe-word check. A failure is an InputError naming `world.<option>` (and its line
-    when `root`, the YAML node tree, is given)."""
+    probe-word check; returns it (None without `world:`). A failure is an InputError
+    naming `world.<option>` (and its line when `root`, the YAML node tree, is given)."""
     if config.world is None:
-        return
+        return None
     from ckl.data.world import build_world
 
     try:
-        build_world(config.world)
+        return build_world(config.world)
     except ConfigError as err:
         key = ("world", err.field)
         raise InputError(file, _line_of(root, key), _dotted(key), str(err).removeprefix("WorldConfig.")) from None

@@ -198,7 +198,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     """
     from ckl.run.config import check_world, unsupported_methods
 
-    check_world(config)  # a world that cannot be built stops here, before anything is written
+    world = check_world(config)  # a world that cannot be built stops here, before anything is written
     for i, message in unsupported_methods(config):
         raise InputError("<config>", None, f"methods[{i}]", message)
     run_dir = Path(run_dir)
@@ -214,7 +214,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
         raise_errors(findings)
     if config.model is not None:
         lm.check_directory(Path(config.model), config.allow_pickle, config.trust_remote_code)
-        _check_tokenizer(config, stream)
+        _check_tokenizer(config, stream if stream is not None else world)
     _check_block_sizes(config)
     for finding in findings:
         say(str(finding))
@@ -308,11 +308,8 @@ def experiment_identity(resolved: dict) -> dict:
     return {k: v for k, v in resolved.items() if k not in ("name", "methods", "seeds", "allow_weak_base") and not (k == "precision" and v == "fp32")}
 
 
-def _check_tokenizer(config: ExperimentConfig, stream: Stream | None) -> None:
-    """A user's model must encode the stream's words (before anything is written)."""
-    from ckl.data.world import build_world
-
-    stream = stream if stream is not None else build_world(config.world)
+def _check_tokenizer(config: ExperimentConfig, stream: Stream) -> None:
+    """A user's model must encode the stream's (or the built world's) words, before anything is written."""
     facts = [*stream.base, *(r.fact for r in stream.records()), *stream.unseen]
     tokenizer = lm.load_tokenizer(config.model, config.trust_remote_code)
     lm.check_vocabulary(tokenizer, lm.stream_texts(stream.relations, facts), str(Path(config.model) / "tokenizer"))
