@@ -37,12 +37,15 @@ class TinyModelConfig:
     n_embd: int = field(default=128, metadata={"help": "hidden width"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
     n_positions: int = field(default=256, metadata={"help": "longest sequence in tokens"})
+    n_inner: int = field(default=0, metadata={"help": "MLP hidden width, the keys ROME and MEMIT write to (0 = 4 x n_embd, GPT-2's)"})
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "n_positions"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(name, f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.n_inner, int) or isinstance(self.n_inner, bool) or self.n_inner < 0:
+            raise ConfigError("n_inner", f"n_inner must be an integer >= 0 (0 = 4 x n_embd), got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise ConfigError("n_head", f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
@@ -69,6 +72,7 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, seed
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
+        n_inner=config.n_inner or None,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

@@ -16,6 +16,7 @@ class PretrainConfig:
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
     n_embd: int = field(default=128, metadata={"help": "hidden width"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
+    n_inner: int = field(default=0, metadata={"help": "MLP hidden width, the keys ROME and MEMIT write to (0 = 4 x n_embd)"})
     lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=16, metadata={"help": "blocks per step"})
     block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
@@ -37,7 +38,7 @@ class PretrainConfig:
         from ckl.model import lm
         from ckl.train.loop import TrainConfig
 
-        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head)  # validates the shape (ConfigError names the field)
+        lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head, n_inner=self.n_inner)  # validates the shape (ConfigError names the field)
         try:
             TrainConfig(epochs=self.max_epochs, lr=self.lr, batch_size=self.batch_size, block_size=self.block_size, schedule=self.schedule, shuffle=self.shuffle)
         except ConfigError as err:  # the loop's names -> this config's

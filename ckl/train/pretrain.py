@@ -80,7 +80,7 @@ def pretrain(stream: Stream, config: PretrainConfig, accelerator, out_dir: str |
 
         extra += read_refusals(DEFAULT_FILE)
     tokenizer = lm.make_tokenizer(tokenizer_corpus(stream, extra))
-    shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head)
+    shape = lm.TinyModelConfig(config.n_layer, config.n_embd, config.n_head, n_inner=config.n_inner)
     model = lm.tiny_model(tokenizer, shape, seed=config.seed).to(accelerator.device)
     if config.target_facts == "base":
         probes = make_probes(stream.base, stream.relations, "base", 0, "base", PROBE_KINDS, 10, qa_subjects=stream.qa_subjects)
