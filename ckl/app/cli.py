@@ -190,6 +190,7 @@ def world(
     qa_fraction: float = _world_option("qa_fraction", "--qa-fraction"),
     background_people: int = _world_option("background_people", "--background-people"),
     min_probe_word_count: int = _world_option("min_probe_word_count", "--min-probe-word-count"),
+    distinct_first_names: bool = _world_option("distinct_first_names", "--distinct-first-names/--shared-first-names"),
 ) -> None:
     """Write a synthetic temporal world (a stream directory of JSONL files)."""
     from ckl.data.world import WorldConfig, build_world
@@ -200,6 +201,7 @@ def world(
         config = WorldConfig(
             seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget,
             qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
+            distinct_first_names=distinct_first_names,
         )
         stream = build_world(config)
     except ValueError as err:  # WorldConfig names its fields; say the flags instead

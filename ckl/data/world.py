@@ -77,10 +77,11 @@ class WorldConfig:
     qa_fraction: float = field(default=0.5, metadata={"help": "Fraction of the people (of K0 and of each stage's new people) whose question-answer lines are trained; questions about the rest are `extraction` probes (1 = every person's, no extraction probes)."})
     background_people: int = field(default=100, metadata={"help": "People outside every cohort whose biographies, in the general text, use both the training and the held-out templates (how a model learns what a held-out phrasing means)."})
     min_probe_word_count: int = field(default=20, metadata={"help": "Refuse a world in which a word of a probe prompt is read fewer times than this in training text."})
+    distinct_first_names: bool = field(default=True, metadata={"help": "Give every person (of K0 and of every stage) a first name of their own, so that a person's first name token identifies them (what lets ROME and MEMIT find the subject in a model this small: docs/knowledge.md); false draws first names with repeats, as real names repeat. At most 350 people when true."})
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name == "qa_fraction":
+            if f.name in ("qa_fraction", "distinct_first_names"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -99,6 +100,14 @@ class WorldConfig:
         total_people = self.people + self.stages * self.learn_per_stage
         if self.background_people > MAX_PEOPLE:
             raise ConfigError("background_people", f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
+        if not isinstance(self.distinct_first_names, bool):
+            raise ConfigError("distinct_first_names", f"WorldConfig.distinct_first_names must be true or false, got {self.distinct_first_names!r}")
+        if self.distinct_first_names and total_people > FIRST_NAMES:
+            raise ConfigError("distinct_first_names", (
+                f"WorldConfig.distinct_first_names gives {total_people} people (people={self.people} + stages={self.stages} "
+                f"x learn_per_stage={self.learn_per_stage}) a first name each, but only {FIRST_NAMES} exist: "
+                "make fewer people, or let first names repeat"
+            ))
         if total_people > MAX_PEOPLE:
             raise ConfigError("learn_per_stage", (
                 f"WorldConfig.learn_per_stage={self.learn_per_stage!r} with people={self.people!r} and "
@@ -219,6 +228,7 @@ MUTABLE_RELATIONS: tuple[str, ...] = tuple(spec[0] for spec in RELATION_SPECS if
 FIRST_HEADS = ("Al", "Bren", "Cor", "Da", "El", "Fen", "Gal", "Hes", "Ith", "Jor", "Kal", "Lys", "Mar",
                "Nel", "Or", "Per", "Quen", "Ris", "Sel", "Tam", "Ul", "Vin", "Wen", "Yor", "Zel")
 FIRST_TAILS = ("da", "ric", "wen", "ara", "in", "eth", "o", "ia", "an", "ette", "ius", "ora", "en", "ik")
+FIRST_NAMES = len(FIRST_HEADS) * len(FIRST_TAILS)
 LAST_HEADS = ("Ven", "Bram", "Cald", "Dor", "Fair", "Gran", "Hol", "Kerr", "Lind", "Mor", "Nor", "Pem",
               "Ros", "Stan", "Tre", "Wyn", "Ald", "Bel", "Cray", "Ebb", "Fro", "Hal", "Ing", "Jas", "Kel")
 LAST_TAILS = ("more", "wick", "ley", "dale", "ford", "ton", "well", "croft", "hurst", "stead", "mont",
@@ -273,8 +283,14 @@ def _part_rng(seed: int, part: str) -> random.Random:
     return random.Random(f"ckl.world/{seed}/{part}")
 
 
-def person_names(rng: random.Random, n: int, first_heads=FIRST_HEADS, last_heads=LAST_HEADS) -> list[str]:
-    """`n` unique two-word names ("Alda Venmore") drawn from the syllable lists."""
+def person_names(
+    rng: random.Random, n: int, first_heads=FIRST_HEADS, last_heads=LAST_HEADS, distinct_first: bool = False
+) -> list[str]:
+    """`n` unique two-word names ("Alda Venmore") drawn from the syllable lists; with
+    `distinct_first`, no two share a first name (n must not exceed the first names)."""
+    if distinct_first:
+        firsts = rng.sample([head + tail for head in first_heads for tail in FIRST_TAILS], n)
+        return [first + " " + rng.choice(last_heads) + rng.choice(LAST_TAILS) for first in firsts]
     names: list[str] = []
     seen: set[str] = set()  # membership only; never iterated, so order stays deterministic
     while len(names) < n:
@@ -398,7 +414,7 @@ def build_world(config: WorldConfig | None = None) -> Stream:
     config = config or WorldConfig()
     relations = world_relations()
     total_people = config.people + config.stages * config.learn_per_stage
-    names = person_names(_part_rng(config.seed, "names"), total_people)
+    names = person_names(_part_rng(config.seed, "names"), total_people, distinct_first=config.distinct_first_names)
     # The first qa_fraction of K0's people and of each stage's new people.
     qa = [names[i] for i in range(round(config.people * config.qa_fraction))]
     for j in range(config.stages):

@@ -14,10 +14,10 @@ class PretrainConfig:
     """How to pretrain the default model (measured defaults: see README)."""
 
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
-    n_embd: int = field(default=128, metadata={"help": "hidden width"})
+    n_embd: int = field(default=256, metadata={"help": "hidden width"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
     n_inner: int = field(default=0, metadata={"help": "MLP hidden width, the keys ROME and MEMIT write to (0 = 4 x n_embd)"})
-    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=16, metadata={"help": "blocks per step"})
     block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
     max_epochs: int = field(default=300, metadata={"help": "epoch budget"})

@@ -64,6 +64,7 @@ def test_world_pretrain_run_show_end_to_end(tmp_path):
         (["world", "--out", "w", "--people", "1", "--update", "0", "--qa-fraction", "0.4"], "question-answer half of 0 people"),
         (["world", "--out", "w", "--min-probe-word-count", "-1"], "--min-probe-word-count must be >= 0"),
         (["world", "--out", "w", "--background-people", "0"], "--min-probe-word-count=20: "),
+        (["world", "--out", "w", "--people", "400"], "--distinct-first-names gives 480 people"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path, args, needle):

@@ -81,6 +81,20 @@ def test_every_person_has_every_relation_and_a_unique_name(world: Stream) -> Non
     assert len({f.id for f in facts}) == len(facts)
 
 
+def test_every_person_has_a_first_name_of_their_own_by_default(world: Stream) -> None:
+    # A first-name token then keys one person: what a subject-keyed editor needs (docs/knowledge.md).
+    people = {f.subject for f in list(world.base) + [f for ch in world.stages for f in ch.learn]}
+    assert len({name.split()[0] for name in people}) == len(people)
+
+
+def test_shared_first_names_repeat_and_are_capped_only_when_distinct() -> None:
+    shared = build_world(WorldConfig(seed=3, **SMALL | {"people": 300, "distinct_first_names": False}))
+    firsts = Counter(f.subject.split()[0] for f in shared.base if f.relation == "birth_city")
+    assert max(firsts.values()) > 1
+    with pytest.raises(ValueError, match=r"WorldConfig\.distinct_first_names.*365 people.*only 350"):
+        WorldConfig(**SMALL | {"people": 350})
+
+
 def test_relations_have_enough_templates_questions_and_candidates(world: Stream) -> None:
     assert len(world.relations) >= 6
     for rel in world.relations.values():
@@ -196,6 +210,7 @@ def test_general_text_does_not_depend_on_world_size() -> None:
         ({"people": 2, "update_per_stage": 0, "forget_per_stage": 7}, "forget_per_stage"),
         ({"learn_per_stage": 0, "update_per_stage": 0, "forget_per_stage": 0}, "stages"),
         ({"general_train": 10**6}, "general_train"),
+        ({"distinct_first_names": 1}, "distinct_first_names"),
     ],
 )
 def test_bad_config_raises_naming_the_field(kwargs: dict, name: str) -> None:
