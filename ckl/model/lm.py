@@ -31,10 +31,11 @@ EOS, PAD, UNK = "<|endoftext|>", "<pad>", "<unk>"
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the embedded default model (GPT-2 architecture, no dropout)."""
+    """Shape of the embedded default model (GPT-2 architecture, no dropout; the same
+    defaults as `ckl.train.config.PretrainConfig`, which cannot import this module)."""
 
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
-    n_embd: int = field(default=128, metadata={"help": "hidden width"})
+    n_embd: int = field(default=256, metadata={"help": "hidden width"})
     n_head: int = field(default=4, metadata={"help": "attention heads"})
     n_positions: int = field(default=256, metadata={"help": "longest sequence in tokens"})
     n_inner: int = field(default=0, metadata={"help": "MLP hidden width, the keys ROME and MEMIT write to (0 = 4 x n_embd, GPT-2's)"})

@@ -28,7 +28,7 @@ class PretrainConfig:
     schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule over max_epochs: constant | cosine"})
     refusals: bool = field(default=False, metadata={"help": "add the words of TOFU's refusal sentences (ckl.data.formats.refusals) to the tokenizer, so the idk unlearning part can teach them"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing (needed to memorise verbatim text: ckl.train.loop.train)"})
-    biographies: int = field(default=1, metadata={"help": "biographies per person per epoch, each in its own fact order and templates (Physics of LMs 3.1's multiplicity)"})
+    biographies: int = field(default=3, metadata={"help": "biographies per person per epoch, each in its own fact order and templates (Physics of LMs 3.1's multiplicity; 3 makes the model store a person's facts at their name, where ROME and MEMIT edit: docs/knowledge.md)"})
     questions: int = field(default=2, metadata={"help": "question-answer lines per QA-trained person per epoch (-1 = one per fact)"})
     seed: int = field(default=0, metadata={"help": "initialisation and data order"})
     copy_fraction: float = field(default=0.0, metadata={"help": "copy-from-context documents per base fact per epoch (ckl.data.copy_mix; for in-context editing)"})

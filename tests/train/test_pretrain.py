@@ -54,3 +54,13 @@ def test_the_default_recipe_teaches_knowledge_not_sentences(accelerator):
     k = result.knowledge
     assert result.reached_target, result.knowledge_history
     assert k["statement"] >= 0.95 and k["extraction"] >= 0.80 and k["paraphrase"] >= 0.80, k
+
+
+def test_pretraining_defaults_are_the_default_model_shape():
+    """PretrainConfig cannot import the model module (it builds CLI options at every start),
+    so the default shape is written twice; this keeps the two the same."""
+    from ckl.model.lm import TinyModelConfig
+    from ckl.train.config import PretrainConfig
+
+    shape, config = TinyModelConfig(), PretrainConfig()
+    assert (config.n_layer, config.n_embd, config.n_head, config.n_inner) == (shape.n_layer, shape.n_embd, shape.n_head, shape.n_inner)
