@@ -11,10 +11,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # A tiny world reads each probe word only a few times per epoch; the probe-word check
-# (WorldConfig.min_probe_word_count) is for worlds of the default size.
+# (WorldConfig.min_probe_word_count) is for worlds of the default size. The tiny world and
+# model keep the recipe the suite's mechanism tests were written against (names drawn with
+# repeats allowed, one biography per epoch): the default's changes are tested on their own.
 TINY_WORLD = dict(seed=1, people=12, stages=2, learn_per_stage=4, update_per_stage=4, forget_per_stage=2, general_train=40, general_heldout=20,
-                  background_people=6, min_probe_word_count=0)
-TINY_PRETRAIN = dict(n_layer=3, n_embd=64, n_head=2, lr=3e-3, batch_size=4, max_epochs=250, target=0.95, knowledge_target=0.0, eval_every=10)
+                  background_people=6, min_probe_word_count=0,
+                  distinct_first_names=False)
+TINY_PRETRAIN = dict(n_layer=3, n_embd=64, n_head=2, lr=3e-3, batch_size=4, max_epochs=250, target=0.95, knowledge_target=0.0, eval_every=10, biographies=1)
 
 
 @pytest.fixture(scope="session")

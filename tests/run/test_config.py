@@ -152,7 +152,7 @@ def test_every_mistake_is_reported_at_once_with_its_line(tmp_path):
     with pytest.raises(InputError) as info:  # the schema's errors and the world's and pretraining's rules, together
         load_config(path)
     assert [e.field for e in [info.value, *info.value.more]] == ["world.people", "pretrain.n_head", "seeds[0]"]
-    assert "n_embd (128) must be divisible by n_head (3)" in str(info.value)
+    assert "n_embd (256) must be divisible by n_head (3)" in str(info.value)
 
 
 def test_a_mistyped_key_part_or_option_gets_a_suggestion(tmp_path):
