@@ -63,3 +63,18 @@ def test_tiny_model_config_rejects_bad_shapes():
         lm.TinyModelConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="n_layer"):
         lm.TinyModelConfig(n_layer=0)
+    with pytest.raises(ValueError, match="n_inner"):
+        lm.TinyModelConfig(n_inner=-1)
+
+
+def test_n_inner_sets_the_mlp_width_the_editors_write_to():
+    from ckl.model.layers import key_size, mlp_output_projection
+    from ckl.train.config import PretrainConfig
+
+    tok = lm.make_tokenizer(["a b c"])
+    wide = lm.tiny_model(tok, lm.TinyModelConfig(n_layer=1, n_embd=16, n_head=2, n_inner=48))
+    default = lm.tiny_model(tok, lm.TinyModelConfig(n_layer=1, n_embd=16, n_head=2))
+    assert key_size(mlp_output_projection(wide, 0)) == 48
+    assert key_size(mlp_output_projection(default, 0)) == 64  # 4 x n_embd, GPT-2's
+    with pytest.raises(ValueError, match="n_inner"):
+        PretrainConfig(n_inner=-2)
