@@ -53,3 +53,14 @@ def in_stages(prefix: str, first: int, last: int):
         return stage is not None and first <= stage <= last
 
     return test
+
+
+def is_selector(selector: str) -> bool:
+    """Whether `selector` names a cohort ("invariant", "stage2") or a prefix ("stage":
+    every stage's cohort of that kind), as `selects` reads it."""
+    return selector in (INVARIANT, UNSEEN) or selector in PREFIXES or _NAME.fullmatch(selector) is not None
+
+
+def selects(selector: str, cohort: str) -> bool:
+    """Whether `selector` (a cohort name or a prefix, see `is_selector`) takes `cohort`."""
+    return cohort == selector or (selector in PREFIXES and parse(cohort)[0] == selector)

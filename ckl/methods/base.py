@@ -56,6 +56,9 @@ class StageContext:
     # match on statement probes). Set by the runner, which sits above evaluation; the
     # stopping rule `train.until` needs it.
     known: Callable[[Any, Sequence[Fact]], float] | None = None
+    # curve(model, step, epoch, loss) -> None: scores and keeps one point of the in-stage
+    # curve (`train.eval_every`). Set by the runner, which stores the points with the row.
+    curve: Callable[[Any, int, int, float], None] | None = None
     epoch: int = 0  # the epoch whose documents are being rendered (set by TrainingMethod)
 
 
@@ -306,6 +309,7 @@ class TrainingMethod(Method):
                 model, ctx.tokenizer, documents, self.train_config, ctx.accelerator,
                 seed=rng_for(ctx.seed, "batches", ctx.stage).randrange(2**31),
                 terms=self.parts, progress=ctx.progress, on_epoch_end=self._stopping_rule(model, facts, ctx),
+                on_eval=(lambda step, epoch, loss: ctx.curve(model, step, epoch, loss)) if ctx.curve is not None else None,
             )
             stats.tokens_seen, stats.steps, stats.epochs = result.tokens_seen, result.steps, result.epochs
         for part in reversed(self.parts):

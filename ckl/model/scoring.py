@@ -89,6 +89,7 @@ from ckl.data.stream import make_probes
 __all__ = [
     "Scores",
     "score_probes",
+    "ProbeScorer",
     "perplexity",
     "reference_score",
     "reference_exact_match",
@@ -454,7 +455,6 @@ def _tree_layout_works(model, plans: Sequence[_Plan], pad_id: int, stop: torch.T
     return _TREE_CHECKED[model]
 
 
-@torch.inference_mode()
 def score_probes(
     model,
     tokenizer,
@@ -466,7 +466,8 @@ def score_probes(
 
     Definitions and the batching scheme are in the module docstring. Works for any
     Hugging Face causal LM and its tokenizer, on the model's device and dtype; puts the
-    model in eval mode and leaves it there.
+    model in eval mode and leaves it there. To score the same probes many times (an
+    in-stage curve), make a `ProbeScorer` once: it tokenises and plans them once.
 
     Args:
         model: a causal LM (``model(input_ids, ...).logits``).
@@ -481,47 +482,66 @@ def score_probes(
     Raises:
         ValueError: ``batch_size`` < 1, or a prompt, answer or candidate with no tokens.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    model.eval()
-    n = len(probes)
-    em = np.zeros(n, dtype=bool)
-    rank_ok = np.zeros(n, dtype=bool)
-    logprob = np.zeros(n, dtype=np.float64)
-    predicted = [""] * n
-    if n == 0:
+    return ProbeScorer(tokenizer, probes, batch_size)(model, progress)
+
+
+class ProbeScorer:
+    """`score_probes` for a fixed list of probes: tokenised and planned once, then scored
+    with any model of the tokenizer, as often as needed (`scorer(model)`).
+
+    Raises:
+        ValueError: ``batch_size`` < 1, or a prompt, answer or candidate with no tokens.
+    """
+
+    def __init__(self, tokenizer, probes: Sequence[Probe], batch_size: int = 256) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.tokenizer, self.probes, self.batch_size = tokenizer, list(probes), batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        answers = sorted({a for pr in self.probes for a in (*pr.candidates, pr.answer)})
+        ids = dict(zip(answers, _encode(tokenizer, [" " + a for a in answers])))
+        prompts = _encode(tokenizer, [pr.prompt for pr in self.probes])
+        self.plans = [_plan(pr, prompt, ids) for pr, prompt in zip(self.probes, prompts)]
+        n = len(self.plans)
+        self._orders = {  # tree rows: neighbours in prompt order share prompt prefixes; path rows: similar lengths pad little
+            True: sorted(range(n), key=lambda i: self.plans[i].prompt),
+            False: sorted(range(n), key=lambda i: len(self.plans[i].prompt) + len(self.plans[i].tokens)),
+        }
+        self._stop: dict[tuple[int, str], torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def __call__(self, model, progress: Callable[[int], None] | None = None) -> Scores:
+        model.eval()
+        n = len(self.probes)
+        em = np.zeros(n, dtype=bool)
+        rank_ok = np.zeros(n, dtype=bool)
+        logprob = np.zeros(n, dtype=np.float64)
+        predicted = [""] * n
+        if n == 0:
+            return Scores(em, rank_ok, logprob, predicted)
+        device, _ = _device_dtype(model)
+        key = (_vocab_size(model), str(device))
+        if key not in self._stop:
+            self._stop[key] = stop_token_mask(self.tokenizer, key[0]).to(device)  # (V,)
+        stop, plans = self._stop[key], self.plans
+        tree = _tree_layout_works(model, plans, self.pad_id, stop)
+        order = self._orders[tree]
+        for start in range(0, n, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            bplans = [plans[i] for i in batch]
+            slot_score, slot_miss, stops, slot_base = _score_batch(model, bplans, tree, self.pad_id, stop)
+            for j, (i, pl) in enumerate(zip(batch, bplans)):
+                gold_slot = slot_base[j] + pl.n_slots - 1
+                logprob[i] = slot_score[gold_slot]
+                em[i] = slot_miss[gold_slot] == 0 and bool(stops[j])
+                k = pl.n_slots - 1
+                if k:
+                    best = int(np.argmax(slot_score[slot_base[j] : slot_base[j] + k]))  # first of the tied
+                    predicted[i] = self.probes[i].candidates[best]
+                    rank_ok[i] = best == pl.gold_index
+            if progress is not None:
+                progress(len(batch))
         return Scores(em, rank_ok, logprob, predicted)
-
-    device, _ = _device_dtype(model)
-    stop = stop_token_mask(tokenizer, _vocab_size(model)).to(device)  # (V,)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-
-    answers = sorted({a for pr in probes for a in (*pr.candidates, pr.answer)})
-    ids = dict(zip(answers, _encode(tokenizer, [" " + a for a in answers])))
-    prompts = _encode(tokenizer, [pr.prompt for pr in probes])
-    plans = [_plan(pr, prompt, ids) for pr, prompt in zip(probes, prompts)]
-    tree = _tree_layout_works(model, plans, pad_id, stop)
-    if tree:  # neighbours in prompt order share prompt prefixes
-        order = sorted(range(n), key=lambda i: plans[i].prompt)
-    else:  # rows of similar length pad little
-        order = sorted(range(n), key=lambda i: len(plans[i].prompt) + len(plans[i].tokens))
-
-    for start in range(0, n, batch_size):
-        batch = order[start : start + batch_size]
-        bplans = [plans[i] for i in batch]
-        slot_score, slot_miss, stops, slot_base = _score_batch(model, bplans, tree, pad_id, stop)
-        for j, (i, pl) in enumerate(zip(batch, bplans)):
-            gold_slot = slot_base[j] + pl.n_slots - 1
-            logprob[i] = slot_score[gold_slot]
-            em[i] = slot_miss[gold_slot] == 0 and bool(stops[j])
-            k = pl.n_slots - 1
-            if k:
-                best = int(np.argmax(slot_score[slot_base[j] : slot_base[j] + k]))  # first of the tied
-                predicted[i] = probes[i].candidates[best]
-                rank_ok[i] = best == pl.gold_index
-        if progress is not None:
-            progress(len(batch))
-    return Scores(em, rank_ok, logprob, predicted)
 
 
 # ------------------------------------------------------------------------ perplexity

@@ -61,6 +61,7 @@ class MethodReport:
     editing: list[dict[str, Any]] | None = None  # editing runs: the sequential curve of the first complete seed (ckl.results.editing)
     editing_final: dict[str, Any] | None = None  # editing runs: the final numbers of that seed
     unlearning: dict[str, Any] | None = None  # methods that applied deletions: ckl.results.unlearning means over seeds
+    training_curve: list[dict[str, Any]] | None = None  # in-stage curve (train.eval_every) of the first seed that has one: `training_curve`
 
     @property
     def complete(self) -> bool:
@@ -126,6 +127,23 @@ def _curves(store: Store, method: str, seeds: list[int], metric: str, T: int) ->
     per_seed = [store.accuracy(method, s, metric=metric, kinds=KINDS) for s in seeds]
     cohorts = sorted({c for acc in per_seed for row in acc.values() for c in row}, key=_cohort_order)
     return {c: [mean([acc.get(r, {}).get(c) for acc in per_seed]) for r in range(T + 1)] for c in cohorts}
+
+
+def training_curve(store: Store, method: str, metric: str) -> list[dict[str, Any]] | None:
+    """The in-stage curve (`train.eval_every`) of the first seed of `method` that has one,
+    on statement probes, on one step axis across stages: the `Store.curve` rows plus
+    `global_step` (the steps of earlier stages added) and `seed`. None without curves."""
+    seeds = [s for m, s in store.curve_runs() if m == method]
+    if not seeds:
+        return None
+    rows = store.curve(method, seeds[0], metric, kinds=("statement",))
+    last: dict[int, int] = {}
+    for r in rows:
+        last[r["stage"]] = max(last.get(r["stage"], 0), r["step"])
+    offset, before = {}, 0
+    for stage in sorted(last):
+        offset[stage], before = before, before + last[stage]
+    return [{**r, "global_step": offset[r["stage"]] + r["step"], "seed": seeds[0]} for r in rows]
 
 
 def _cohort_order(cohort: str) -> tuple[int, int, str]:
@@ -214,6 +232,7 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                     report.editing = summary["curve"] if summary else None
                     report.editing_final = summary["final"] if summary else None
                 report.unlearning = forgetting.get(method)
+                report.training_curve = training_curve(store, method, metric)
                 if done and drill:
                     forgotten, not_learned, report.known_total, report.taught_total = _drill(store, method, seeds[0], metric, int(T))
                     report.forgotten, report.forgotten_total = forgotten[:DRILL_LIMIT], len(forgotten)

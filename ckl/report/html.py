@@ -202,6 +202,19 @@ def _editing_section(methods: list[MethodReport]) -> list[str]:
     ]
 
 
+def _training_section(methods: list[MethodReport]) -> list[str]:
+    curved = [(m.label, m.training_curve) for m in methods if m.training_curve]
+    if not curved:
+        return []
+    return [
+        "<h2>Inside the stages</h2>",
+        '<p class="note">Accuracy on statement probes scored while each stage trained (<code>train.eval_every</code>; '
+        "a seeded sample of each cohort, the same for every method of a seed), against the optimiser steps of the "
+        "whole stream; a dotted line marks where a stage begins. First seed with a curve.</p>",
+        plots.training_curves(curved),
+    ]
+
+
 def report_page(data: ReportData) -> str:
     """The whole report for `data` as one HTML document."""
     from ckl import __version__
@@ -236,6 +249,7 @@ def report_page(data: ReportData) -> str:
         "touches (should stay up); blue, what stage j taught (should rise and stay); orange dashed, stage j's outdated "
         "objects (should fall); red dotted, what stage j asked to forget (should fall). The marker says the stage.</p>",
         plots.cohort_curves([(m.label, m.curves) for m in done]) if done else "",
+        *_training_section(done),
         *_editing_section(done),
         *_unlearning_section(done),
         "<h2>Forgetting and transfer</h2>",

@@ -170,6 +170,29 @@ def cohort_curves(methods: Sequence[tuple[str, dict[str, list[float | None]]]], 
     return to_svg(fig, prefix)
 
 
+def training_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "training") -> str:
+    """Accuracy of each scored cohort inside the stages (`train.eval_every`), against the
+    optimiser steps of the whole stream; dotted lines where a stage begins. One panel per
+    method, cohorts styled as in `cohort_curves` (`ckl.report.data.training_curve` rows)."""
+    fig, axes = _figure(len(methods), 3, (3.8, 3.0))
+    with matplotlib.rc_context(_RC):
+        for ax, (label, rows) in zip(axes, methods):
+            for cohort in sorted({r["cohort"] for r in rows}, key=lambda c: (cohorts.parse(c)[0] != cohorts.INVARIANT, c)):
+                points = [(r["global_step"], r["accuracy"]) for r in rows if r["cohort"] == cohort and r["accuracy"] is not None]
+                if points:
+                    style = {**_cohort_style(cohort), "marker": None}
+                    ax.plot(*zip(*points), label=label_text(cohort), **style)
+            for start in sorted({r["global_step"] for r in rows if r["step"] == 0})[1:]:
+                ax.axvline(start, color="#999999", linestyle=":", linewidth=1)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("optimiser steps")
+            ax.set_ylabel("accuracy")
+            ax.set_title(label_text(label), fontsize=10, fontweight="bold")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, frameon=False)
+    return to_svg(fig, prefix)
+
+
 def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[float, float]], front: Sequence[str], prefix: str = "pareto") -> str:
     """Retention (x) against acquisition (y), one point per method; the Pareto front
     (no other method is better on both) in red, joined by a line."""

@@ -81,6 +81,27 @@ CREATE TABLE IF NOT EXISTS outcomes (
     PRIMARY KEY (method, seed, "row", probe_id)
 );
 CREATE INDEX IF NOT EXISTS probes_by_cohort ON probes (cohort, kind);
+CREATE TABLE IF NOT EXISTS curve_points (
+    method       TEXT NOT NULL,
+    seed         INTEGER NOT NULL,
+    stage        INTEGER NOT NULL,
+    step         INTEGER NOT NULL,
+    epoch        INTEGER NOT NULL,
+    loss         REAL,
+    eval_seconds REAL NOT NULL,
+    PRIMARY KEY (method, seed, stage, step)
+);
+CREATE TABLE IF NOT EXISTS curve_outcomes (
+    method   TEXT NOT NULL,
+    seed     INTEGER NOT NULL,
+    stage    INTEGER NOT NULL,
+    step     INTEGER NOT NULL,
+    probe_id TEXT NOT NULL REFERENCES probes(id),
+    em       INTEGER NOT NULL,
+    rank_ok  INTEGER,
+    logprob  REAL,
+    PRIMARY KEY (method, seed, stage, step, probe_id)
+);
 CREATE TABLE IF NOT EXISTS attacks (
     method TEXT NOT NULL,
     seed   INTEGER NOT NULL,
@@ -97,9 +118,21 @@ class Outcome:
 
     probe_id: str
     em: bool  # greedy generation matched the answer after normalisation
-    rank_ok: bool  # the answer had the highest log-likelihood among the candidates
+    rank_ok: bool | None  # the answer had the highest log-likelihood among the candidates (None: not ranked, curve points only)
     logprob: float  # log-likelihood of the answer given the prompt
     predicted: str  # the greedy generation
+
+
+@dataclass
+class CurvePoint:
+    """One point of an in-stage curve (`train.eval_every`): the scored probes after
+    optimiser step `step` of a stage (step 0: before its first step)."""
+
+    step: int
+    epoch: int
+    loss: float | None  # the training loss of that step (None before the first)
+    eval_seconds: float  # what scoring this point cost
+    outcomes: Sequence[Outcome]
 
 
 @dataclass
@@ -173,6 +206,9 @@ class Store:
             if isinstance(err, sqlite3.OperationalError) and _is_locked(err):
                 raise
             raise self._damaged(str(err)) from None
+        except UnicodeDecodeError as err:  # a damaged schema page can hold bytes that are not text
+            self._conn.close()
+            raise self._damaged(f"unreadable schema text: {err}") from None
         except BaseException:
             self._conn.close()
             raise
@@ -407,6 +443,78 @@ class Store:
             (method, int(seed), int(row), text),
         ))
 
+    def record_curve(self, method: str, seed: int, stage: int, points: Sequence[CurvePoint]) -> None:
+        """Write one stage's in-stage curve in one transaction, replacing any earlier curve
+        of that stage (a stage recomputed after a crash writes its curve again).
+
+        Raises:
+            sqlite3.IntegrityError: an outcome names a probe not added with `add_probes`.
+        """
+        seed, stage = int(seed), int(stage)
+        point_params = [
+            (method, seed, stage, int(p.step), int(p.epoch),
+             None if p.loss is None or p.loss != p.loss else float(p.loss), float(p.eval_seconds))
+            for p in points
+        ]
+        outcome_params = [
+            (method, seed, stage, int(p.step), o.probe_id, int(bool(o.em)), None if o.rank_ok is None else int(bool(o.rank_ok)),
+             None if o.logprob is None else float(o.logprob))
+            for p in points for o in p.outcomes
+        ]
+        key = (method, seed, stage)
+
+        def write(cur: sqlite3.Cursor) -> None:
+            cur.execute("DELETE FROM curve_outcomes WHERE method = ? AND seed = ? AND stage = ?", key)
+            cur.execute("DELETE FROM curve_points WHERE method = ? AND seed = ? AND stage = ?", key)
+            cur.executemany(
+                "INSERT INTO curve_points (method, seed, stage, step, epoch, loss, eval_seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                point_params,
+            )
+            cur.executemany(
+                "INSERT INTO curve_outcomes (method, seed, stage, step, probe_id, em, rank_ok, logprob) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                outcome_params,
+            )
+
+        self._write(write)
+
+    def curve_runs(self) -> list[tuple[str, int]]:
+        """(method, seed) pairs that have an in-stage curve, in the order of `runs`."""
+        having = {(r["method"], r["seed"]) for r in self._read("SELECT DISTINCT method, seed FROM curve_points")}
+        return [run for run in self.runs() if run in having]
+
+    def curve(self, method: str, seed: int, metric: str = "em",
+              kinds: Sequence[str] = ("statement",)) -> list[dict[str, Any]]:
+        """The in-stage curves of one run, one dict per (stage, step, cohort), ordered by
+        stage, step and cohort: stage, step, epoch, loss (training loss at that step),
+        eval_seconds, cohort, accuracy (mean of `metric` over the cohort's scored probes
+        of `kinds`; None for "rank" where candidates were not scored), nll (mean negative
+        log-likelihood of their answers) and n (probes)."""
+        column = metric_column(metric)
+        kinds = _kinds(kinds)
+        rows = self._read(
+            f"SELECT c.stage, c.step, q.epoch, q.loss, q.eval_seconds, p.cohort, AVG(c.{column}) AS accuracy, "
+            "-AVG(c.logprob) AS nll, COUNT(*) AS n "
+            "FROM curve_outcomes c JOIN probes p ON p.id = c.probe_id "
+            "JOIN curve_points q ON q.method = c.method AND q.seed = c.seed AND q.stage = c.stage AND q.step = c.step "
+            f"WHERE c.method = ? AND c.seed = ? AND p.kind IN ({_marks(len(kinds))}) "
+            "GROUP BY c.stage, c.step, p.cohort ORDER BY c.stage, c.step, p.cohort",
+            (method, int(seed), *kinds),
+        )
+        return [dict(r) for r in rows]
+
+    def curve_outcomes(self, method: str, seed: int, stage: int) -> list[dict[str, Any]]:
+        """Per-probe points of one stage's curve (a fact's log-probability over steps):
+        step, probe_id, em, rank_ok (None where candidates were not scored), logprob,
+        cohort, kind, fact_id, ordered by step and probe."""
+        rows = self._read(
+            "SELECT c.step, c.probe_id, c.em, c.rank_ok, c.logprob, p.cohort, p.kind, p.fact_id "
+            "FROM curve_outcomes c JOIN probes p ON p.id = c.probe_id "
+            "WHERE c.method = ? AND c.seed = ? AND c.stage = ? ORDER BY c.step, p.rowid",
+            (method, int(seed), int(stage)),
+        )
+        return [self._outcome_dict(r) for r in rows]
+
     def attacks(self, method: str, seed: int) -> dict[int, dict[str, Any]]:
         """row -> relearning attack result, for one method and seed."""
         rows = self._read('SELECT "row", result FROM attacks WHERE method = ? AND seed = ? ORDER BY "row"', (method, int(seed)))
@@ -536,5 +644,5 @@ class Store:
     def _outcome_dict(r: sqlite3.Row) -> dict[str, Any]:
         d = dict(r)
         d["em"] = bool(d["em"])
-        d["rank_ok"] = bool(d["rank_ok"])
+        d["rank_ok"] = None if d["rank_ok"] is None else bool(d["rank_ok"])  # None: a curve point without candidates
         return d

@@ -34,6 +34,7 @@ from ckl.run.checkpoint import CheckpointError
 from ckl.run.checkpoint import checkpoint_dir as _checkpoint_dir
 from ckl.run.checkpoint import join_state as _join_state, load as load_checkpoint, split_state as _split_state  # noqa: F401 (kept importable here)
 from ckl.run.config import ExperimentConfig, plain
+from ckl.run.curves import CurveRecorder, select_probes
 from ckl.train.config import PretrainConfig
 from ckl.core.distributed import gather, is_main, on_main, precision, shard
 from ckl.core.environment import environment
@@ -390,13 +391,15 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
     model.to(accelerator.device)
     if progress:
         progress.start(f"{label} (seed {seed})", T - start_row)
+    curve_probes = _curve_probes(method, probes, seed)
     for change in stream.stages[start_row:]:
+        recorder = None if curve_probes is None else CurveRecorder(curve_probes, tokenizer, config.eval.batch_size, accelerator, rank=config.eval.metric == "rank")
         ctx = StageContext(
             relations=stream.relations, base=stream.base, stage=change.stage, seed=seed,
             tokenizer=tokenizer, accelerator=accelerator, change=change,
             progress=(lambda e, s, loss: progress.train_step(s, loss)) if progress else None,
             model_dir=model_dir, general_text=stream.general_train, background=stream.background, qa_subjects=stream.qa_subjects,
-            known=known_fraction(tokenizer, stream.relations, config.eval.batch_size),
+            known=known_fraction(tokenizer, stream.relations, config.eval.batch_size), curve=recorder,
         )
         try:
             model, stats = apply_stage(method, model, change, ctx)
@@ -409,6 +412,9 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
         notes = {"not_applied": stats.not_applied} if stats.not_applied else {}
         if method.train_config and method.train_config.until:
             notes["epochs"] = stats.epochs  # where the stopping rule ended the stage
+        if recorder is not None:  # before the checkpoint: a stage recomputed after a crash replaces its curve
+            notes["curve_seconds"] = round(recorder.seconds, 3)  # included in the row's seconds
+            on_main(accelerator, lambda: store.record_curve(label, seed, change.stage, recorder.points))
         for kind, n in stats.not_applied.items():
             say(f"{label}: does not support '{kind}'; {n} {kind} request(s) of stage {change.stage} NOT applied")
         info = StageInfo(
@@ -420,6 +426,14 @@ def _run_one(config, spec, seed, stream, model_dir, probes, store, run_dir, acce
             _record(store, label, seed, change.stage, model, tokenizer, probes, stream, config, info, accelerator, method)
         if progress:
             progress.advance()
+
+
+def _curve_probes(method, probes: list[Probe], seed: int) -> list[Probe] | None:
+    """The probes an in-stage curve scores (`train.eval_every`), or None without curves."""
+    config = method.train_config
+    if config is None or not config.eval_every:
+        return None
+    return select_probes(method.transform_probes(probes), config.eval_cohorts, config.eval_sample, seed)
 
 
 def _progress_on_disk(store: Store, label: str, seed: int, ckpt: Path, T: int, attack: bool) -> tuple[set[int], bool, bool, str | None, bool]:

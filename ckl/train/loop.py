@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import ConfigError, check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number, did_you_mean
 from ckl.core.errors import DivergenceError
 from ckl.train.batching import IGNORE, pack, shard_batches
 
@@ -61,6 +61,10 @@ class TrainConfig:
     until: float = field(default=0.0, metadata={"help": "stop once the stage's new and updated facts are known at this statement accuracy, checked every `check_every` epochs; `epochs` is then the budget (0 = train every epoch)"})
     check_every: int = field(default=5, metadata={"help": "epochs between the checks of `until`"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw (torch's AdamW, multi-tensor) | adamw_fused (its fused kernel, where torch has one for the device; same maths, other rounding)"})
+    eval_every: int = field(default=0, metadata={"help": "score chosen cohorts inside the stage every this many optimiser steps, stored as a curve (0 = off); with eval_spacing log, points per tenfold of steps"})
+    eval_spacing: str = field(default="linear", metadata={"help": "linear: every eval_every steps | log: eval_every points per tenfold of steps (1, 2, 3, 4, 5, 6, 8, 10, 13, ... for 10), for power-law fits"})
+    eval_cohorts: tuple[str, ...] = field(default=("invariant", "stage"), metadata={"help": "cohorts scored at each point: names (invariant, stage2) or prefixes (stage, stale, forget, local: every stage's)"})
+    eval_sample: int = field(default=10, metadata={"help": "at most this many probes per cohort and probe kind at each point, the same seeded subset at every point (0 = all); a point costs about one forward pass per probe (bench/eval_curve.py)"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "block_size"):
@@ -77,6 +81,34 @@ class TrainConfig:
         check_count(self.check_every, "check_every")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_count(self.eval_every, "eval_every", low=0)
+        if self.eval_spacing not in ("linear", "log"):
+            raise ConfigError("eval_spacing", f"eval_spacing must be 'linear' or 'log', got {self.eval_spacing!r}")
+        if isinstance(self.eval_cohorts, str):  # one name given bare
+            self.eval_cohorts = (self.eval_cohorts,)
+        if not isinstance(self.eval_cohorts, (list, tuple)) or not self.eval_cohorts or not all(isinstance(c, str) and c for c in self.eval_cohorts):
+            raise ConfigError("eval_cohorts", f"eval_cohorts must be a non-empty list of cohort names or prefixes, got {self.eval_cohorts!r}")
+        self.eval_cohorts = tuple(self.eval_cohorts)
+        from ckl.data import cohorts
+
+        for selector in self.eval_cohorts:
+            if not cohorts.is_selector(selector):
+                known = [cohorts.INVARIANT, cohorts.UNSEEN, *cohorts.PREFIXES]
+                raise ConfigError("eval_cohorts", f"eval_cohorts: {selector!r} is not a cohort{did_you_mean(selector, known)} "
+                                  f"(names: invariant, unseen, stage1, stale2, ...; prefixes for every stage's: {', '.join(cohorts.PREFIXES)})")
+        check_count(self.eval_sample, "eval_sample", low=0)
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the in-stage curve (`eval_every`) has a point after optimiser step `step`
+        (step 0: before the first step, always a point when curves are on)."""
+        if not self.eval_every:
+            return False
+        if step == 0 or self.eval_spacing == "linear":
+            return step % self.eval_every == 0
+        # log: the steps round(10 ** (k / eval_every)), k = 0, 1, ...; step s is one of them
+        # when some k rounds to it, i.e. the k nearest to eval_every * log10(s) does
+        k = round(self.eval_every * math.log10(step))
+        return any(kk >= 0 and round(10 ** (kk / self.eval_every)) == step for kk in (k - 1, k, k + 1))
 
 
 @dataclass
@@ -128,6 +160,7 @@ def train(
     terms: Sequence[LossTerm] = (),
     on_epoch_end: Callable[[int], bool] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    on_eval: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on freshly rendered documents each epoch.
 
@@ -148,6 +181,11 @@ def train(
         terms: parts contributing loss terms and gradient filters, in order.
         on_epoch_end: called with the epoch number; returning True stops training.
         progress: called as progress(epoch, step, loss) after each optimiser step.
+        on_eval: called as on_eval(step, epoch, loss) where `config.evaluates_at(step)`
+            (step 0 before the first step, with loss NaN) and once more after the last step
+            if that was not a point; the model is in eval mode during the call and back in
+            train mode after it. It must not train: the weights, the optimiser and the
+            random streams the loop uses are the same with and without it.
 
     Raises:
         DivergenceError: the loss or the gradients became NaN or infinite.
@@ -163,7 +201,18 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     scheduler = None
+    evaluated = -1  # the last step with a curve point
+
+    def evaluate(epoch: int) -> None:
+        nonlocal evaluated
+        model.eval()
+        on_eval(result.steps, epoch, result.last_loss)
+        model.train()
+        evaluated = result.steps
+
     try:
+        if on_eval is not None and config.eval_every:
+            evaluate(0)
         for epoch in range(config.epochs):
             docs = documents(epoch)
             if config.shuffle:  # the same order on every process: drawn from the seed
@@ -220,9 +269,13 @@ def train(
                 result.last_loss = float(loss.detach())
                 if progress:
                     progress(epoch, result.steps, result.last_loss)
+                if on_eval is not None and config.evaluates_at(result.steps):
+                    evaluate(epoch)
             result.epochs = epoch + 1
             if result.stopped_early or (on_epoch_end is not None and on_epoch_end(epoch)):
                 break
+        if on_eval is not None and config.eval_every and evaluated != result.steps:
+            evaluate(max(result.epochs - 1, 0))  # the curve ends where training ended
     finally:
         model = accelerator.unwrap_model(model)
         model.eval()

@@ -166,3 +166,43 @@ def test_the_fused_optimizer_does_the_same_maths(accelerator):
     with pytest.raises(ValueError, match="optimizer must be one of adamw, adamw_fused") as err:
         TrainConfig(optimizer="sgd")
     assert err.value.field == "optimizer"
+
+
+def test_curve_points_are_linear_or_log_spaced():
+    assert [s for s in range(40) if TrainConfig(eval_every=7).evaluates_at(s)] == [0, 7, 14, 21, 28, 35]
+    log = [s for s in range(200) if TrainConfig(eval_every=10, eval_spacing="log").evaluates_at(s)]
+    assert log == [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79, 100, 126, 158]
+    assert not any(TrainConfig().evaluates_at(s) for s in range(50)), "off by default"
+
+
+def test_scoring_during_training_changes_nothing_the_loop_computes(accelerator):
+    """A curve point runs the model in eval mode between steps; the trained weights, the
+    optimiser and the losses must be exactly those of a run without it."""
+    config = TrainConfig(epochs=20, lr=1e-2, batch_size=1, eval_every=6)  # one block, one step per epoch
+    plain, tok = _model()
+    train(plain, tok, lambda e: DOCS, config, accelerator, seed=3)
+    model, tok = _model()
+    seen = []
+
+    def on_eval(step, epoch, loss):
+        assert not model.training, "scored in eval mode"
+        with torch.no_grad():
+            model(**tok(DOCS[:1], return_tensors="pt"))
+        seen.append((step, epoch))
+
+    result = train(model, tok, lambda e: DOCS, config, accelerator, seed=3, on_eval=on_eval)
+    assert result.steps == 20
+    assert seen == [(0, 0), (6, 5), (12, 11), (18, 17), (20, 19)], "step 0, every 6th step, and the last step"
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_curve_options_name_the_bad_field():
+    for field, bad in (("eval_every", -1), ("eval_every", 1.5), ("eval_spacing", "cubic"), ("eval_sample", -3),
+                       ("eval_cohorts", []), ("eval_cohorts", ["invarient"])):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: bad})
+    with pytest.raises(ValueError, match="did you mean 'invariant'"):
+        TrainConfig(eval_cohorts=["invarient"])
+    assert TrainConfig(eval_cohorts="stage").eval_cohorts == ("stage",)
+    assert TrainConfig(eval_cohorts=["stage2", "stale", "forget1", "local", "unseen"]).eval_cohorts[0] == "stage2"
