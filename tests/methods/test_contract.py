@@ -26,13 +26,17 @@ def test_config_round_trips(name):
         assert f.metadata.get("help"), f"{name}.{f.name} has no help"
 
 
-def _apply(expression, stream, model_dir, accelerator, seed=0):
+def _apply(expression, stream, model_dir, accelerator, seed=0, curve=None):
     from ckl.model import lm
+    from ckl.run.curves import CurveRecorder, select_probes
 
     model, tokenizer = lm.load(model_dir)
-    method = build_method(expression, {"train": {"epochs": 2, "lr": 3e-3}})
+    method = build_method(expression, {"train": {"epochs": 2, "lr": 3e-3, **({"eval_every": 1} if curve is not None else {})}})
     change = stream.stages[0]
     ctx = StageContext(stream.relations, stream.base, 1, seed, tokenizer, accelerator, change=change)
+    if curve is not None:  # an in-stage curve scored after every step
+        ctx.curve = CurveRecorder(select_probes(stream.probes(), ("invariant", "stage"), 3, seed), tokenizer, 64, accelerator)
+        curve.append(ctx.curve)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return method.apply(model, change, ctx), method
@@ -41,9 +45,11 @@ def _apply(expression, stream, model_dir, accelerator, seed=0):
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 def test_apply_is_deterministic_and_reports_unsupported_kinds(expression, tiny_stream, tiny_model_dir, accelerator):
     (m1, stats), method = _apply(expression, tiny_stream, tiny_model_dir, accelerator)
-    (m2, _), _ = _apply(expression, tiny_stream, tiny_model_dir, accelerator)
+    recorders = []
+    (m2, curved), _ = _apply(expression, tiny_stream, tiny_model_dir, accelerator, curve=recorders)
     for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
-        assert torch.equal(a, b), k
+        assert torch.equal(a, b), k  # the same seed, and an in-stage curve scored after every step, change nothing
+    assert len(recorders[0].points) == curved.steps + 1
     change = tiny_stream.stages[0]
     assert "forget" in change.kinds
     claims_forget = any("forget" in load_builtin()[n].kinds for n in expression.split("+"))
