@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ckl"
 
 # Lowest first. A module may import from its own layer and from the layers before it.
-LAYERS = ("core", "data", "model", "train", "methods", "evaluate", "results", "run", "report", "app")
+LAYERS = ("core", "data", "model", "train", "methods", "evaluate", "results", "run", "study", "report", "app")
 
 
 def module_name(path: Path) -> str:

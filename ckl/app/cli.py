@@ -367,6 +367,7 @@ def show(
 
     with Store(run_dir / "results.sqlite") as store:
         editing = editing_markdown(store) if is_editing_run(store) else None
+        study = store.get_meta("study")
     if weak:
         from ckl.train.pretrain import knowledge_line
 
@@ -388,6 +389,8 @@ def show(
             print("\nUnlearning (docs/unlearning.md):\n\n" + unlearning_markdown(forgetting))
         if editing:
             print("\nEditing (docs/editing.md):\n\n" + editing)
+        if study:
+            print(f"\nStudy {study['name']} (docs/studies.md): **{study['verdict']}** - {study['line']}")
         return
     if matrix:
         for method, entry in summary.items():
@@ -406,6 +409,55 @@ def show(
             console.print(f"[yellow]note:[/] {method} does not support '{kind}': {n} request(s) per seed were not applied")
     if measured:
         console.print(measured, highlight=False, soft_wrap=True)
+    if study:
+        from rich.markup import escape
+
+        console.print(f"[bold]study {escape(study['name'])}: {escape(study['verdict'])}[/] - {escape(study['line'])}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def study(
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="the study (ckl study --list)"),
+    config_path: Optional[Path] = typer.Option(None, "--config", help="YAML: experiment keys (world/stream, pretrain/model, seeds, eval) and the study's options under `study:`"),
+    out: Optional[Path] = typer.Option(None, "--out", help="the study's run directory (default runs/study-NAME)"),
+    list_studies: bool = typer.Option(False, "--list", help="list the studies and their options"),
+) -> None:
+    """Reproduce a finding of the literature: run its experiment, fit, store and print the verdict."""
+    _quiet_libraries()
+    from rich.markup import escape
+
+    from ckl.study.base import get_study, load_study_config, load_studies, run_study, verdict_text
+
+    if list_studies or name is None:
+        import dataclasses
+
+        for key, cls in sorted(load_studies().items()):
+            console.print(f"[bold]{escape(key)}[/]: {escape(cls.question)}\n  {escape(cls.paper)}", highlight=False)
+            for f in dataclasses.fields(cls.Config):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                console.print(f"    study.{f.name} = {default!r}: {escape(f.metadata.get('help', ''))}", highlight=False)
+        if name is None and not list_studies:
+            _fail(InputError("<command line>", None, "NAME", "name a study (listed above)"))
+        return
+    from ckl.core.progress import RunProgress
+    from ckl.run.experiment import end_processes, is_main_process
+
+    cls = _guard(lambda: get_study(name))
+    experiment, chosen = _guard(lambda: load_study_config(cls, config_path))
+    run_dir = out or Path("runs") / f"study-{cls.name}"
+    try:
+        if not is_main_process():
+            try:
+                run_study(chosen, experiment, run_dir, say=lambda message: None)
+            except (InputError, FileNotFoundError):
+                raise typer.Exit(2) from None
+            return
+        with RunProgress(console) as progress:
+            result = _guard(lambda: run_study(chosen, experiment, run_dir, say=console.print, progress=progress))
+    finally:
+        end_processes()
+    console.print(f"[bold]{escape(verdict_text(result))}[/]", highlight=False, soft_wrap=True)
+    console.print(f"stored in {run_dir / 'results.sqlite'}; `ckl report {run_dir}` draws it")
 
 
 @app.command()

@@ -39,6 +39,7 @@ class RunInfo:
     weak_base: dict | None = None  # the pretrained base missed its target and the run went on (allow_weak_base)
     environments: list[dict] = field(default_factory=list)  # thread count, CPU, versions of every process that added results
     experiment: str | None = None  # the hash of what makes it one experiment (stream, base model, evaluation): ckl-run.json
+    study: dict | None = None  # a `ckl study` run: its result (ckl.study.base; question, verdict, numbers, panels)
 
 
 @dataclass
@@ -213,7 +214,7 @@ def gather(run_dirs: list[str | Path], drill: bool = True) -> ReportData:
                 raise InputError(str(run_dir), None, None, "the run has not recorded anything yet")
             metric = store.get_meta("metric", "em")
             runs.append(RunInfo(str(run_dir), name, int(T), metric, len(store.probes()), store.get_meta("weak_base"),
-                                store.get_meta("environments") or [], _experiment_of(Path(run_dir))))
+                                store.get_meta("environments") or [], _experiment_of(Path(run_dir)), store.get_meta("study")))
             editing = is_editing_run(store)
             summaries = summarize(store, metric=metric, kinds=KINDS)
             unlearners = [m for m, e in summaries.items() if e["seeds"] and "forget" not in e["not_applied"]]

@@ -202,6 +202,22 @@ def _editing_section(methods: list[MethodReport]) -> list[str]:
     ]
 
 
+def _study_sections(data: ReportData) -> list[str]:
+    out = []
+    for run in data.runs:
+        study = run.study
+        if not study:
+            continue
+        out += [
+            f"<h2>Study: {esc(study['name'])}</h2>",
+            f"<p><b>{esc(study['question'])}</b> ({esc(study['paper'])}; seeds {esc(', '.join(map(str, study['seeds'])))}; "
+            "docs/studies.md)</p>",
+            f'<p>Verdict: <b>{esc(study["verdict"])}</b>. {esc(study["line"])}</p>',
+            plots.study_panels(study["panels"]) if study.get("panels") else "",
+        ]
+    return out
+
+
 def _training_section(methods: list[MethodReport]) -> list[str]:
     curved = [(m.label, m.training_curve) for m in methods if m.training_curve]
     if not curved:
@@ -230,6 +246,7 @@ def report_page(data: ReportData) -> str:
         "mean ± standard deviation over seeds where a method ran several.</p>",
         _runs(data),
         *_weak_base_warning(data),
+        *_study_sections(data),
         "<h2>Methods at a glance</h2>",
         '<p class="note">Retention: invariant base knowledge after the last stage / before the first. '
         "Acquired: new facts known at the end. Updated: new object of changed facts. Stale: the outdated object "

@@ -193,6 +193,39 @@ def training_curves(methods: Sequence[tuple[str, list[dict]]], prefix: str = "tr
     return to_svg(fig, prefix)
 
 
+def study_panels(panels: Sequence[dict], prefix: str = "study") -> str:
+    """A study's panels as its result stores them (ckl.study.base): per panel a title, axis
+    labels and scales, and series of x/y points; a series marked `fit` is a dashed fitted
+    law, one marked `points` is drawn as markers, labelled with its `names`."""
+    fig, axes = _figure(len(panels), 3, (3.8, 3.0))
+    with matplotlib.rc_context(_RC):
+        for ax, panel in zip(axes, panels):
+            for series in panel["series"]:
+                pairs = [(x, y) for x, y in zip(series["x"], series["y"]) if x is not None and y is not None
+                         and (not panel.get("xlog") or x > 0) and (not panel.get("ylog") or y > 0)]
+                if not pairs:
+                    continue
+                xs, ys = zip(*pairs)
+                if series.get("points"):
+                    ax.plot(xs, ys, "o", label=label_text(series["label"]))
+                    for name, x, y in zip(series.get("names", []), series["x"], series["y"]):
+                        if x is not None and y is not None and (not panel.get("ylog") or y > 0):
+                            ax.annotate(label_text(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                else:
+                    ax.plot(xs, ys, linestyle="--" if series.get("fit") else "-", linewidth=1 if series.get("fit") else 1.8,
+                            label=label_text(series["label"]))
+            if panel.get("xlog"):
+                ax.set_xscale("log")
+            if panel.get("ylog"):
+                ax.set_yscale("log")
+            ax.set_xlabel(label_text(panel.get("xlabel", "")))
+            ax.set_ylabel(label_text(panel.get("ylabel", "")))
+            ax.set_title(label_text(panel.get("title", "")), fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, frameon=False)
+    return to_svg(fig, prefix)
+
+
 def pareto(points: dict[str, tuple[float, float]], spreads: dict[str, tuple[float, float]], front: Sequence[str], prefix: str = "pareto") -> str:
     """Retention (x) against acquisition (y), one point per method; the Pareto front
     (no other method is better on both) in red, joined by a line."""

@@ -1,0 +1,192 @@
+"""Studies: named experiments that reproduce a finding of the literature on any stream and
+base model, fit what the paper fits, and give a one-line verdict.
+
+A study is one module in this package, its config dataclass on top, registered at its
+bottom (`register_study`). It makes the methods of an experiment (`methods`), may refuse a
+stream that lacks what it needs (`check`), and reads the finished run's store
+(`analyse`) into a JSON result that the store keeps under the meta key `study`:
+
+    {"name", "paper", "question", "verdict": "holds" | "does not hold" | "undecided",
+     "line": one sentence with the numbers, "numbers": {...}, "panels": [plot panels],
+     "seeds": [...], "options": {...}}
+
+`ckl show` prints the verdict line and `ckl report` draws the panels, reading only that
+JSON, so neither depends on a study's code. A study directory is a run directory: the
+experiment's rows, curves (`train.eval_every`) and checkpoints are all there, and running
+the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ckl.core.checks import ConfigError, did_you_mean
+from ckl.core.errors import InputError
+
+HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
+META_KEY = "study"
+
+
+class Study:
+    """One finding to reproduce. Subclasses set the class attributes and `Config`."""
+
+    name: str = ""
+    paper: str = ""  # the paper whose finding this is
+    question: str = ""  # what the study asks, in one sentence
+    Config: type = object
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def methods(self) -> list[dict[str, Any]]:
+        """The experiment's methods (ExperimentConfig `methods` entries)."""
+        raise NotImplementedError
+
+    def experiment(self) -> dict[str, Any]:
+        """Experiment keys the study sets unless the user's config does (e.g. `eval`)."""
+        return {}
+
+    def check(self, stream) -> str | None:
+        """Why this stream cannot answer the study's question, or None when it can."""
+        return None
+
+    def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
+        """The result (see the module docstring) from the finished run's store."""
+        raise NotImplementedError
+
+    def result(self, verdict: str, line: str, numbers: dict, panels: list, seeds: Sequence[int]) -> dict[str, Any]:
+        return {"name": self.name, "paper": self.paper, "question": self.question, "verdict": verdict, "line": line,
+                "numbers": numbers, "panels": panels, "seeds": list(seeds), "options": dataclasses.asdict(self.config)}
+
+
+STUDIES: dict[str, type[Study]] = {}
+
+
+def register_study(cls: type[Study]) -> type[Study]:
+    """Make a study available by its `name` (called once at the bottom of its module).
+
+    Raises:
+        ValueError: another study already has the name."""
+    old = STUDIES.get(cls.name)
+    if old is not None and old.__qualname__ != cls.__qualname__:
+        raise ValueError(f"the study name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}")
+    STUDIES[cls.name] = cls
+    return cls
+
+
+def load_studies() -> dict[str, type[Study]]:
+    """Import every module of this package (each registers its study) and return them."""
+    import importlib
+    import pkgutil
+
+    import ckl.study
+
+    for info in pkgutil.iter_modules(ckl.study.__path__, prefix="ckl.study."):
+        if info.name not in ("ckl.study.base", "ckl.study.fit"):
+            importlib.import_module(info.name)
+    return STUDIES
+
+
+def get_study(name: str) -> type[Study]:
+    """The study registered as `name`.
+
+    Raises:
+        InputError: no such study (naming the closest and every known one)."""
+    studies = load_studies()
+    if name not in studies:
+        raise InputError("<study>", None, "name", f"unknown study {name!r}{did_you_mean(name, studies)} (known: {', '.join(sorted(studies))})")
+    return studies[name]
+
+
+# ------------------------------------------------------------------------------ config
+
+
+DEFAULT_EXPERIMENT = {"world": {}, "pretrain": {}, "seeds": [0, 1, 2]}
+
+
+def load_study_config(study_cls: type[Study], path: str | Path | None):
+    """The experiment and the study's options, from a YAML file with the keys of an
+    experiment config except `methods` (the study makes them) and a `study:` mapping of
+    the study's options; without a file, the default world and base model, seeds 0-2.
+
+    Returns:
+        (ExperimentConfig, the study's config).
+
+    Raises:
+        InputError: naming the file, line and key of a problem.
+    """
+    from ckl.methods.base import make_config
+    from ckl.run.config import ExperimentConfig, _line_of, check_world, parse_yaml, read_input_text
+
+    file, root, data = "<defaults>", None, dict(DEFAULT_EXPERIMENT)
+    if path is not None:
+        path = Path(path)
+        file = str(path)
+        if not path.exists():
+            raise InputError(file, None, None, "config file not found")
+        data, root = parse_yaml(read_input_text(path), file)
+        if not isinstance(data, dict):
+            raise InputError(file, 1, None, "expected a mapping of keys (world/stream, pretrain/model, seeds, eval, study)")
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        if "methods" in data:
+            raise InputError(file, _line_of(root, ("methods",)), "methods", f"a study makes its own methods; give the study's options under `study:` (see `ckl study {study_cls.name} --help`)")
+        if "stream" not in data and "world" not in data:
+            data["world"] = {}
+        if "model" not in data and "pretrain" not in data:
+            data["pretrain"] = {}
+        data.setdefault("seeds", DEFAULT_EXPERIMENT["seeds"])
+    options = data.pop("study", None) or {}
+    try:
+        config = make_config(study_cls.Config, options, "study")
+    except ConfigError as err:
+        key = err.field.split(".")[1] if err.field.count(".") >= 1 else None
+        raise InputError(file, _line_of(root, ("study", key) if key else ("study",)), err.field, str(err).removeprefix(f"{err.field}: ")) from None
+    study = study_cls(config)
+    for key, value in study.experiment().items():
+        data.setdefault(key, value)
+    data.setdefault("name", study_cls.name)
+    experiment = ExperimentConfig.from_dict({**data, "methods": study.methods()}, file, root)
+    check_world(experiment, file, root)
+    if path is not None:
+        base = Path(path).parent
+        if experiment.stream is not None:
+            experiment.stream = str((base / experiment.stream).resolve())
+        if experiment.model is not None:
+            experiment.model = str((base / experiment.model).resolve())
+    return experiment, study
+
+
+def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+    """Check the stream, run (or resume) the study's experiment in `out`, analyse it, and
+    store the result in the run's store (meta `study`).
+
+    Raises:
+        InputError: the stream cannot answer the study's question (nothing written), or
+            what `run_experiment` raises.
+    """
+    from ckl.data.stream import Stream
+    from ckl.results.store import Store
+    from ckl.run.experiment import run_experiment
+
+    if experiment.stream is not None:
+        stream = Stream.load(experiment.stream)
+    else:
+        from ckl.data.world import build_world
+
+        stream = build_world(experiment.world)
+    why = study.check(stream)
+    if why is not None:
+        raise InputError(experiment.stream or "<world>", None, None, f"study {study.name}: {why}")
+    run_experiment(experiment, out, say=say, progress=progress)
+    with Store(Path(out) / "results.sqlite") as store:
+        result = study.analyse(store, experiment.seeds)
+        store.set_meta(META_KEY, result)
+    return result
+
+
+def verdict_text(result: dict[str, Any]) -> str:
+    """"<name>: <verdict> - <line>", the one line `ckl show` and `ckl study` print."""
+    return f"{result['name']}: {result['verdict']} - {result['line']}"
