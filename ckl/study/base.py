@@ -53,6 +53,13 @@ class Study:
         """Why this stream cannot answer the study's question, or None when it can."""
         return None
 
+    def derive(self, stream):
+        """A stream of the study's own built from the configured one (e.g. edits of its
+        base facts), or None to run on the configured stream as it is. A derived stream
+        keeps the configured stream's base knowledge, so its base model serves it too; it
+        is saved in the study's directory (`stream/`)."""
+        return None
+
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
         """The result (see the module docstring) from the finished run's store."""
         raise NotImplementedError
@@ -104,7 +111,7 @@ def get_study(name: str) -> type[Study]:
 # ------------------------------------------------------------------------------ config
 
 
-DEFAULT_EXPERIMENT = {"world": {}, "pretrain": {}, "seeds": [0, 1, 2]}
+DEFAULT_SEEDS = [0, 1, 2]
 
 
 def load_study_config(study_cls: type[Study], path: str | Path | None):
@@ -121,7 +128,7 @@ def load_study_config(study_cls: type[Study], path: str | Path | None):
     from ckl.methods.base import make_config
     from ckl.run.config import ExperimentConfig, _line_of, check_world, parse_yaml, read_input_text
 
-    file, root, data = "<defaults>", None, dict(DEFAULT_EXPERIMENT)
+    file, root, data = "<defaults>", None, {}
     if path is not None:
         path = Path(path)
         file = str(path)
@@ -133,11 +140,6 @@ def load_study_config(study_cls: type[Study], path: str | Path | None):
         data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
         if "methods" in data:
             raise InputError(file, _line_of(root, ("methods",)), "methods", f"a study makes its own methods; give the study's options under `study:` (see `ckl study {study_cls.name} --help`)")
-        if "stream" not in data and "world" not in data:
-            data["world"] = {}
-        if "model" not in data and "pretrain" not in data:
-            data["pretrain"] = {}
-        data.setdefault("seeds", DEFAULT_EXPERIMENT["seeds"])
     options = data.pop("study", None) or {}
     try:
         config = make_config(study_cls.Config, options, "study")
@@ -145,8 +147,15 @@ def load_study_config(study_cls: type[Study], path: str | Path | None):
         key = err.field.split(".")[1] if err.field.count(".") >= 1 else None
         raise InputError(file, _line_of(root, ("study", key) if key else ("study",)), err.field, str(err).removeprefix(f"{err.field}: ")) from None
     study = study_cls(config)
-    for key, value in study.experiment().items():
-        data.setdefault(key, value)
+    rival = {"world": "stream", "pretrain": "model"}
+    for key, value in study.experiment().items():  # the study's defaults yield to the user's keys
+        if key not in data and rival.get(key) not in data:
+            data[key] = value
+    if "stream" not in data and "world" not in data:
+        data["world"] = {}
+    if "model" not in data and "pretrain" not in data:
+        data["pretrain"] = {}
+    data.setdefault("seeds", DEFAULT_SEEDS)
     data.setdefault("name", study_cls.name)
     experiment = ExperimentConfig.from_dict({**data, "methods": study.methods()}, file, root)
     check_world(experiment, file, root)
@@ -171,20 +180,45 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
     from ckl.results.store import Store
     from ckl.run.experiment import run_experiment
 
+    out = Path(out)
     if experiment.stream is not None:
         stream = Stream.load(experiment.stream)
     else:
         from ckl.data.world import build_world
 
         stream = build_world(experiment.world)
-    why = study.check(stream)
+    derived = study.derive(stream)
+    why = study.check(derived if derived is not None else stream)
     if why is not None:
         raise InputError(experiment.stream or "<world>", None, None, f"study {study.name}: {why}")
+    if derived is not None:
+        _place_stream(derived, experiment, out)
     run_experiment(experiment, out, say=say, progress=progress)
     with Store(Path(out) / "results.sqlite") as store:
         result = study.analyse(store, experiment.seeds)
         store.set_meta(META_KEY, result)
     return result
+
+
+def _place_stream(stream, experiment, out: Path) -> None:
+    """Save a derived stream as `out/stream` and point the experiment at it, claiming the
+    run directory first (a directory ckl does not own is refused before anything is
+    written; the stream is deterministic, so a resumed study finds the same one)."""
+    from ckl.run.config import plain
+    from ckl.run.experiment import experiment_identity
+    from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
+
+    experiment.world, experiment.stream = None, str((out / "stream").resolve())
+    identity = experiment_hash(experiment_identity(plain(experiment)))
+    check_run_dir(out, identity)
+    claim_run_dir(out, identity)
+    if not (out / "stream").exists():  # written aside and renamed: a crash never leaves half a stream
+        import shutil
+
+        tmp = out / ".stream.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        stream.save(tmp)
+        tmp.rename(out / "stream")
 
 
 def verdict_text(result: dict[str, Any]) -> str:
