@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from ckl.core.checks import ConfigError
-from ckl.model.scoring import score_probes
+from ckl.model.scoring import ProbeScorer, score_probes
 from ckl.data.facts import Fact, Probe
 from ckl.data.stream import Stream, render_documents
 from ckl.train.loop import TrainConfig, rng_for, train
@@ -48,13 +48,14 @@ class AttackConfig:
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the attack"})
     batch_size: int = field(default=8, metadata={"help": "blocks per step"})
     seed: int = field(default=0, metadata={"help": "which facts the attack sees, and its batch order"})
+    curve: int = field(default=0, metadata={"help": "also score the re-probed facts during the attack, this many points per tenfold of steps (log spacing; 0 = before and after only)"})
 
     def __post_init__(self) -> None:
         if self.data not in DATA:
             raise ConfigError("data", f"data must be one of {', '.join(DATA)}, got {self.data!r}")
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction < 1:
             raise ConfigError("fraction", f"fraction must be in (0, 1), got {self.fraction!r}")
-        TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)  # validates them
+        TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, eval_every=self.curve)  # validates them
         if isinstance(self.facts, bool) or not isinstance(self.facts, int) or self.facts < 1:
             raise ConfigError("facts", f"facts must be a positive integer, got {self.facts!r}")
 
@@ -72,6 +73,9 @@ class AttackResult:
     unseen_after: float | None = None
     steps: int = 0
     seconds: float = 0.0
+    # with `curve`: after each scored step, {"step", "accuracy" (re-probed forgotten facts),
+    # "unseen" (the control, None without never-seen facts)}; step 0 is the unlearned model
+    curve: list[dict] = field(default_factory=list)
 
     @property
     def accuracy_before(self) -> float | None:
@@ -124,14 +128,23 @@ def relearning_attack(model, tokenizer, stream: Stream, probes: Sequence[Probe],
     unseen = [p for p in probes if p.kind == "statement" and p.cohort == "unseen"]
     before = score_probes(model, tokenizer, targets + unseen)
     attacked = copy.deepcopy(model)
-    train_config = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+    train_config = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                               eval_every=config.curve, eval_spacing="log")
+    n = len(targets)
+    curve: list[dict] = []
+    scorer = ProbeScorer(tokenizer, targets + unseen) if config.curve else None
+
+    def point(step: int, epoch: int, loss: float) -> None:
+        em = scorer(attacked).em
+        curve.append({"step": step, "accuracy": float(em[:n].mean()) if n else None,
+                      "unseen": float(em[n:].mean()) if unseen else None})
 
     def documents(epoch: int) -> list[str]:
         return render_documents(shown, stream.relations, rng_for(config.seed, "attack-docs", epoch), qa_subjects=stream.qa_subjects)
 
-    result = train(attacked, tokenizer, documents, train_config, accelerator, seed=rng_for(config.seed, "attack-batches").randrange(2**31))
+    result = train(attacked, tokenizer, documents, train_config, accelerator, seed=rng_for(config.seed, "attack-batches").randrange(2**31),
+                   on_eval=point if scorer is not None else None)
     after = score_probes(attacked, tokenizer, targets + unseen)
-    n = len(targets)
     return AttackResult(
         config=asdict(config),
         trained_on=[f.id for f in shown],
@@ -142,4 +155,5 @@ def relearning_attack(model, tokenizer, stream: Stream, probes: Sequence[Probe],
         unseen_after=float(after.em[n:].mean()) if unseen else None,
         steps=result.steps,
         seconds=time.perf_counter() - start,
+        curve=curve,
     )

@@ -69,6 +69,14 @@ class Study:
                 "numbers": numbers, "panels": panels, "seeds": list(seeds), "options": dataclasses.asdict(self.config)}
 
 
+class Refused:
+    """What `derive` returns when the configured stream cannot give the study its stream:
+    `run_study` stops with `why` before anything is written."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
 STUDIES: dict[str, type[Study]] = {}
 
 
@@ -188,7 +196,7 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
 
         stream = build_world(experiment.world)
     derived = study.derive(stream)
-    why = study.check(derived if derived is not None else stream)
+    why = derived.why if isinstance(derived, Refused) else study.check(derived if derived is not None else stream)
     if why is not None:
         raise InputError(experiment.stream or "<world>", None, None, f"study {study.name}: {why}")
     if derived is not None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckl.core.checks import ConfigError, check_count, check_number
-from ckl.study.base import FAILS, HOLDS, UNDECIDED, Study, register_study
+from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
 
 
 @dataclass
@@ -78,7 +78,7 @@ class EditingCollapse(Study):
         rng.shuffle(people)
         n = c.batches * c.per_batch
         if len(people) < n:
-            return _TooSmall(f"{n} edits of distinct people need {n} untouched people with an editable fact; the stream has {len(people)}")
+            return Refused(f"{n} edits of distinct people need {n} untouched people with an editable fact; the stream has {len(people)}")
         chosen = [rng.choice(by_person[p]) for p in people[:n]]
         stages = []
         for j in range(1, c.batches + 1):
@@ -90,11 +90,6 @@ class EditingCollapse(Study):
         base_people = {f.subject for f in stream.base}  # the stages' new people are gone with their stages
         qa = None if stream.qa_subjects is None else frozenset(s for s in stream.qa_subjects if s in base_people)
         return dataclasses.replace(stream, stages=tuple(stages), qa_subjects=qa, meta={**stream.meta, "derived_by": f"ckl study {self.name}"})
-
-    def check(self, stream) -> str | None:
-        if isinstance(stream, _TooSmall):
-            return stream.why
-        return None
 
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
         from ckl.results.editing import editing_summary
@@ -154,12 +149,6 @@ def collapse_point(curve: Sequence[dict], start: float, threshold: float) -> int
     `sequential_curve`'s points), or None when it never did."""
     return next((p["edits"] for p in curve if p["untouched_acc"] is not None and p["untouched_acc"] < threshold * start), None)
 
-
-class _TooSmall:
-    """A stream too small for the edits asked: `check` says why."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
 
 
 def _median_collapse(collapses: list[int | None], total: int) -> float:

@@ -66,6 +66,18 @@ def test_partial_relearning_brings_back_facts_the_attack_never_showed(unlearned,
         assert torch.equal(value, weights[key]), key
 
 
+def test_the_attack_can_draw_its_relearning_curve_without_changing_its_outcome(unlearned, accelerator):
+    model, tok, stream, _, _ = unlearned
+    probes = stream.probes(kinds=("statement",))
+    plain = relearning_attack(model, tok, stream, probes, AttackConfig(fraction=0.5, epochs=10, lr=1e-3, seed=0), accelerator)
+    curved = relearning_attack(model, tok, stream, probes, AttackConfig(fraction=0.5, epochs=10, lr=1e-3, seed=0, curve=10), accelerator)
+    assert curved.after == plain.after and curved.before == plain.before, "scoring during the attack changes nothing"
+    steps = [p["step"] for p in curved.curve]
+    assert steps[0] == 0 and steps[-1] == curved.steps and steps == sorted(set(steps)) and len(steps) >= 5
+    assert curved.curve[0]["accuracy"] == curved.accuracy_before and curved.curve[-1]["accuracy"] == curved.accuracy_after
+    assert plain.curve == []
+
+
 def test_unrelated_relearning_restores_accuracy_too(unlearned, accelerator):
     model, tok, stream, _, _ = unlearned
     config = AttackConfig(data="unrelated", facts=24, epochs=10, lr=1e-3, seed=0)
