@@ -100,7 +100,7 @@ def load_studies() -> dict[str, type[Study]]:
     import ckl.study
 
     for info in pkgutil.iter_modules(ckl.study.__path__, prefix="ckl.study."):
-        if info.name not in ("ckl.study.base", "ckl.study.fit"):
+        if info.name not in ("ckl.study.base", "ckl.study.fit") and not info.name.rsplit(".", 1)[1].startswith("_"):
             importlib.import_module(info.name)
     return STUDIES
 

@@ -24,13 +24,13 @@ too short to tell).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckl.core.checks import ConfigError, check_count, check_number
+from ckl.study._streams import one_fact_each, untouched_people, with_stages
 from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
 
 
@@ -68,18 +68,14 @@ class EditingCollapse(Study):
         from ckl.data.stream import Change
 
         c = self.config
-        touched = {r.fact.subject for r in stream.records()} | {f.subject for ch in stream.stages for f in ch.forget}
-        by_person: dict[str, list[Fact]] = {}
-        for f in stream.base:
-            if f.subject not in touched and len(stream.relations[f.relation].candidates) > 1:
-                by_person.setdefault(f.subject, []).append(f)
-        rng = random.Random(f"editing-collapse/{c.batches}/{c.per_batch}")
-        people = sorted(by_person)
-        rng.shuffle(people)
         n = c.batches * c.per_batch
-        if len(people) < n:
-            return Refused(f"{n} edits of distinct people need {n} untouched people with an editable fact; the stream has {len(people)}")
-        chosen = [rng.choice(by_person[p]) for p in people[:n]]
+        people = untouched_people(stream)
+        editable = lambda f: len(stream.relations[f.relation].candidates) > 1
+        chosen = one_fact_each(people, n, f"editing-collapse/{c.batches}/{c.per_batch}", editable)
+        if chosen is None:
+            have = sum(any(editable(f) for f in facts) for facts in people.values())
+            return Refused(f"{n} edits of distinct people need {n} untouched people with an editable fact; the stream has {have}")
+        rng = random.Random(f"editing-collapse/objects/{n}")
         stages = []
         for j in range(1, c.batches + 1):
             edits = []
@@ -87,9 +83,7 @@ class EditingCollapse(Study):
                 new = rng.choice([o for o in stream.relations[f.relation].candidates if o != f.object])
                 edits.append(ChangeRecord(j, "edit", Fact(f.id, f.subject, f.relation, new, j), f.object))
             stages.append(Change(j, (), (), tuple(edits), ()))
-        base_people = {f.subject for f in stream.base}  # the stages' new people are gone with their stages
-        qa = None if stream.qa_subjects is None else frozenset(s for s in stream.qa_subjects if s in base_people)
-        return dataclasses.replace(stream, stages=tuple(stages), qa_subjects=qa, meta={**stream.meta, "derived_by": f"ckl study {self.name}"})
+        return with_stages(stream, stages, self.name)
 
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
         from ckl.results.editing import editing_summary

@@ -28,8 +28,6 @@ Verdict: holds when every method's best recovered fraction (mean over seeds) rea
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.evaluate.metrics import mean
 from ckl.evaluate.unlearning import recovered_fraction
+from ckl.study._streams import one_fact_each, untouched_people, with_stages
 from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
 
 
@@ -84,21 +83,11 @@ class Relearning(Study):
         """One stage asking to forget `forget` base facts, one per untouched person."""
         from ckl.data.stream import Change
 
-        touched = {r.fact.subject for r in stream.records()} | {f.subject for ch in stream.stages for f in ch.forget}
-        first: dict[str, list] = {}
-        for f in stream.base:
-            if f.subject not in touched:
-                first.setdefault(f.subject, []).append(f)
-        people = sorted(first)
-        rng = random.Random(f"relearning/{self.config.forget}")
-        rng.shuffle(people)
-        if len(people) < self.config.forget:
-            return Refused(f"forgetting {self.config.forget} facts of distinct people needs {self.config.forget} untouched people; the stream has {len(people)}")
-        chosen = sorted((rng.choice(first[p]) for p in people[: self.config.forget]), key=lambda f: f.id)
-        base_people = {f.subject for f in stream.base}
-        qa = None if stream.qa_subjects is None else frozenset(s for s in stream.qa_subjects if s in base_people)
-        return dataclasses.replace(stream, stages=(Change(1, forget=tuple(chosen)),), qa_subjects=qa,
-                                   meta={**stream.meta, "derived_by": f"ckl study {self.name}"})
+        n = self.config.forget
+        chosen = one_fact_each(untouched_people(stream), n, f"relearning/{n}")
+        if chosen is None:
+            return Refused(f"forgetting {n} facts of distinct people needs {n} untouched people; the stream has {len(untouched_people(stream))}")
+        return with_stages(stream, [Change(1, forget=tuple(sorted(chosen, key=lambda f: f.id)))], self.name)
 
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
         labels = [m["name"] for m in self.methods()]

@@ -5,7 +5,8 @@ for target-substituting methods, which text to train on (`Unlearning.targets`).
 Per stage (hooks of `ckl.methods.base.Part`, called by the one training loop):
 
 - `prepare`: the stage's forget requests (`ctx.change.forget`) become groups: one group
-  of all of them (`mode: batched`) or one group per request (`mode: sequential`). Each
+  of all of them (`mode: batched`) or one group per request (`mode: sequential`; per
+  `chunk_size` requests with a larger chunk size). Each
   group's text is its facts rendered with the training templates, one document a row.
 - `steps`: the loop runs at least one pass over the forget batches per epoch, so a stage
   with nothing but forget requests trains too (its steps have no teaching batch).
@@ -46,7 +47,8 @@ from ckl.data.stream import Change, make_probes
 class UnlearnConfig:
     """Options shared by every unlearning part (each part's config extends it)."""
 
-    mode: str = field(default="batched", metadata={"help": "batched: all of a stage's forget requests together; sequential: one request at a time, each with its own steps"})
+    mode: str = field(default="batched", metadata={"help": "batched: all of a stage's forget requests together; sequential: one request at a time (or `chunk_size` at a time), each with its own steps"})
+    chunk_size: int = field(default=1, metadata={"help": "sequential mode: requests per group, unlearned together before the next group (Jang et al. 2023's chunks)"})
     weight: float = field(default=1.0, metadata={"help": "weight of the forget objective in the step's loss"})
     batch_size: int = field(default=8, metadata={"help": "forget (and retain) documents per step"})
     max_length: int = field(default=128, metadata={"help": "tokens per forget / retain document (longer ones are cut)"})
@@ -66,7 +68,7 @@ class UnlearnConfig:
         check_number(self.retain_weight, "retain_weight", 0)
         check_number(self.stop_accuracy, "stop_accuracy", 0, optional=True, high=1)
         check_number(self.stop_logprob, "stop_logprob", optional=True, high=0)  # a log-probability: above 0 would stop at once
-        for name in ("batch_size", "max_length", "retain_facts", "check_every"):
+        for name in ("batch_size", "max_length", "retain_facts", "check_every", "chunk_size"):
             check_count(getattr(self, name), name)
 
 
@@ -98,7 +100,8 @@ class Unlearning(Part):
         self.ctx = ctx
         forget = list(ctx.change.forget) if ctx.change is not None else []
         self.teaching = bool(ctx.change is not None and ctx.change.taught())
-        self.groups = [forget] if self.config.mode == "batched" and forget else [[f] for f in forget]
+        size = self.config.chunk_size
+        self.groups = [forget] if self.config.mode == "batched" and forget else [forget[i : i + size] for i in range(0, len(forget), size)]
         c = self.config
         self.texts = [  # every form of a fact to forget, the extraction form too (it answers; it goes)
             TextBatches(self.targets(g, ctx), ctx.relations, ctx.tokenizer, ctx.seed, ("forget", ctx.stage, k), c.batch_size, c.max_length)

@@ -20,6 +20,15 @@ def test_sequential_mode_forgets_one_request_after_another(unlearn, forget_only,
     assert stats.steps > batched.steps  # one request at a time costs more steps (measured 12 vs 6)
 
 
+def test_chunks_of_requests_are_unlearned_together_one_chunk_after_another(unlearn, forget_only, exact_match):
+    forget = list(forget_only.forget)
+    assert len(forget) >= 3
+    model, tokenizer, _, method, _ = unlearn("ga", {"train": {"epochs": 30, "lr": 1e-3}, "ga": {"mode": "sequential", "chunk_size": 2}}, forget_only)
+    groups = [h["group"] for h in method.parts[0].history]
+    assert groups == sorted(groups) and set(groups) == set(range((len(forget) + 1) // 2)), "chunks of two, one after another"
+    assert exact_match(model, tokenizer, forget) == 0.0
+
+
 def test_a_stage_that_teaches_and_forgets_does_both(unlearn, tiny_stream, tiny_model, exact_match):
     change = tiny_stream.stages[0]  # learn + update + forget
     forget, taught = list(change.forget), change.taught()
