@@ -28,6 +28,7 @@ from ckl.core.errors import InputError
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 META_KEY = "study"
+MEASURED = "study_measurements"  # raw measurements a study's `after_run` makes
 
 
 class Study:
@@ -58,6 +59,12 @@ class Study:
         base facts), or None to run on the configured stream as it is. A derived stream
         keeps the configured stream's base knowledge, so its base model serves it too; it
         is saved in the study's directory (`stream/`)."""
+        return None
+
+    def after_run(self, experiment, out: Path, store, say: Callable[[str], None]) -> None:
+        """Measurements on the finished run's models (e.g. re-aligning a checkpoint),
+        stored in the store (`store.set_meta(MEASURED, ...)`) before `analyse`; a resumed
+        study skips what is stored. Most studies need none."""
         return None
 
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
@@ -203,6 +210,7 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
         _place_stream(derived, experiment, out)
     run_experiment(experiment, out, say=say, progress=progress)
     with Store(Path(out) / "results.sqlite") as store:
+        study.after_run(experiment, out, store, say)
         result = study.analyse(store, experiment.seeds)
         store.set_meta(META_KEY, result)
     return result
