@@ -35,6 +35,7 @@ class Study:
     """One finding to reproduce. Subclasses set the class attributes and `Config`."""
 
     name: str = ""
+    runs_methods: bool = True  # False: the study trains in `after_run` only; the run prepares the stream and base model
     paper: str = ""  # the paper whose finding this is
     question: str = ""  # what the study asks, in one sentence
     Config: type = object
@@ -208,12 +209,35 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
         raise InputError(experiment.stream or "<world>", None, None, f"study {study.name}: {why}")
     if derived is not None:
         _place_stream(derived, experiment, out)
-    run_experiment(experiment, out, say=say, progress=progress)
+    if study.runs_methods:
+        run_experiment(experiment, out, say=say, progress=progress)
+    else:
+        _prepare(experiment, out, say, progress)
     with Store(Path(out) / "results.sqlite") as store:
         study.after_run(experiment, out, store, say)
         result = study.analyse(store, experiment.seeds)
         store.set_meta(META_KEY, result)
     return result
+
+
+def _prepare(experiment, out: Path, say, progress) -> None:
+    """For a study that trains on its own (`runs_methods` False): claim the directory, then
+    build the world and pretrain the base model as a run would (both kept in `out`)."""
+    from ckl.results.store import Store
+    from ckl.run.config import plain
+    from ckl.run.experiment import experiment_identity, make_accelerator, prepare_model_dir, prepare_stream
+    from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
+
+    identity = experiment_hash(experiment_identity(plain(experiment)))
+    check_run_dir(out, identity)
+    claim_run_dir(out, identity)
+    accelerator = make_accelerator()
+    stream = prepare_stream(experiment, out, accelerator)
+    prepare_model_dir(experiment, stream, out, accelerator, say, progress)
+    with Store(out / "results.sqlite") as store:  # what `ckl show` and the report read of any run
+        store.set_meta("config", plain(experiment))
+        store.set_meta("T", stream.T)
+        store.set_meta("metric", experiment.eval.metric)
 
 
 def _place_stream(stream, experiment, out: Path) -> None:
