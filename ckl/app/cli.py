@@ -440,22 +440,21 @@ def study(
             _fail(InputError("<command line>", None, "NAME", "name a study (listed above)"))
         return
     from ckl.core.progress import RunProgress
-    from ckl.run.experiment import end_processes, is_main_process
+    from ckl.run.experiment import is_main_process
 
     cls = _guard(lambda: get_study(name))
     experiment, chosen = _guard(lambda: load_study_config(cls, config_path))
     run_dir = out or Path("runs") / f"study-{cls.name}"
-    try:
-        if not is_main_process():
-            try:
-                run_study(chosen, experiment, run_dir, say=lambda message: None)
-            except (InputError, FileNotFoundError):
-                raise typer.Exit(2) from None
-            return
-        with RunProgress(console) as progress:
-            result = _guard(lambda: run_study(chosen, experiment, run_dir, say=console.print, progress=progress))
-    finally:
-        end_processes()
+    import torch
+    from accelerate import PartialState
+
+    if PartialState(cpu=not torch.cuda.is_available()).num_processes > 1:  # a study's own measurements (re-alignment, injection) train in one process
+        if is_main_process():
+            _fail(InputError("<command line>", None, None, "ckl study runs in one process; run it without `accelerate launch` "
+                             "(`ckl run` under `accelerate launch` is the data-parallel path, docs/scaling.md)"))
+        raise typer.Exit(2)
+    with RunProgress(console) as progress:
+        result = _guard(lambda: run_study(chosen, experiment, run_dir, say=console.print, progress=progress))
     console.print(f"[bold]{escape(verdict_text(result))}[/]", highlight=False, soft_wrap=True)
     console.print(f"stored in {run_dir / 'results.sqlite'}; `ckl report {run_dir}` draws it")
 
