@@ -32,11 +32,12 @@ def one_fact_each(people: dict[str, list[Fact]], n: int, key: str, keep=lambda f
 
 
 def with_stages(stream, stages, study: str):
-    """`stream` with `stages` instead of its own. The QA half loses the dropped stages' new
-    people, and their facts, now never taught, become the `unseen` facts (the never-seen
+    """`stream` with `stages` instead of its own. The QA half loses the new people of the
+    stages dropped, and their facts, now never taught, become the `unseen` facts (the never-seen
     floor of forget efficacy, the relearning attack's control) unless the stream has some."""
-    base_people = {f.subject for f in stream.base}
-    qa = None if stream.qa_subjects is None else frozenset(s for s in stream.qa_subjects if s in base_people)
-    unseen = stream.unseen or tuple(f for ch in stream.stages for f in ch.learn)
-    return dataclasses.replace(stream, stages=tuple(stages), qa_subjects=qa, unseen=unseen,
+    stages = tuple(stages)
+    kept = {f.subject for f in stream.base} | {f.subject for ch in stages for f in ch.learn}
+    qa = None if stream.qa_subjects is None else frozenset(s for s in stream.qa_subjects if s in kept)
+    unseen = stream.unseen or tuple(f for ch in stream.stages for f in ch.learn if f.subject not in kept)
+    return dataclasses.replace(stream, stages=stages, qa_subjects=qa, unseen=unseen,
                                meta={**stream.meta, "derived_by": f"ckl study {study}"})

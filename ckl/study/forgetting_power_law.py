@@ -19,8 +19,8 @@ Deviations from the paper, stated:
 - The fits are separate, not the paper's joint law in parameters and steps: per method,
   y(t) = A * ((t + t0)^alpha - t0^alpha) (a power law in steps, shifted, 0 at step 0), and
   across methods the final forgetting y = A * P^beta against trainable parameters P.
-- Only stage 1 is fitted (it starts from the base model); the run trains stage 2 too, and
-  its curves are stored.
+- Only stage 1 is trained and fitted (it starts from the base model): the study's stream
+  is the configured one cut to its first stage (`derive`).
 
 Verdict: holds when, in the mean over seeds, every method's alpha > 0 with R^2 >= 0.9
 (forgetting grows as a power of the steps), beta > 0 (more trainable parameters forget
@@ -85,6 +85,12 @@ class ForgettingPowerLaw(Study):
         runs += [{"name": "lora", "label": f"lora-r{r}", "skip": ["forget"], "train": self._train(c.lora_lr), "lora": {"r": r}}
                  for r in sorted(c.ranks)]
         return runs
+
+    def derive(self, stream):
+        """The configured stream cut to its first stage (the one fitted)."""
+        from ckl.study._streams import with_stages
+
+        return with_stages(stream, stream.stages[:1], self.name) if len(stream.stages) > 1 else None
 
     def check(self, stream) -> str | None:
         if not stream.stages or not (stream.stages[0].learn or stream.stages[0].update):

@@ -79,3 +79,14 @@ def test_bad_study_options_name_file_line_and_field(tmp_path, text, line, field,
         load_study_config(ForgettingPowerLaw, config)
     assert (err.value.file, err.value.line, err.value.field) == (str(config), line, field)
     assert needle in err.value.message
+
+
+def test_the_study_trains_stage_1_only_and_keeps_its_people_in_the_qa_half(tiny_stream):
+    from ckl.study.forgetting_power_law import ForgettingPowerLawConfig
+
+    cut = ForgettingPowerLaw(ForgettingPowerLawConfig()).derive(tiny_stream)
+    assert [ch.stage for ch in cut.stages] == [1] and cut.base == tiny_stream.base
+    stage1 = {f.subject for f in tiny_stream.stages[0].learn}
+    assert {s for s in tiny_stream.qa_subjects if s in stage1} <= cut.qa_subjects
+    dropped = {f.subject for f in tiny_stream.stages[1].learn}
+    assert not dropped & cut.qa_subjects and {f.subject for f in cut.unseen} == dropped
