@@ -105,6 +105,11 @@ class Method:
         demonstrations in the prompt; ids stay. The default asks them as they are."""
         return probes
 
+    def row_notes(self) -> dict:
+        """Numbers about the last `transform_probes` to store with the row it scored (e.g.
+        a retriever's recall@k); none by default."""
+        return {}
+
     def kept_outside_weights(self) -> list[str]:
         """Names of the method (or its parts) that keep what they learned outside the
         model's weights (adapters beside them, a hooked memory, prompt demonstrations). A
