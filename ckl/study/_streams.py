@@ -41,3 +41,13 @@ def with_stages(stream, stages, study: str):
     unseen = stream.unseen or tuple(f for ch in stream.stages for f in ch.learn if f.subject not in kept)
     return dataclasses.replace(stream, stages=stages, qa_subjects=qa, unseen=unseen,
                                meta={**stream.meta, "derived_by": f"ckl study {study}"})
+
+
+def unlearning_part(name, field: str) -> None:
+    """Refuse (ConfigError on `field`) a name that is not a registered unlearning part."""
+    from ckl.core.checks import ConfigError, did_you_mean
+    from ckl.methods.base import load_builtin
+
+    parts = sorted(n for n, e in load_builtin().items() if e.family == "part" and "forget" in e.kinds)
+    if name not in parts:
+        raise ConfigError(field, f"{field}: {name!r} is not an unlearning part{did_you_mean(str(name), parts)} (known: {', '.join(parts)})")

@@ -13,10 +13,12 @@ background documents, as in `ckl pretrain`, for `epochs` epochs at `lr`. Into it
 facts of the first `people` people the stream's first stage teaches are injected, in one
 of three modes: `once` (one rendering, at the first epoch), `duplicated` (that same text at
 `times` epochs, `gap` apart) and `paraphrased` (a new rendering, other templates and fact
-order, at each of those epochs). Each mode trains its own copy of the base model with the
-same corpus and batch order. The injected facts' probes are scored at log-spaced steps
-(`points` per tenfold): statement, paraphrase (held-out templates) and extraction
-(question about a person whose question lines are never trained) probes.
+order, at each of those epochs). Each mode trains its own copy of the base model on the
+same corpus (the same documents each epoch; from the second exposure on the injected
+documents differ, and with them the packing and batch order). The injected facts' probes are scored at log-spaced steps
+(`points` per tenfold) and at the end of every exposure epoch: statement, paraphrase
+(held-out templates) and extraction (question about a person whose question lines are
+never trained) probes.
 
 Measured per mode: the mean log-probability of the injected answers over the steps; the
 gain at the last exposure and at the end, per probe kind; and the retention after the last
@@ -28,10 +30,11 @@ Deviations: a tiny model trained from scratch on a synthetic corpus, not OLMo mi
 through pretraining; the paper's paraphrases are written by an LLM, ckl's are the
 relations' other training templates.
 
-Verdict: holds when paraphrased exposure ends with a higher mean log-probability than
-duplicated exposure on the held-out forms (paraphrase and extraction probes together) and
-the decay after the last exposure fits a falling power law (exponent < 0, R^2 >= `min_r2`)
-for the duplicated and paraphrased modes.
+Verdict: holds when, in every seed, paraphrased exposure ends with a higher log-probability
+gain than duplicated exposure on the held-out forms (paraphrase and extraction probes
+together) and the decay after the last exposure fits a falling power law (exponent < 0,
+R^2 >= `min_r2`) for the duplicated and paraphrased modes; undecided while a seed is
+missing.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ class AcquisitionDynamics(Study):
                 if key in measured:
                     continue
                 at = set(self.exposures(mode))
-                model, tokenizer = lm.load(model_dir)
+                model, tokenizer = lm.load(model_dir, allow_pickle=experiment.allow_pickle, trust_remote_code=experiment.trust_remote_code)
                 model = model.to(accelerator.device)
                 scorer = ProbeScorer(tokenizer, probes)
                 curve: list[dict] = []
@@ -138,7 +141,11 @@ class AcquisitionDynamics(Study):
                         docs += first if mode != "paraphrased" or k == 0 else render_documents(injected, stream.relations, rng_for(seed, "inject", k), questions=0)
                     return docs
 
+                steps = [0]  # optimiser steps so far (the loop's progress callback)
+
                 def point(step, epoch, loss, model=model, curve=curve, scorer=scorer):
+                    if curve and curve[-1]["step"] == step:
+                        return  # an exposure's end that is also a log-spaced point
                     scores = scorer(model)
                     by_kind = {}
                     for kind in ("statement",) + HELD_OUT:
@@ -147,17 +154,27 @@ class AcquisitionDynamics(Study):
                             by_kind[kind] = {"logprob": float(scores.logprob[rows].mean()), "em": float(scores.em[rows].mean())}
                     curve.append({"step": step, "epoch": epoch, **by_kind})
 
-                def progress(epoch, step, loss, epoch_start=epoch_start):
+                def progress(epoch, step, loss, epoch_start=epoch_start, steps=steps):
                     epoch_start.setdefault(epoch, step - 1)
+                    steps[0] = step
+
+                def exposure_end(epoch, at=at, model=model, steps=steps, curve=curve) -> bool:
+                    """A point at the end of every exposure epoch: the peak the decay starts from."""
+                    if epoch in at:
+                        point(steps[0], epoch, float("nan"))
+                        model.train()
+                    return False
 
                 config = TrainConfig(epochs=c.epochs, lr=c.lr, eval_every=c.points, eval_spacing="log")
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     train(model, tokenizer, documents, config, accelerator, seed=rng_for(seed, "continued").randrange(2**31),
-                          on_eval=point, progress=progress)
+                          on_eval=point, progress=progress, on_epoch_end=exposure_end)
+                curve.sort(key=lambda p: p["step"])
                 last = max(at)
-                measured[key] = {"curve": curve, "last_exposure_step": epoch_start.get(last + 1, None) if last + 1 < c.epochs else None,
-                                 "exposure_steps": [epoch_start.get(e, 0) for e in sorted(at)]}
+                ends = [epoch_start.get(e + 1, steps[0]) for e in sorted(at)]  # steps done when each exposure epoch ended
+                measured[key] = {"curve": curve, "last_exposure_step": ends[-1] if last + 1 < c.epochs else None,
+                                 "exposure_steps": [epoch_start.get(e, 0) for e in sorted(at)], "exposure_end_steps": ends}
                 store.set_meta(MEASURED, measured)
                 say(f"{mode} seed {seed}: injected facts' statement log-prob {curve[0]['statement']['logprob']:.2f} -> "
                     f"{curve[-1]['statement']['logprob']:.2f} over {curve[-1]['step']} steps")
@@ -174,6 +191,7 @@ class AcquisitionDynamics(Study):
                 if kind not in runs[0]["curve"][0]:
                     continue
                 entry[f"{kind}_gain_end"] = mean(r["curve"][-1][kind]["logprob"] - r["curve"][0][kind]["logprob"] for r in runs)
+                entry[f"{kind}_gain_last_exposure"] = mean(_at(r, r["last_exposure_step"], kind) for r in runs)
                 entry[f"{kind}_em_end"] = mean(r["curve"][-1][kind]["em"] for r in runs)
             decay = [_decay(r) for r in runs]
             fitted = [fits.power_law(*d) for d in decay if d is not None]
@@ -192,7 +210,25 @@ class AcquisitionDynamics(Study):
         line = (f"held-out forms' log-prob gain at the end: paraphrased {par['held_out_gain_end']:.2f} vs duplicated {dup['held_out_gain_end']:.2f} "
                 f"(once {fmt(numbers['once']['held_out_gain_end'])}); decay after the last exposure: exponent duplicated "
                 f"{fmt(dup['decay_exponent'])} (R^2 {fmt(dup['decay_r2'])}), paraphrased {fmt(par['decay_exponent'])} (R^2 {fmt(par['decay_r2'])})")
-        holds = par["held_out_gain_end"] > dup["held_out_gain_end"] and decays
+        # each claim is asked of every seed, not only of the means
+        unfinished = [s for s in seeds if any(f"{m}/{s}" not in measured for m in MODES)]
+        if unfinished:
+            return self.result(UNDECIDED, f"seeds {', '.join(map(str, unfinished))} did not finish; so far: {line}", numbers, self._panels(measured, seeds), seeds)
+
+        def held_out(run: dict) -> float | None:
+            return mean(run["curve"][-1][k]["logprob"] - run["curve"][0][k]["logprob"] for k in HELD_OUT if k in run["curve"][0])
+
+        def falls(run: dict) -> bool:
+            d = _decay(run)
+            f = fits.power_law(*d) if d is not None else None
+            return f is not None and not f.failed and f.params["beta"] < 0 and f.r2 >= self.config.min_r2
+
+        per_seed = []
+        for seed in seeds:
+            d, p = measured[f"duplicated/{seed}"], measured[f"paraphrased/{seed}"]
+            per_seed.append({"seed": seed, "paraphrased_generalises": (held_out(p) or 0) > (held_out(d) or 0), "decays": falls(d) and falls(p)})
+        numbers["per_seed"] = per_seed
+        holds = all(x["paraphrased_generalises"] and x["decays"] for x in per_seed) and decays
         return self.result(HOLDS if holds else FAILS, line, numbers, self._panels(measured, seeds), seeds)
 
     def _panels(self, measured: dict, seeds: Sequence[int]) -> list[dict]:
@@ -208,6 +244,12 @@ class AcquisitionDynamics(Study):
         return panels
 
 
+def _at(run: dict, step: int | None, kind: str) -> float | None:
+    """The log-probability gain of `kind` at `step` (a scored step), None if not scored."""
+    points = [p for p in run["curve"] if p["step"] == step and kind in p]
+    return points[0][kind]["logprob"] - run["curve"][0][kind]["logprob"] if points else None
+
+
 def _decay(run: dict) -> tuple[list[float], list[float]] | None:
     """(steps since the last exposure, retained share of the statement log-prob gain) after
     the last exposure, where the retained share is > 0; None without points after it."""
@@ -215,7 +257,7 @@ def _decay(run: dict) -> tuple[list[float], list[float]] | None:
     if start is None:
         return None
     base = curve[0]["statement"]["logprob"]
-    at = [p for p in curve if p["step"] <= start]
+    at = [p for p in curve if p["step"] == start]  # scored at the end of the last exposure epoch
     if not at:
         return None
     peak = at[-1]["statement"]["logprob"] - base

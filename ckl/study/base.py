@@ -28,6 +28,7 @@ from ckl.core.errors import InputError
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "undecided"
 META_KEY = "study"
+SPEC_KEY = "study_spec"  # the study, its options and its input stream or world: one per directory
 MEASURED = "study_measurements"  # raw measurements a study's `after_run` makes
 
 
@@ -165,7 +166,9 @@ def load_study_config(study_cls: type[Study], path: str | Path | None):
     study = study_cls(config)
     rival = {"world": "stream", "pretrain": "model"}
     for key, value in study.experiment().items():  # the study's defaults yield to the user's keys
-        if key not in data and rival.get(key) not in data:
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**value, **data[key]}  # e.g. the user's eval.batch_size beside the study's eval.attack
+        elif key not in data and rival.get(key) not in data:
             data[key] = value
     if "stream" not in data and "world" not in data:
         data["world"] = {}
@@ -175,6 +178,13 @@ def load_study_config(study_cls: type[Study], path: str | Path | None):
     data.setdefault("name", study_cls.name)
     experiment = ExperimentConfig.from_dict({**data, "methods": study.methods()}, file, root)
     check_world(experiment, file, root)
+    from ckl.methods.base import build_method
+
+    for spec in experiment.methods:  # options the study made from the user's: refused here, with the study's line
+        try:
+            build_method(spec.name, spec.options, where=spec.display)
+        except (ConfigError, ValueError) as err:
+            raise InputError(file, _line_of(root, ("study",)), "study", f"the study's method {spec.display!r} cannot be built from these options: {err}") from None
     if path is not None:
         base = Path(path).parent
         if experiment.stream is not None:
@@ -197,6 +207,9 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
     from ckl.run.experiment import run_experiment
 
     out = Path(out)
+    spec = {"study": study.name, "options": dataclasses.asdict(study.config),
+            "source": experiment.stream if experiment.stream is not None else dataclasses.asdict(experiment.world)}
+    _check_study_spec(out, spec)  # before anything is written
     if experiment.stream is not None:
         stream = Stream.load(experiment.stream)
     else:
@@ -208,53 +221,84 @@ def run_study(study: Study, experiment, out: str | Path, say: Callable[[str], No
     if why is not None:
         raise InputError(experiment.stream or "<world>", None, None, f"study {study.name}: {why}")
     if derived is not None:
-        _place_stream(derived, experiment, out)
+        experiment.world, experiment.stream = None, str((out / "stream").resolve())
+    _claim(experiment, out, spec)
+    if derived is not None:
+        _place_stream(derived, out)
     if study.runs_methods:
         run_experiment(experiment, out, say=say, progress=progress)
     else:
         _prepare(experiment, out, say, progress)
-    with Store(Path(out) / "results.sqlite") as store:
-        study.after_run(experiment, out, store, say)
+    from ckl.core.distributed import precision
+    from ckl.run.experiment import make_accelerator
+
+    with Store(out / "results.sqlite") as store:
+        with precision(experiment.precision, make_accelerator()):
+            study.after_run(experiment, out, store, say)
         result = study.analyse(store, experiment.seeds)
         store.set_meta(META_KEY, result)
     return result
 
 
+def _check_study_spec(out: Path, spec: dict) -> None:
+    """Refuse a directory that holds another study, this study with other options or
+    inputs, or a plain run: its rows and measurements would be mixed into this one's."""
+    from ckl.results.store import FILENAME, Store
+
+    if not (out / FILENAME).exists():
+        return
+    with Store(out / FILENAME) as store:
+        found = store.get_meta(SPEC_KEY)
+    if found != spec:
+        what = "a run that is not a study" if found is None else f"study {found['study']} with other options or inputs"
+        raise InputError(str(out), None, None, f"holds {what}; its results would be mixed with this study's: choose another --out")
+
+
 def _prepare(experiment, out: Path, say, progress) -> None:
-    """For a study that trains on its own (`runs_methods` False): claim the directory, then
-    build the world and pretrain the base model as a run would (both kept in `out`)."""
-    from ckl.results.store import Store
+    """For a study that trains on its own (`runs_methods` False): claim the directory with
+    the checks a run makes (the same experiment as before, a base model that reached its
+    target), then build the world and pretrain the base model as a run would."""
     from ckl.run.config import plain
-    from ckl.run.experiment import experiment_identity, make_accelerator, prepare_model_dir, prepare_stream
-    from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
+    from ckl.run.experiment import _check_base, _open_store, experiment_identity, make_accelerator, prepare_model_dir, prepare_stream
+    from ckl.run.rundir import check_run_dir, experiment_hash
 
-    identity = experiment_hash(experiment_identity(plain(experiment)))
+    resolved = plain(experiment)
+    identity = experiment_hash(experiment_identity(resolved))
     check_run_dir(out, identity)
-    claim_run_dir(out, identity)
-    accelerator = make_accelerator()
-    stream = prepare_stream(experiment, out, accelerator)
-    prepare_model_dir(experiment, stream, out, accelerator, say, progress)
-    with Store(out / "results.sqlite") as store:  # what `ckl show` and the report read of any run
-        store.set_meta("config", plain(experiment))
-        store.set_meta("T", stream.T)
+    store = _open_store(out, resolved, identity)
+    try:
+        accelerator = make_accelerator()
+        stream = prepare_stream(experiment, out, accelerator)
+        prepare_model_dir(experiment, stream, out, accelerator, say, progress)
+        _check_base(experiment, out, store, accelerator, say)
+        store.set_meta("T", stream.T)  # what `ckl show` and the report read of any run
         store.set_meta("metric", experiment.eval.metric)
+    finally:
+        store.close()
 
 
-def _place_stream(stream, experiment, out: Path) -> None:
-    """Save a derived stream as `out/stream` and point the experiment at it, claiming the
-    run directory first (a directory ckl does not own is refused before anything is
-    written; the stream is deterministic, so a resumed study finds the same one)."""
+def _claim(experiment, out: Path, spec: dict) -> None:
+    """Claim `out` for this study (a directory ckl does not own is refused before anything
+    is written) and record the study's spec first, so that an interrupted study resumes and
+    another study or other options are refused (`_check_study_spec`)."""
+    from ckl.results.store import FILENAME, Store
     from ckl.run.config import plain
     from ckl.run.experiment import experiment_identity
     from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
 
-    experiment.world, experiment.stream = None, str((out / "stream").resolve())
     identity = experiment_hash(experiment_identity(plain(experiment)))
     check_run_dir(out, identity)
     claim_run_dir(out, identity)
-    if not (out / "stream").exists():  # written aside and renamed: a crash never leaves half a stream
-        import shutil
+    with Store(out / FILENAME) as store:
+        store.set_meta(SPEC_KEY, spec)
 
+
+def _place_stream(stream, out: Path) -> None:
+    """Save a derived stream as `out/stream` (the stream is deterministic, so a resumed
+    study finds the same one; written aside and renamed, so a crash never leaves half)."""
+    import shutil
+
+    if not (out / "stream").exists():
         tmp = out / ".stream.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         stream.save(tmp)

@@ -19,8 +19,9 @@ statement probes; extraction retention is reported beside them.
 Deviations: T5 and GPT-2 on news text in the paper, ckl's stream and base model here; the
 paper's Mix-Review decays its mixing ratio, `replay` keeps it fixed.
 
-Verdict: holds when the lower FUAR of LoRA and K-Adapter (mean over seeds) is below every
-other baseline's, and Mix-Review's retention is above vanilla's.
+Verdict: holds when, in every seed, the lower FUAR of LoRA and K-Adapter is below every
+other baseline's and Mix-Review's retention is above vanilla's; undecided while a seed is
+missing.
 """
 
 from __future__ import annotations
@@ -91,13 +92,28 @@ class CklFuar(Study):
         if missing:
             return self.result(UNDECIDED, f"no FUAR for {', '.join(missing)} (not finished, or nothing gained)", numbers,
                                self._panels(numbers, labels), seeds)
-        best_expansion = min(fuar[label] for label in EXPANSION)
-        expansion_lowest = all(best_expansion < fuar[label] for label in OTHERS)
-        mix_retains = numbers["mix-review"]["retention"] > numbers["vanilla"]["retention"]
+        # each claim is asked of every seed (the same seed of every method), not only of the means
+        runs = {label: {s["seed"]: s for s in summary.get(label, {}).get("per_seed", []) if s.get("complete")} for label in labels}
+        done = [seed for seed in seeds if all(seed in runs[label] for label in labels)]
+        per_seed = []
+        for seed in done:
+            f = {label: runs[label][seed].get("fuar") for label in labels}
+            r = {label: runs[label][seed].get("retention") for label in labels}
+            lowest = None not in f.values() and all(min(f[e] for e in EXPANSION) < f[o] for o in OTHERS)
+            retains = None not in (r["mix-review"], r["vanilla"]) and r["mix-review"] > r["vanilla"]
+            per_seed.append({"seed": seed, "expansion_lowest": lowest, "mix_review_retains": retains})
+        numbers["per_seed"] = per_seed
+        lowest_in = sum(p["expansion_lowest"] for p in per_seed)
+        retains_in = sum(p["mix_review_retains"] for p in per_seed)
         order = " < ".join(f"{label} {fuar[label]:.3f}" for label in sorted(labels, key=fuar.get))
-        line = (f"FUAR {order}; retention mix-review {numbers['mix-review']['retention']:.3f} vs vanilla "
-                f"{numbers['vanilla']['retention']:.3f}; parameter expansion lowest: {'yes' if expansion_lowest else 'no'}")
-        return self.result(HOLDS if expansion_lowest and mix_retains else FAILS, line, numbers, self._panels(numbers, labels), seeds)
+        line = (f"FUAR {order} (means); parameter expansion lowest in {lowest_in} of {len(done)} seeds; "
+                f"Mix-Review retains more than vanilla in {retains_in} of {len(done)} seeds "
+                f"({numbers['mix-review']['retention']:.3f} vs {numbers['vanilla']['retention']:.3f})")
+        if len(done) < len(seeds):
+            return self.result(UNDECIDED, f"seeds {', '.join(str(s) for s in seeds if s not in done)} did not finish; so far: {line}",
+                               numbers, self._panels(numbers, labels), seeds)
+        holds = lowest_in == len(done) and retains_in == len(done)
+        return self.result(HOLDS if holds else FAILS, line, numbers, self._panels(numbers, labels), seeds)
 
     def _panels(self, numbers: dict, labels: list[str]) -> list[dict]:
         def scatter(key_x: str, key_y: str) -> dict:

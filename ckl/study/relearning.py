@@ -20,10 +20,15 @@ truly lost the facts has least to gain and a model that hid them most.
 
 The recovered fraction is read at its best step of the curve (an attacker stops where
 recovery is highest: on small models it can rise and then fall again as the attack
-overfits its own facts) and at the attack's last step; both are reported.
+overfits its own facts) and at the attack's last step; both are reported. At every step
+the control's gain is taken off first: the accuracy the same attack brings to facts the
+model was never taught (the stream's `unseen` facts; the derived stream has the configured
+stream's new people for them), which is what the attack data alone teach. The best of a
+noisy curve leans high (with 20 probed facts one fact is 0.05); the verdict asks it of
+every seed.
 
-Verdict: holds when every method's best recovered fraction (mean over seeds) reaches
-`min_recovered`.
+Verdict: holds when every method's best control-adjusted recovered fraction reaches
+`min_recovered` in every seed; undecided while a seed is missing.
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ from typing import Any
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.evaluate.metrics import mean
 from ckl.evaluate.unlearning import recovered_fraction
-from ckl.study._streams import one_fact_each, untouched_people, with_stages
+from ckl.study._streams import one_fact_each, unlearning_part, untouched_people, with_stages
 from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
 
 
 @dataclass
 class RelearningConfig:
-    methods: list[str] = field(default_factory=lambda: ["ga", "npo", "graddiff"], metadata={"help": "unlearning methods (parts with a forget objective)"})
+    methods: list[str] = field(default_factory=lambda: ["ga", "npo", "graddiff"], metadata={"help": "unlearning parts (ga, npo, graddiff, ...), each run alone"})
     forget: int = field(default=40, metadata={"help": "base facts to forget, one per untouched person"})
     epochs: int = field(default=10, metadata={"help": "unlearning epochs (each method also stops once the facts are forgotten)"})
     lr: float = field(default=1e-3, metadata={"help": "unlearning learning rate"})
@@ -55,6 +60,8 @@ class RelearningConfig:
             raise ConfigError("methods", f"methods must be a non-empty list of unlearning methods, got {self.methods!r}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError("methods", f"methods must not repeat, got {self.methods!r}")
+        for name in self.methods:
+            unlearning_part(name, "methods")
         check_count(self.forget, "forget", low=4)
         check_count(self.epochs, "epochs")
         check_number(self.lr, "lr", low=0, low_open=True)
@@ -72,7 +79,7 @@ class Relearning(Study):
 
     def methods(self) -> list[dict[str, Any]]:
         c = self.config
-        return [{"name": m, "train": {"epochs": c.epochs, "lr": c.lr}, m.split("+")[-1]: {"mode": "batched"}} for m in c.methods]
+        return [{"name": m, "train": {"epochs": c.epochs, "lr": c.lr}, m: {"mode": "batched"}} for m in c.methods]
 
     def experiment(self) -> dict[str, Any]:
         c = self.config
@@ -103,9 +110,13 @@ class Relearning(Study):
                 start = {o["probe_id"]: o["em"] for o in store.outcomes(label, seed, 0)}
                 original = mean(start[p] for p in attack["probe_ids"])
                 unlearned = attack["accuracy_before"]
-                curve = [{"step": p["step"], "recovered": recovered_fraction(original, unlearned, p["accuracy"]), "accuracy": p["accuracy"]}
-                         for p in attack.get("curve", [])]
-                final = recovered_fraction(original, unlearned, attack["accuracy_after"])
+                points = attack.get("curve", [])
+                floor = points[0].get("unseen") if points else None
+                # the control: what the attack's data alone teach about facts never taught at all
+                gain = lambda p: (p["unseen"] - floor) if floor is not None and p.get("unseen") is not None else 0.0
+                curve = [{"step": p["step"], "accuracy": p["accuracy"], "control_gain": gain(p),
+                          "recovered": recovered_fraction(original, unlearned, p["accuracy"] - gain(p))} for p in points]
+                final = curve[-1]["recovered"] if curve else recovered_fraction(original, unlearned, attack["accuracy_after"])
                 measured = [p for p in curve if p["recovered"] is not None]
                 peak = max(measured, key=lambda p: p["recovered"]) if measured else {"step": attack["steps"], "recovered": final}
                 runs.append({"seed": seed, "original": original, "unlearned": unlearned, "attacked": attack["accuracy_after"],
@@ -126,7 +137,10 @@ class Relearning(Study):
         line = "; ".join(f"{label}: accuracy {numbers[label]['original']:.2f} -> {numbers[label]['unlearned']:.2f} unlearned; "
                          f"recovered {numbers[label]['peak']:.2f} at best (steps {', '.join(map(str, numbers[label]['peak_steps']))}), "
                          f"{numbers[label]['recovered']:.2f} after the attack's last step" for label in labels)
-        holds = all(numbers[label]["peak"] >= self.config.min_recovered for label in labels)
+        unfinished = [s for s in seeds if any(s not in {r["seed"] for r in curves[label]} for label in labels)]
+        if unfinished:
+            return self.result(UNDECIDED, f"seeds {', '.join(map(str, unfinished))} did not finish; so far: {line}", numbers, self._panels(curves), seeds)
+        holds = all(r["peak"] is not None and r["peak"] >= self.config.min_recovered for label in labels for r in curves[label])
         return self.result(HOLDS if holds else FAILS, line, numbers, self._panels(curves), seeds)
 
     def _panels(self, curves: dict[str, list[dict]]) -> list[dict]:

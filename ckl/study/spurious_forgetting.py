@@ -21,9 +21,10 @@ Deviations: the paper re-aligns with a small set of old-task samples of one form
 large models; here the re-alignment data are facts of other people, in the same
 templates, for the same tiny model that lost them.
 
-Verdict: holds when full fine-tuning's best recovered fraction (mean over seeds) reaches
+Verdict: holds when, in every seed, full fine-tuning's best recovered fraction reaches
 `min_recovered` (part of the forgetting is spurious) and freezing the bottom layers
-retains more of the base knowledge than full fine-tuning.
+retains more of the base knowledge than full fine-tuning; undecided while a seed is
+missing. (The best point of a noisy curve leans high: 200 probes, one is 0.005.)
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class SpuriousForgetting(Study):
                 "peak_steps": [r["peak_step"] for r in runs],
             }
             curves[label] = runs[0]
+            numbers[label]["runs"] = {r["seed"]: r["peak"] for r in runs}
         full, frozen = numbers[FULL], numbers[FROZEN]
         if full["recovered_peak"] is None or full["retention"] is None or frozen["retention"] is None:
             return self.result(UNDECIDED, "full fine-tuning forgot nothing on the probed facts, so there is nothing to recover",
@@ -173,7 +175,12 @@ class SpuriousForgetting(Study):
         line = (f"full fine-tuning: never-shown base facts {full['probes_before']:.2f} -> {full['probes_after']:.2f} after the stages, "
                 f"re-alignment on other facts recovers {full['recovered_peak']:.2f} of the drop at best ({fmt(full['recovered_final'])} at its end); "
                 f"freeze({self.config.layers}): recovers {fmt(frozen['recovered_peak'])}; retention freeze {frozen['retention']:.3f} vs full {full['retention']:.3f}")
-        holds = full["recovered_peak"] >= self.config.min_recovered and frozen["retention"] > full["retention"]
+        # each claim is asked of every seed, not only of the means
+        retained = {label: {s["seed"]: s.get("retention") for s in summary.get(label, {}).get("per_seed", []) if s.get("complete")} for label in (FULL, FROZEN)}
+        unfinished = [s for s in seeds if s not in full["runs"] or s not in frozen["runs"] or None in (retained[FULL].get(s), retained[FROZEN].get(s))]
+        if unfinished:
+            return self.result(UNDECIDED, f"seeds {', '.join(map(str, unfinished))} did not finish; so far: {line}", numbers, self._panels(curves), seeds)
+        holds = all(full["runs"][s] is not None and full["runs"][s] >= self.config.min_recovered and retained[FROZEN][s] > retained[FULL][s] for s in seeds)
         return self.result(HOLDS if holds else FAILS, line, numbers, self._panels(curves), seeds)
 
     def _panels(self, curves: dict[str, dict]) -> list[dict]:

@@ -19,9 +19,9 @@ other facts (the boundary), held-out perplexity, MA of the kept facts.
 Deviation: EL/MA are computed on the facts' short answers (n-gram size 1), not on
 200-token training sequences.
 
-Verdict: holds when the chunked run keeps more of the untouched knowledge (retention,
-mean over seeds) than the batched one while forgetting as well (efficacy within
-`tolerance` of it or better).
+Verdict: holds when, in every seed, the chunked run keeps more of the untouched knowledge
+(retention) than the batched one while forgetting as well (efficacy within `tolerance`
+of it or better); undecided while a seed is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckl.core.checks import ConfigError, check_count, check_number
-from ckl.study._streams import one_fact_each, untouched_people, with_stages
+from ckl.study._streams import one_fact_each, unlearning_part, untouched_people, with_stages
 from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
 
 
@@ -45,8 +45,7 @@ class SequentialVsBatchConfig:
     tolerance: float = field(default=0.1, metadata={"help": "efficacy the chunked run may lose against the batched one for the verdict"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or not self.method:
-            raise ConfigError("method", f"method must name an unlearning part, got {self.method!r}")
+        unlearning_part(self.method, "method")
         check_count(self.forget, "forget", low=2)
         check_count(self.chunk_size, "chunk_size")
         if self.chunk_size >= self.forget:
@@ -103,7 +102,21 @@ class SequentialVsBatch(Study):
         line = (f"retention of untouched knowledge: chunks of {self.config.chunk_size} {c['retention']:.3f} vs all at once {b['retention']:.3f}; "
                 f"efficacy {c['efficacy']:.3f} vs {b['efficacy']:.3f}; MA after {fmt(c['ma_after'])} vs {fmt(b['ma_after'])}; "
                 f"held-out perplexity {fmt(c['perplexity_after'])} vs {fmt(b['perplexity_after'])}")
-        holds = c["retention"] > b["retention"] and c["efficacy"] >= b["efficacy"] - self.config.tolerance
+        from ckl.results.unlearning import unlearning_seed
+
+        metric = store.get_meta("metric", "em")
+        per_seed, missing = [], []
+        for seed in seeds:  # the claim is asked of every seed, not only of the means
+            sb, sc = unlearning_seed(store, BATCHED, seed, metric), unlearning_seed(store, CHUNKED, seed, metric)
+            if not (sb["complete"] and sc["complete"]) or None in (sb.get("retention"), sc.get("retention"), sb.get("efficacy"), sc.get("efficacy")):
+                missing.append(seed)
+                continue
+            per_seed.append({"seed": seed, "holds": sc["retention"] > sb["retention"] and sc["efficacy"] >= sb["efficacy"] - self.config.tolerance})
+        numbers["per_seed"] = per_seed
+        line += f"; chunks keep more at the efficacy allowed in {sum(p['holds'] for p in per_seed)} of {len(per_seed)} seeds"
+        if missing:
+            return self.result(UNDECIDED, f"seeds {', '.join(map(str, missing))} did not finish or forgot nothing measurable; so far: {line}", numbers, [], seeds)
+        holds = all(p["holds"] for p in per_seed)
         panels = [{"title": "forgetting against what is kept", "xlabel": "forget efficacy", "ylabel": "retention of untouched knowledge",
                    "series": [{"label": "runs", "x": [b["efficacy"], c["efficacy"]], "y": [b["retention"], c["retention"]], "points": True,
                                "names": [BATCHED, f"{CHUNKED} ({self.config.chunk_size})"]}]}]
