@@ -51,3 +51,17 @@ def unlearning_part(name, field: str) -> None:
     parts = sorted(n for n, e in load_builtin().items() if e.family == "part" and "forget" in e.kinds)
     if name not in parts:
         raise ConfigError(field, f"{field}: {name!r} is not an unlearning part{did_you_mean(str(name), parts)} (known: {', '.join(parts)})")
+
+
+def forget_stage(stream, n: int, study: str):
+    """The study's stream: one stage asking to forget `n` base facts, one per untouched
+    person drawn with the study's seed (each person's other facts are the boundary); or
+    `Refused` when the stream has fewer untouched people."""
+    from ckl.data.stream import Change
+    from ckl.study.base import Refused
+
+    people = untouched_people(stream)
+    chosen = one_fact_each(people, n, f"{study}/{n}")
+    if chosen is None:
+        return Refused(f"forgetting {n} facts of distinct people needs {n} untouched people; the stream has {len(people)}")
+    return with_stages(stream, [Change(1, forget=tuple(sorted(chosen, key=lambda f: f.id)))], study)

@@ -40,8 +40,8 @@ from typing import Any
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.evaluate.metrics import mean
 from ckl.evaluate.unlearning import recovered_fraction
-from ckl.study._streams import one_fact_each, unlearning_part, untouched_people, with_stages
-from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_study
+from ckl.study._streams import forget_stage, unlearning_part
+from ckl.study.base import FAILS, HOLDS, UNDECIDED, Study, register_study
 
 
 @dataclass
@@ -88,13 +88,7 @@ class Relearning(Study):
 
     def derive(self, stream):
         """One stage asking to forget `forget` base facts, one per untouched person."""
-        from ckl.data.stream import Change
-
-        n = self.config.forget
-        chosen = one_fact_each(untouched_people(stream), n, f"relearning/{n}")
-        if chosen is None:
-            return Refused(f"forgetting {n} facts of distinct people needs {n} untouched people; the stream has {len(untouched_people(stream))}")
-        return with_stages(stream, [Change(1, forget=tuple(sorted(chosen, key=lambda f: f.id)))], self.name)
+        return forget_stage(stream, self.config.forget, self.name)
 
     def analyse(self, store, seeds: Sequence[int]) -> dict[str, Any]:
         labels = [m["name"] for m in self.methods()]

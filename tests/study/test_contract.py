@@ -76,3 +76,15 @@ def test_the_users_eval_keys_join_the_studys_and_bad_method_options_are_refused_
     with pytest.raises(InputError) as err:
         load_study_config(load_studies()["unlearning-sequential-vs-batch"], path)
     assert err.value.line == 2 and err.value.field == "study.method" and "not an unlearning part" in err.value.message
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_the_shipped_study_setting_loads_for_every_study(name):
+    from pathlib import Path
+
+    from ckl.study.base import load_study_config
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "studies" / "default.yaml"
+    experiment, study = load_study_config(load_studies()[name], path)
+    assert experiment.seeds == [0, 1, 2] and experiment.stream.endswith("runs/default/world") and experiment.model.endswith("runs/default/model")
+    assert study.name == name
