@@ -20,6 +20,11 @@ Deviations: the paper's exact scoring and its shielding granularity were not ava
 check; the score above and the per-matrix fraction are ckl's choices. With weight decay >
 0 AdamW still decays shielded weights (the decay is not a gradient). Composed with LoRA the
 base weights do not train anyway; SSU then changes nothing.
+Measured on the tiny test world (tests/methods/scope/test_ssu.py, seed 0, one thread, 10
+epochs at lr 3e-3, half the units shielded): K0 statements 0.517 against naive's 0.350,
+stage 1 learned 0.214 against 0.393; naive with half the epochs keeps 0.600 and learns
+0.250, better on both. The shield works as a mechanism; on that world it buys nothing
+that training less does not.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import torch
 
 from ckl.core.checks import check_count, check_number, check_unit
 from ckl.data.stream import Change, render_documents
-from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.base import StageContext, register_part
 from ckl.methods.penalty._estimate import gradient_statistic
-from ckl.methods.penalty.l2 import base_parameters, canonical_name
+from ckl.methods.penalty.l2 import canonical_name
+from ckl.methods.scope._masks import MaskedUpdates, unit_mask
 from ckl.model.layers import is_transposed, parameter_depths
 from ckl.train.loop import rng_for
 
@@ -81,32 +87,25 @@ def shield_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, 
     return masks
 
 
-class SSU(Part):
+class SSU(MaskedUpdates):
     name = "ssu"
 
     def __init__(self, config: SsuConfig):
         self.config = config
         self.scores: dict[str, torch.Tensor] | None = None
+        self.shielded: dict[str, torch.Tensor] = {}  # per matrix, the shielded output units (bool)
         self.masks: dict[str, torch.Tensor] = {}
         self.layout: dict[str, bool] = {}
+        self.frozen = []
 
     def prepare(self, model, ctx: StageContext):
         self.layout = block_matrices(model)
         if self.scores is None:  # before stage 1: the base knowledge is what must stay
             self.scores = self._score(model, list(ctx.base), ctx, "base")
-        self.masks = shield_masks(self.scores, self.config.fraction)
+        self.shielded = shield_masks(self.scores, self.config.fraction)
+        shapes = {canonical_name(n): p.shape for n, p in model.named_parameters()}
+        self.masks = {n: ~unit_mask(shapes[n], units, self.layout[n]) for n, units in self.shielded.items()}
         return model
-
-    def filter_gradients(self, model, step: int) -> None:
-        for name, p in base_parameters(model).items():
-            mask = self.masks.get(name)
-            if mask is None or p.grad is None:
-                continue
-            mask = mask.to(p.grad.device)
-            if self.layout[name]:
-                p.grad[:, mask] = 0  # (in, out): the shielded output units are columns
-            else:
-                p.grad[mask, :] = 0
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         taught = change.taught()

@@ -1,5 +1,5 @@
 """SSU: the output units most important to the base knowledge get no gradient, so they do
-not move at all, and the base knowledge is kept better than under plain fine-tuning."""
+not move at all."""
 
 import pytest
 import torch
@@ -35,7 +35,7 @@ def test_shielded_units_do_not_move_and_the_base_knowledge_is_kept_better(tiny_s
         model, _ = method.apply(model, tiny_stream.stages[0], ctx)
         now = dict(model.named_parameters())
         if name == "ssu":
-            masks = method.parts[0].masks  # the stage's shield (scores from K0; the stage's own are added after it)
+            masks = method.parts[0].shielded  # the stage's shield (scores from K0; the stage's own are added after it)
             assert set(masks) == set(layout) and all(m.sum() == round(0.5 * m.numel()) for m in masks.values())
             for n, transposed in layout.items():
                 shielded = now[n][:, masks[n]] if transposed else now[n][masks[n], :]
@@ -44,7 +44,11 @@ def test_shielded_units_do_not_move_and_the_base_knowledge_is_kept_better(tiny_s
                 free = now[n][:, ~masks[n]] if transposed else now[n][~masks[n], :]
                 assert not torch.equal(free, start[n][:, ~masks[n]] if transposed else start[n][~masks[n], :]), f"{n}: nothing trained"
         seen[name] = float(score_probes(model, tokenizer, invariant).em.mean())
-    assert seen["ssu"] > seen["naive"], seen  # measured (seed 0, one thread): invariant statements 0.350 naive, 0.517 ssu
+    # measured (seed 0, one thread): K0 statements 0.517 vs naive 0.350; but stage 1 is learned
+    # less (0.214 vs 0.393), and naive with half the epochs keeps 0.600 and learns 0.250,
+    # beating SSU on both: on the tiny world the shield buys nothing that training less
+    # does not. The test asserts the mechanism (the shielded units never move), not a win.
+    assert seen["ssu"] > seen["naive"], seen
 
 
 def test_scores_survive_a_checkpoint(tiny_stream, tiny_model, accelerator):
