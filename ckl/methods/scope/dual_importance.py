@@ -1,0 +1,114 @@
+"""Dual importance: train only the weights important for the new data and unimportant for
+what the model already knows ("Learn from Downstream and Be Yourself in Multimodal Large
+Language Model Fine-Tuning", Huang et al. 2024, as issue 15 describes it: an importance
+mask from the two).
+
+Before each stage every weight element of the transformer blocks gets two scores, the
+mean |theta * dL/dtheta| (`ckl.methods.penalty._estimate`) on documents of the stage's
+taught facts (importance for the new data) and on documents of the knowledge to keep
+(the base knowledge K0, then every earlier stage's taught facts added, decayed by
+`gamma`). Within each weight matrix the `fraction` of elements with the highest ratio
+new / (old + eps) train; the rest of the matrix gets no gradient
+(`ckl.methods.scope._masks`). Embeddings, norms and biases train freely, as under `ssu`.
+
+Deviations: the paper's exact scores, normalisation and selection rule were not available
+to check; the ratio of the two |theta * grad| scores and the per-matrix fraction are ckl's
+choices.
+
+Measured on the tiny test world (seed 0, one thread, a fifth of each matrix): 10 epochs at
+lr 3e-3 keep K0 statements at 0.517 and learn stage 1 to 0.179 (naive: 0.350 and 0.393;
+naive with half the epochs 0.600 and 0.250, better on both); 30 epochs at lr 1e-2 keep
+0.083 and learn 0.893, where naive keeps 0.033 and learns 0.464: at the aggressive setting
+it beats naive on both, at the gentle one it does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ckl.core.checks import check_count, check_number, check_unit
+from ckl.data.stream import Change, render_documents
+from ckl.methods.base import StageContext, register_part
+from ckl.methods.penalty._estimate import gradient_statistic
+from ckl.methods.penalty.l2 import canonical_name
+from ckl.methods.scope._masks import MaskedUpdates
+from ckl.methods.scope.ssu import block_matrices
+from ckl.train.loop import rng_for
+
+EPS = 1e-12
+
+
+@dataclass
+class DualImportanceConfig:
+    fraction: float = field(default=0.2, metadata={"help": "share of each block matrix's elements that train: the highest new/old importance ratio, in (0, 1]"})
+    gamma: float = field(default=1.0, metadata={"help": "decay of the old-knowledge scores when a stage's taught facts add theirs, in [0, 1]"})
+    samples: int = field(default=256, metadata={"help": "most documents scored each time"})
+    batch_size: int = field(default=4, metadata={"help": "documents per gradient when scoring"})
+
+    def __post_init__(self) -> None:
+        check_number(self.fraction, "fraction", low=0, low_open=True, high=1)
+        check_unit(self.gamma, "gamma")
+        check_count(self.samples, "samples")
+        check_count(self.batch_size, "batch_size")
+
+
+def ratio_masks(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Per matrix, True on the `fraction` of elements with the highest new / (old + eps)
+    (ties broken by position, so the mask is deterministic)."""
+    masks = {}
+    for name, n in new.items():
+        ratio = (n / (old[name] + EPS)).flatten()
+        k = max(1, int(round(fraction * ratio.numel())))
+        mask = torch.zeros(ratio.numel(), dtype=torch.bool)
+        mask[torch.argsort(ratio, descending=True, stable=True)[:k]] = True
+        masks[name] = mask.view(n.shape)
+    return masks
+
+
+class DualImportance(MaskedUpdates):
+    name = "dual_importance"
+
+    def __init__(self, config: DualImportanceConfig):
+        self.config = config
+        self.old: dict[str, torch.Tensor] | None = None  # importance for the knowledge to keep
+        self.masks: dict[str, torch.Tensor] = {}
+        self.frozen = []
+
+    def prepare(self, model, ctx: StageContext):
+        names = set(block_matrices(model))
+        if self.old is None:  # before stage 1: the base knowledge is what must stay
+            self.old = self._score(model, list(ctx.base), ctx, "base", names)
+        taught = ctx.change.taught() if ctx.change is not None else []
+        if not taught:  # nothing new to learn: no element is important for it
+            self.masks = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in self.old.items()}
+            return model
+        new = self._score(model, taught, ctx, "new", names)
+        self.masks = ratio_masks(new, self.old, self.config.fraction)
+        return model
+
+    def observe(self, model, change: Change, ctx: StageContext) -> None:
+        taught = change.taught()
+        if not taught:
+            return
+        scores = self._score(model, taught, ctx, change.stage, set(block_matrices(model)))
+        self.old = {n: self.config.gamma * self.old[n] + t if n in self.old else t for n, t in scores.items()}
+
+    def _score(self, model, facts, ctx: StageContext, label, names: set[str]) -> dict[str, torch.Tensor]:
+        rng = rng_for(ctx.seed, "dual_importance", ctx.stage, label)
+        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
+        documents = rng.sample(documents, min(self.config.samples, len(documents)))
+        element = gradient_statistic(model, ctx.tokenizer, documents, self.config.batch_size, lambda w, g: (w * g).abs(), ctx.accelerator)
+        return {n: t for n, t in element.items() if canonical_name(n) in names}
+
+    def state_dict(self) -> dict:
+        return {} if self.old is None else {f"old.{n}": t for n, t in self.old.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        old = {k[4:]: t for k, t in state.items() if k.startswith("old.")}
+        self.old = old or None
+
+
+register_part("dual_importance", DualImportanceConfig, DualImportance,
+              "train only the block weights with the highest importance for the new facts relative to the knowledge to keep")

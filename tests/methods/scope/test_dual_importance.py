@@ -1,0 +1,53 @@
+"""Dual importance: within each block matrix only the elements most important for the new
+facts relative to the knowledge to keep train; every other element never moves."""
+
+import pytest
+import torch
+
+from ckl.methods.base import StageContext, build_method
+from ckl.methods.scope.dual_importance import DualImportance, DualImportanceConfig, ratio_masks
+from ckl.methods.scope.ssu import block_matrices
+from ckl.model import lm
+from ckl.model.scoring import score_probes
+
+TRAIN = {"epochs": 10, "lr": 3e-3}
+
+
+def test_the_mask_takes_the_highest_new_to_old_ratios():
+    new = {"w": torch.tensor([[1.0, 1.0], [4.0, 0.1]])}
+    old = {"w": torch.tensor([[1.0, 0.1], [1.0, 1.0]])}
+    assert ratio_masks(new, old, 0.5)["w"].tolist() == [[False, True], [True, False]]  # ratios 1, 10, 4, 0.1
+
+
+def test_only_the_chosen_elements_move(tiny_stream, tiny_model_dir, accelerator):
+    model, tokenizer = lm.load(tiny_model_dir)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    change = tiny_stream.stages[0]
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=change)
+    method = build_method("dual_importance", {"train": TRAIN, "dual_importance": {"fraction": 0.2}})
+    model, _ = method.apply(model, change, ctx)
+    masks = method.parts[0].masks
+    now = dict(model.named_parameters())
+    assert set(masks) == set(block_matrices(model))
+    for name, mask in masks.items():
+        assert mask.sum() == round(0.2 * mask.numel())
+        assert torch.equal(now[name][~mask], start[name][~mask]), f"{name}: an unchosen element moved"
+        assert not torch.equal(now[name][mask], start[name][mask]), f"{name}: nothing trained"
+    taught = [p for p in tiny_stream.probes(kinds=("statement",)) if p.cohort == "stage1"]
+    assert float(score_probes(model, tokenizer, taught).em.mean()) > 0  # measured: see the part's docstring
+
+
+def test_old_scores_survive_a_checkpoint(tiny_stream, tiny_model, accelerator):
+    model, tokenizer = tiny_model
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=tiny_stream.stages[0])
+    part = DualImportance(DualImportanceConfig())
+    part.prepare(model, ctx)
+    again = DualImportance(DualImportanceConfig())
+    again.load_state_dict(part.state_dict())
+    assert again.old.keys() == part.old.keys() and all(torch.equal(again.old[n], part.old[n]) for n in part.old)
+
+
+@pytest.mark.parametrize("bad", [{"fraction": 0}, {"fraction": 2}, {"gamma": 1.5}, {"samples": 0}])
+def test_bad_config_names_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        DualImportanceConfig(**bad)
