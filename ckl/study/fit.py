@@ -24,9 +24,10 @@ class Fit:
     r2: float | None
     points: int
     failed: str | None = None
+    at_bound: tuple[str, ...] = ()  # parameters the least-squares search left on a bound of its range: read them as "beyond"
 
     def as_dict(self) -> dict:
-        return {"law": self.law, "params": self.params, "r2": self.r2, "points": self.points, "failed": self.failed}
+        return {"law": self.law, "params": self.params, "r2": self.r2, "points": self.points, "failed": self.failed, "at_bound": list(self.at_bound)}
 
 
 SHIFTED = "A * ((t + t0)^alpha - t0^alpha)"
@@ -57,7 +58,9 @@ def shifted_power_law(t: Sequence[float], y: Sequence[float]) -> Fit:
     at t = 0 (forgetting measured from the start of fine-tuning), by least squares.
 
     alpha > 0 with A > 0: y grows as a power of the steps; alpha < 0 with A < 0: y grows
-    and saturates. Needs >= 5 points with t >= 0.
+    and saturates. Needs >= 5 points with t >= 0. alpha is searched in [-5, 5] and t0 in
+    [1e-6, 1e6]; a fit that ends on a bound says so (`at_bound`): the data want a value
+    beyond it (e.g. a jump then a plateau, alpha "below -5").
     """
     cleaned = _clean(t, y, SHIFTED, 5)
     if isinstance(cleaned, Fit):
@@ -87,7 +90,9 @@ def shifted_power_law(t: Sequence[float], y: Sequence[float]) -> Fit:
     if best is None:
         return Fit(SHIFTED, {}, None, int(t.size), "least squares did not converge from any start")
     (a, t0, alpha), r2 = best
-    return Fit(SHIFTED, {"A": float(a), "t0": float(t0), "alpha": float(alpha)}, r2, int(t.size))
+    bounds = {"t0": (1e-6, 1e6, t0), "alpha": (-5.0, 5.0, alpha)}
+    edge = tuple(name for name, (low, high, value) in bounds.items() if min(abs(value - low), abs(value - high)) <= 1e-4 * max(1.0, abs(value)))
+    return Fit(SHIFTED, {"A": float(a), "t0": float(t0), "alpha": float(alpha)}, r2, int(t.size), at_bound=edge)
 
 
 def power_law(x: Sequence[float], y: Sequence[float]) -> Fit:

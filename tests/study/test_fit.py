@@ -53,3 +53,11 @@ def test_a_fit_that_cannot_be_trusted_says_why_instead_of_a_number(x, y, why):
 def test_a_power_law_refuses_values_at_or_below_zero():
     got = fit.power_law([1, 2, 3], [0.1, -0.2, 0.3])
     assert "x > 0 and y > 0" in got.failed
+
+
+def test_a_fit_that_ends_on_a_bound_of_its_search_says_so():
+    t = np.array(STEPS, dtype=float)
+    y = np.where(t > 0, 2.0, 0.0) - 2.0 * np.exp(-t)  # a jump, then flat: the exponent wants to be below -5
+    got = fit.shifted_power_law(t, y)
+    assert got.at_bound == ("alpha",) and got.params["alpha"] == pytest.approx(-5.0, abs=1e-3)
+    assert fit.shifted_power_law(t, 0.3 * ((t + 2) ** 0.5 - 2 ** 0.5)).at_bound == ()
