@@ -51,3 +51,21 @@ def test_old_scores_survive_a_checkpoint(tiny_stream, tiny_model, accelerator):
 def test_bad_config_names_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         DualImportanceConfig(**bad)
+
+
+def test_with_target_forget_an_unlearning_part_forgets_through_the_located_weights_only(tiny_stream, tiny_model_dir, accelerator):
+    from ckl.data.stream import Change
+
+    model, tokenizer = lm.load(tiny_model_dir)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    forget = tuple(tiny_stream.stages[0].forget)
+    change = Change(1, forget=forget)
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=change)
+    method = build_method("ga+dual_importance", {"train": {"epochs": 50, "lr": 1e-3}, "dual_importance": {"fraction": 0.2, "target": "forget"}})
+    model, stats = method.apply(model, change, ctx)
+    assert stats.not_applied == {}
+    masks = method.parts[1].masks
+    now = dict(model.named_parameters())
+    assert all(torch.equal(now[n][~m], start[n][~m]) for n, m in masks.items()), "only the located weights moved"
+    probes = [p for p in tiny_stream.probes(kinds=("statement",)) if p.fact_id in {f.id for f in forget} and p.change == "forget"]
+    assert float(score_probes(model, tokenizer, probes).em.mean()) == 0.0, "the targets are forgotten"
