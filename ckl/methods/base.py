@@ -124,6 +124,11 @@ class Part(LossTerm):
     name: str = ""
     kinds: frozenset[str] = frozenset()  # change kinds this part adds to a method
     keeps_modules: bool = False  # True: it attaches modules beside the weights (adapters), re-attached by `restore`
+    incompatible: frozenset[str] = frozenset()  # parts it cannot be composed with (build_method refuses the composition)
+
+    def check(self, train: TrainConfig) -> str | None:
+        """Why this part cannot train under `train`, or None (build_method refuses it)."""
+        return None
 
     def prepare(self, model, ctx: StageContext):
         return model
@@ -408,6 +413,13 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         parts.append(entry.factory(make_config(entry.config, options.pop(n, {}), f"{where}.{n}")))
     _no_leftovers(options, where, names)
     parts = [p for p in parts if p is not None]
+    for part in parts:
+        clash = sorted(part.incompatible & set(names))
+        if clash:
+            raise _refuse(f"{where}.name", f"{part.name!r} cannot be combined with {', '.join(map(repr, clash))} (its docstring says why)")
+        why = part.check(train_config)
+        if why:
+            raise _refuse(f"{where}.train", f"{part.name}: {why}")
     return TrainingMethod("+".join(names), parts, train_config, questions=questions)
 
 

@@ -60,7 +60,9 @@ def shifted_power_law(t: Sequence[float], y: Sequence[float]) -> Fit:
     alpha > 0 with A > 0: y grows as a power of the steps; alpha < 0 with A < 0: y grows
     and saturates. Needs >= 5 points with t >= 0. alpha is searched in [-5, 5] and t0 in
     [1e-6, 1e6]; a fit that ends on a bound says so (`at_bound`): the data want a value
-    beyond it (e.g. a jump then a plateau, alpha "below -5").
+    beyond it (e.g. a jump then a plateau, alpha "below -5"). No flag does not make the
+    exponent real: noisy step-like data can also end at a steep alpha inside the range
+    with a tiny A and t0 (read R^2 and the plot).
     """
     cleaned = _clean(t, y, SHIFTED, 5)
     if isinstance(cleaned, Fit):
@@ -90,8 +92,10 @@ def shifted_power_law(t: Sequence[float], y: Sequence[float]) -> Fit:
     if best is None:
         return Fit(SHIFTED, {}, None, int(t.size), "least squares did not converge from any start")
     (a, t0, alpha), r2 = best
-    bounds = {"t0": (1e-6, 1e6, t0), "alpha": (-5.0, 5.0, alpha)}
-    edge = tuple(name for name, (low, high, value) in bounds.items() if min(abs(value - low), abs(value - high)) <= 1e-4 * max(1.0, abs(value)))
+    edge = tuple(name for name, close in (
+        ("t0", abs(math.log(t0 / 1e-6)) < 1e-3 or abs(math.log(t0 / 1e6)) < 1e-3),  # t0 spans decades: compare on a log scale
+        ("alpha", min(abs(alpha + 5.0), abs(alpha - 5.0)) < 1e-4),
+    ) if close)
     return Fit(SHIFTED, {"A": float(a), "t0": float(t0), "alpha": float(alpha)}, r2, int(t.size), at_bound=edge)
 
 

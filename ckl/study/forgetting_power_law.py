@@ -157,10 +157,12 @@ class ForgettingPowerLaw(Study):
         lora_forgets = all(r["rise"][-1] > 0 for label in labels if label != FULL for r in per_seed[label])
         sizes_ok = bool(by_seed) and all(not f.failed and f.params["beta"] > 0 for f in by_seed.values())
         beta = across.params["beta"]
-        edge = {label for label in labels for r in per_seed[label] if "alpha" in r["fit"].at_bound}
-        alphas = ", ".join(f"{label} {m[label]['alpha']:.2f}{' (at the fit bound in a seed)' if label in edge else ''} (R^2 {m[label]['r2']:.2f})" for label in labels)
+        def seeds_of(label: str) -> str:  # per seed: a mean of exponents that hit the search bound would mislead
+            return "/".join(f"{r['fit'].params['alpha']:.2f}{'*' if 'alpha' in r['fit'].at_bound else ''}" for r in per_seed[label])
+
+        alphas = ", ".join(f"{label} {seeds_of(label)} (R^2 {m[label]['r2']:.2f})" for label in labels)
         rises = ", ".join(f"{label} {m[label]['final_rise']:+.3f}" for label in labels)
-        line = (f"alpha over steps: {alphas}; beta over trainable parameters {beta:.2f} (R^2 {across.r2:.2f}); "
+        line = (f"alpha over steps per seed (* = on the fit's bound): {alphas}; beta over trainable parameters {beta:.2f} (R^2 {across.r2:.2f}); "
                 f"final rise of K0's answer loss (nats): {rises}")
         return (HOLDS if steps_ok and sizes_ok and lora_forgets else FAILS), line
 

@@ -202,6 +202,7 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     scheduler = None
     evaluated = -1  # the last step with a curve point
+    filters = sorted(terms, key=lambda term: bool(getattr(term, "filter_last", False)))
 
     def evaluate(epoch: int) -> None:
         nonlocal evaluated
@@ -254,7 +255,7 @@ def train(
                     if not torch.isfinite(loss):
                         raise DivergenceError(f"loss became {loss.item()} at step {result.steps} (epoch {epoch})")
                 accelerator.backward(loss)
-                for term in terms:
+                for term in filters:  # masks last: a projection (A-GEM) must not put gradient back into masked weights
                     term.filter_gradients(model, result.steps)
                 if config.max_grad_norm > 0:
                     norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)

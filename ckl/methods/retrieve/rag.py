@@ -65,6 +65,7 @@ class RAG(Method):
         self.config = config
         self.facts: dict[str, tuple[str, str, str]] = {}  # fact id -> (sentence shown, object, search keys), in insertion order
         self.started = False  # K0 indexed (with include_base)
+        self.forgotten: set[str] = set()  # ids of every fact a forget request removed: never indexed again
         self.recall: float | None = None  # recall@k of the last `transform_probes`
 
     @staticmethod
@@ -79,13 +80,15 @@ class RAG(Method):
         if not self.started:
             if self.config.include_base:
                 for f in ctx.base:
-                    self.facts[f.id] = self._entry(f, ctx.relations)
+                    if f.id not in self.forgotten:
+                        self.facts[f.id] = self._entry(f, ctx.relations)
             self.started = True
         for f in [*change.learn, *(r.fact for r in (*change.update, *change.edit))]:
             self.facts.pop(f.id, None)  # the new object replaces the old sentence
             self.facts[f.id] = self._entry(f, ctx.relations)
         for f in change.forget:
             self.facts.pop(f.id, None)  # deleted from the index at once
+            self.forgotten.add(f.id)
         stats = ApplyStats(total_params=sum(p.numel() for p in model.parameters()))
         stats.seconds = time.perf_counter() - start
         return model, stats
@@ -148,16 +151,25 @@ class RAG(Method):
         return [self.name]  # the knowledge is in the index
 
     def state_dict(self) -> dict:
-        return {"rag": {"started": self.started, "facts": [[fid, *entry] for fid, entry in self.facts.items()]}}
+        return {"rag": {"started": self.started, "facts": [[fid, *entry] for fid, entry in self.facts.items()], "forgotten": sorted(self.forgotten)}}
 
     def load_state_dict(self, state: dict) -> None:
         state = state.get("rag", {})
-        self.started = bool(state.get("started", False))
+        damaged = lambda why: ValueError(f"rag: the saved index is damaged ({why}); discard the checkpoint and run again")
+        self.started = state.get("started", False)
+        facts, forgotten = state.get("facts", []), state.get("forgotten", [])
+        if not isinstance(self.started, bool) or not isinstance(facts, list) or not isinstance(forgotten, list):
+            raise damaged("its fields have the wrong types")
+        if facts and not self.started:
+            raise damaged("facts are indexed but the index is marked not started: K0 would be indexed again")
+        self.forgotten = {str(x) for x in forgotten}
         self.facts = {}
-        for entry in state.get("facts", []):
+        for entry in facts:
             if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(x, str) for x in entry)
                     and entry[2] in entry[1] and entry[2] in entry[3]):
-                raise ValueError(f"rag: the saved index is damaged (entry {entry!r:.120}); discard the checkpoint and run again")
+                raise damaged(f"entry {entry!r:.120}")
+            if entry[0] in self.facts or entry[0] in self.forgotten:
+                raise damaged(f"fact {entry[0]!r} is listed twice or is both indexed and forgotten")
             self.facts[entry[0]] = (entry[1], entry[2], entry[3])
 
 

@@ -12,12 +12,28 @@ from ckl.methods.scope._base import ScopePart
 
 
 class MaskedUpdates(ScopePart):
+    """Refused with adapter scopes (the masks act on the base weights, which adapters leave
+    frozen while the adapters train unmasked) and with weight decay (AdamW decays a weight
+    whose gradient is zero). Its gradient filter runs after every other part's (`filter_last`),
+    so a projection (A-GEM) cannot put gradient back into masked weights."""
+
     masks: dict[str, torch.Tensor]  # canonical parameter name -> bool tensor of its shape (True = may train)
+    incompatible = frozenset({"lora", "olora", "loramoe", "kadapter", "expansion"})
+    filter_last = True
+
+    def check(self, train) -> str | None:
+        if train.weight_decay > 0:
+            return f"weight_decay {train.weight_decay} would move the masked weights (AdamW decays weights whose gradient is zero); use 0"
+        return None
 
     def filter_gradients(self, model, step: int) -> None:
-        for name, p in base_parameters(model).items():
-            mask = self.masks.get(name)
-            if mask is not None and p.grad is not None:
+        params = base_parameters(model)
+        missing = [name for name in self.masks if name not in params]
+        if missing:  # e.g. FSDP's flattened parameters: masking nothing silently would be wrong
+            raise ValueError(f"{self.name}: weights {missing[:3]} not found in the model being trained (FSDP is not supported; DDP is)")
+        for name, mask in self.masks.items():
+            p = params[name]
+            if p.grad is not None:
                 p.grad.mul_(mask.to(device=p.grad.device, dtype=p.grad.dtype))
 
 

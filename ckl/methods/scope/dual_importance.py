@@ -9,9 +9,13 @@ taught facts (importance for the new data) and on documents of the knowledge to 
 (the base knowledge K0, then every earlier stage's taught facts added, decayed by
 `gamma`). Within each weight matrix the `fraction` of elements with the highest ratio
 new / (old + eps) train; the rest of the matrix gets no gradient
-(`ckl.methods.scope._masks`). Embeddings, norms and biases train freely, as under `ssu`.
+(`ckl.methods.scope._masks`). Embeddings, norms and biases train freely, as under `ssu`. A
+stage that teaches nothing is not masked (warned): its other parts train as they would alone.
 
-With `target: forget` the "new" data are the stage's deletion requests: composed with an
+With `target: forget` the "new" data are the stage's deletion requests and the knowledge to
+keep is K0 without every fact forgotten so far (recomputed each stage); everything outside
+the block matrices is frozen, and a stage that also teaches is refused (its new facts
+would be learned only through the weights located for forgetting). Composed with an
 unlearning part (`ga+dual_importance`), the forgetting is confined to the weights that
 matter for the facts to forget and little for the rest, the localisation of MemFlex
 (Tian et al. 2024, KnowUnDo: gradient information locates the parameters of the knowledge
@@ -30,6 +34,7 @@ it beats naive on both, at the gentle one it does not.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -83,24 +88,47 @@ class DualImportance(MaskedUpdates):
         self.config = config
         self.old: dict[str, torch.Tensor] | None = None  # importance for the knowledge to keep
         self.masks: dict[str, torch.Tensor] = {}
+        self.forgotten: set[str] = set()  # target forget: ids of every fact forgotten so far (never part of the keep set)
         self.frozen = []
 
     def prepare(self, model, ctx: StageContext):
         names = set(block_matrices(model))
+        change = ctx.change
+        if self.config.target == "forget":
+            return self._prepare_forget(model, ctx, names)
         if self.old is None:  # before stage 1: the base knowledge is what must stay
             self.old = self._score(model, list(ctx.base), ctx, "base", names)
-        change = ctx.change
-        target = [] if change is None else (change.taught() if self.config.target == "taught" else list(change.forget))
-        if not target:  # nothing to learn (or forget): no element is important for it
-            self.masks = {n: torch.zeros_like(t, dtype=torch.bool) for n, t in self.old.items()}
+        taught = change.taught() if change is not None else []
+        if not taught:  # nothing to learn: the stage's other parts (an unlearning one) train unmasked
+            warnings.warn(f"dual_importance: stage {ctx.stage} teaches nothing; its training is not masked", stacklevel=2)
+            self.masks = {}
             return model
-        new = self._score(model, target, ctx, "new", names)
+        new = self._score(model, taught, ctx, "new", names)
         self.masks = ratio_masks(new, self.old, self.config.fraction)
+        return model
+
+    def _prepare_forget(self, model, ctx: StageContext, names: set[str]):
+        """target forget: the facts to forget against what stays known (K0 without every
+        fact forgotten so far or now), recomputed each stage; everything outside the block
+        matrices is frozen, so the unlearning moves the located weights only."""
+        change = ctx.change
+        forget = list(change.forget) if change is not None else []
+        if change is not None and change.taught():
+            raise ValueError(f"dual_importance target forget: stage {ctx.stage} also teaches {len(change.taught())} facts, which would be "
+                             "learned only through the weights located for forgetting; use a stream whose deletion stages only delete, "
+                             "or target taught")
+        self.forgotten |= {f.id for f in forget}
+        self.masks = {}
+        if forget:
+            keep = [f for f in ctx.base if f.id not in self.forgotten]
+            self.old = self._score(model, keep, ctx, "keep", names)
+            self.masks = ratio_masks(self._score(model, forget, ctx, "forget", names), self.old, self.config.fraction)
+        self.freeze(p for name, p in model.named_parameters() if canonical_name(name) not in self.masks)
         return model
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         taught = change.taught()
-        if not taught:
+        if not taught or self.config.target == "forget":
             return
         scores = self._score(model, taught, ctx, change.stage, set(block_matrices(model)))
         self.old = {n: self.config.gamma * self.old[n] + t if n in self.old else t for n, t in scores.items()}
@@ -113,11 +141,13 @@ class DualImportance(MaskedUpdates):
         return {n: t for n, t in element.items() if canonical_name(n) in names}
 
     def state_dict(self) -> dict:
-        return {} if self.old is None else {f"old.{n}": t for n, t in self.old.items()}
+        state = {} if self.old is None else {f"old.{n}": t for n, t in self.old.items()}
+        return {**state, "forgotten": sorted(self.forgotten)}
 
     def load_state_dict(self, state: dict) -> None:
         old = {k[4:]: t for k, t in state.items() if k.startswith("old.")}
         self.old = old or None
+        self.forgotten = set(state.get("forgotten", []))
 
 
 register_part("dual_importance", DualImportanceConfig, DualImportance,

@@ -56,10 +56,24 @@ def test_the_index_survives_a_checkpoint_and_a_damaged_one_is_refused(applied, t
     again = build_method("rag", {"rag": {"top_k": 2}})
     again.load_state_dict(applied.state_dict())
     assert [p.prompt for p in again.transform_probes(probes)] == [p.prompt for p in applied.transform_probes(probes)]
-    state = applied.state_dict()
-    state["rag"]["facts"][0][2] = "an object that is not in its sentence"
-    with pytest.raises(ValueError, match="damaged"):
-        build_method("rag").load_state_dict(state)
+    for damage in (lambda st: st["rag"]["facts"][0].__setitem__(2, "an object that is not in its sentence"),
+                   lambda st: st["rag"].__setitem__("started", False),  # would index K0 again, forgotten facts included
+                   lambda st: st["rag"]["facts"].append(list(st["rag"]["facts"][0])),
+                   lambda st: st["rag"]["forgotten"].append(st["rag"]["facts"][0][0])):
+        state = applied.state_dict()
+        damage(state)
+        with pytest.raises(ValueError, match="damaged"):
+            build_method("rag").load_state_dict(state)
+
+
+def test_a_forgotten_base_fact_is_never_indexed_again(applied, tiny_stream, tiny_model_dir, accelerator):
+    forgotten = {f.id for f in tiny_stream.stages[0].forget}
+    assert applied.forgotten == forgotten and not forgotten & set(applied.facts)
+    again = build_method("rag", {"rag": {"top_k": 2}})
+    again.load_state_dict({"rag": {"started": False, "facts": [], "forgotten": sorted(forgotten)}})
+    model, tokenizer = load(tiny_model_dir)
+    again.apply(model, tiny_stream.stages[1], stage_context(tiny_stream, tokenizer, accelerator, stage=2))
+    assert not forgotten & set(again.facts), "re-indexing K0 skips what was forgotten"
 
 
 def test_rag_runs_as_a_method_and_stores_its_recall_with_each_row(tmp_path, tiny_stream, tiny_model_dir):

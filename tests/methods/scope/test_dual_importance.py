@@ -69,3 +69,31 @@ def test_with_target_forget_an_unlearning_part_forgets_through_the_located_weigh
     assert all(torch.equal(now[n][~m], start[n][~m]) for n, m in masks.items()), "only the located weights moved"
     probes = [p for p in tiny_stream.probes(kinds=("statement",)) if p.fact_id in {f.id for f in forget} and p.change == "forget"]
     assert float(score_probes(model, tokenizer, probes).em.mean()) == 0.0, "the targets are forgotten"
+
+
+@pytest.mark.parametrize("expression,options,needle", [
+    ("lora+ssu", {}, "'ssu' cannot be combined with 'lora'"),
+    ("loki+lora", {}, "'loki' cannot be combined with 'lora'"),
+    ("dual_importance", {"train": {"weight_decay": 0.1}}, "weight_decay 0.1 would move the masked weights"),
+])
+def test_masked_scopes_refuse_what_would_move_their_masked_weights(expression, options, needle):
+    with pytest.raises(ValueError, match=needle):
+        build_method(expression, options)
+
+
+def test_target_forget_refuses_a_stage_that_also_teaches_and_keeps_forgotten_facts_out_of_the_keep_set(tiny_stream, tiny_model_dir, accelerator):
+    from ckl.data.stream import Change
+
+    model, tokenizer = lm.load(tiny_model_dir)
+    mixed = tiny_stream.stages[0]
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=mixed)
+    with pytest.raises(ValueError, match="also teaches"):
+        build_method("ga+dual_importance", {"dual_importance": {"target": "forget"}}).apply(model, mixed, ctx)
+    part = DualImportance(DualImportanceConfig(target="forget"))
+    forget = Change(1, forget=tuple(mixed.forget))
+    part.prepare(model, StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=forget))
+    assert part.forgotten == {f.id for f in mixed.forget}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "wte" in n or "ln_" in n), "outside the blocks' matrices nothing trains"
+    again = DualImportance(DualImportanceConfig(target="forget"))
+    again.load_state_dict(part.state_dict())
+    assert again.forgotten == part.forgotten
