@@ -200,6 +200,7 @@ def study_panels(panels: Sequence[dict], prefix: str = "study") -> str:
     fig, axes = _figure(len(panels), 3, (3.8, 3.0))
     with matplotlib.rc_context(_RC):
         for ax, panel in zip(axes, panels):
+            colours: dict[str, str] = {}  # a fitted law is drawn in its data's colour ("x fit" after "x")
             for series in panel["series"]:
                 pairs = [(x, y) for x, y in zip(series["x"], series["y"]) if x is not None and y is not None
                          and (not panel.get("xlog") or x > 0) and (not panel.get("ylog") or y > 0)]
@@ -212,8 +213,10 @@ def study_panels(panels: Sequence[dict], prefix: str = "study") -> str:
                         if x is not None and y is not None and (not panel.get("ylog") or y > 0):
                             ax.annotate(label_text(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 else:
-                    ax.plot(xs, ys, linestyle="--" if series.get("fit") else "-", linewidth=1 if series.get("fit") else 1.8,
-                            label=label_text(series["label"]))
+                    colour = colours.get(series["label"].removesuffix(" fit")) if series.get("fit") else None
+                    (line,) = ax.plot(xs, ys, linestyle="--" if series.get("fit") else "-", linewidth=1 if series.get("fit") else 1.8,
+                                      label=label_text(series["label"]), **({"color": colour} if colour else {}))
+                    colours.setdefault(series["label"], line.get_color())
             if panel.get("xlog"):
                 ax.set_xscale("log")
             if panel.get("ylog"):

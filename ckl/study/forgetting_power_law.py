@@ -186,7 +186,7 @@ class ForgettingPowerLaw(Study):
         if fitted:
             by_size.append({"label": f"fit, beta {across.params['beta']:.2f}", "x": sizes, "y": fitted, "fit": True})
         return [
-            {"title": "rise of K0 answer loss over steps (stage 1)", "xlabel": "optimiser steps", "ylabel": "nats", "xlog": True, "ylog": True, "series": loss},
+            {"title": "K0 answer-loss rise, stage 1", "xlabel": "optimiser steps", "ylabel": "nats", "xlog": True, "ylog": True, "series": loss},
             {"title": "final rise against trainable parameters", "xlabel": "trainable parameters", "ylabel": "nats", "xlog": True, "ylog": True, "series": by_size},
             {"title": "K0 accuracy change over steps", "xlabel": "optimiser steps", "ylabel": "accuracy - accuracy at step 0", "xlog": False, "ylog": False, "series": accuracy},
         ]

@@ -37,7 +37,7 @@ def test_the_study_measures_forgetting_over_steps_for_full_and_lora_and_fits_it(
         (f,) = entry["fits"]
         assert f["failed"] is None and f["points"] >= 10 and f["r2"] is not None
     assert result["verdict"] in ("holds", "does not hold") and "alpha over steps" in result["line"]
-    assert [p["title"] for p in result["panels"]][0].startswith("rise of K0 answer loss")
+    assert [p["title"] for p in result["panels"]][0].startswith("K0 answer-loss rise")
     with Store(out / "results.sqlite") as store:
         assert store.get_meta("study")["verdict"] == result["verdict"]
 
