@@ -335,13 +335,32 @@ def make_probes(
 # ---------------------------------------------------------------------- training text
 
 
+def statement_text(fact: Fact, template: str) -> str:
+    """The training sentence that states `fact` with one statement template."""
+    return f"{template.format(subject=fact.subject)} {fact.object}."
+
+
+def qa_text(fact: Fact, question: str) -> str:
+    """The training question-answer line that asks `fact` with one question form."""
+    return f"{QUESTION_FORMAT.format(question=question.format(subject=fact.subject))} {fact.object}."
+
+
+def fact_texts(fact: Fact, relation: Relation, qa_subjects: frozenset[str] | None = None) -> list[str]:
+    """Every training text of `fact`, deterministically: one sentence per statement
+    template, and one question-answer line per question form when its subject's
+    questions are trained (never a held-out paraphrase)."""
+    texts = [statement_text(fact, t) for t in relation.templates]
+    if asks(fact.subject, qa_subjects):
+        texts += [qa_text(fact, q) for q in relation.questions]
+    return texts
+
+
 def statement(fact: Fact, relation: Relation, rng: random.Random) -> str:
-    return f"{rng.choice(relation.templates).format(subject=fact.subject)} {fact.object}."
+    return statement_text(fact, rng.choice(relation.templates))
 
 
 def qa_line(fact: Fact, relation: Relation, rng: random.Random) -> str:
-    q = rng.choice(relation.questions).format(subject=fact.subject)
-    return f"{QUESTION_FORMAT.format(question=q)} {fact.object}."
+    return qa_text(fact, rng.choice(relation.questions))
 
 
 def render_documents(

@@ -125,6 +125,7 @@ class Part(LossTerm):
     kinds: frozenset[str] = frozenset()  # change kinds this part adds to a method
     keeps_modules: bool = False  # True: it attaches modules beside the weights (adapters), re-attached by `restore`
     incompatible: frozenset[str] = frozenset()  # parts it cannot be composed with (build_method refuses the composition)
+    requires: frozenset[str] = frozenset()  # parts it needs in the same method (build_method refuses it without them)
 
     def check(self, train: TrainConfig) -> str | None:
         """Why this part cannot train under `train`, or None (build_method refuses it)."""
@@ -417,6 +418,9 @@ def build_method(expression: str, options: dict[str, Any] | None = None, where: 
         clash = sorted(part.incompatible & set(names))
         if clash:
             raise _refuse(f"{where}.name", f"{part.name!r} cannot be combined with {', '.join(map(repr, clash))} (its docstring says why)")
+        missing = sorted(part.requires - set(names))
+        if missing:
+            raise _refuse(f"{where}.name", f"{part.name!r} needs {', '.join(map(repr, missing))} in the same method (e.g. {'+'.join([*missing, part.name])})")
         why = part.check(train_config)
         if why:
             raise _refuse(f"{where}.train", f"{part.name}: {why}")

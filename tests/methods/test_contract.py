@@ -12,7 +12,9 @@ import yaml
 from ckl.methods.base import StageContext, build_method, load_builtin
 
 PARTS = sorted(n for n, e in load_builtin().items() if e.family == "part")
-EXPRESSIONS = PARTS + ["lora+replay", "kadapter+replay", "olora+replay", "loramoe+ewc", "importance+recovery+replay"]
+# a part that needs others (gs_lora needs lora) is tested composed with them, after them
+ALONE = ["+".join([*sorted(getattr(load_builtin()[n].factory, "requires", ())), n]) for n in PARTS]
+EXPRESSIONS = ALONE + ["lora+replay", "kadapter+replay", "olora+replay", "loramoe+ewc", "importance+recovery+replay"]
 
 
 @pytest.mark.parametrize("name", PARTS)

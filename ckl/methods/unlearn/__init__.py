@@ -9,4 +9,7 @@ until a stopping rule says the forget set is forgotten. The files differ only in
 objective: gradient ascent (`ga`), GradDiff (`graddiff`), KL minimisation (`kl`), NPO
 (`npo`), SimNPO (`simnpo`), the inverted hinge loss (`ihl`), "I don't know" targets
 (`idk`) and relearning on alternative answers (`relearn`).
+
+One method here does not train: `acu` keeps the model frozen and answers through a
+ridge-regression head whose sums a forget request subtracts exactly (analytic unlearning).
 """
