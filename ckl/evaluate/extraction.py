@@ -161,11 +161,14 @@ def cohort_scores(model, tokenizer, probes: Sequence[Probe], config: ExtractionC
         {"n": probes measured, "ma": mean MA over the answers, "el": mean EL_n over
         answers of >= n tokens (None if none), "distinct": mean distinct-n of the greedy
         answer (as many tokens as the gold answer), "answer_ppl": perplexity of those
-        greedy answers under `judge` (the base model; None without one)}.
+        greedy answers under `judge` (the base model; None without one), "brunet" and
+        "honore": mean Brunet's index and Honore's statistic of their words, and "ls":
+        ReLearn's Linguistic Score of the three (None without a judge, or when no answer
+        has two words)}.
     """
     probes = list(probes)[: config.max_facts]
     if not probes:
-        return {"n": 0, "ma": None, "el": None, "distinct": None, "answer_ppl": None}
+        return {"n": 0, "ma": None, "el": None, "distinct": None, "answer_ppl": None, "brunet": None, "honore": None, "ls": None}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pairs = encode_probes(tokenizer, probes)
     full = [p + a for p, a in pairs]
@@ -198,4 +201,7 @@ def cohort_scores(model, tokenizer, probes: Sequence[Probe], config: ExtractionC
     if judge is not None and judge.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings:
         nll, count = continuation_nll(judge, [p for p, _ in pairs], answers, config.batch_size, pad)
         answer_ppl = perplexity_from_nll(nll, count)
-    return {"n": len(probes), "ma": mean(ma), "el": mean(el), "distinct": mean(distinct), "answer_ppl": answer_ppl}
+    texts = [U.words(t) for t in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    brunet, honore = mean(U.brunet_index(t) for t in texts), mean(U.honore_statistic(t) for t in texts)
+    return {"n": len(probes), "ma": mean(ma), "el": mean(el), "distinct": mean(distinct), "answer_ppl": answer_ppl,
+            "brunet": brunet, "honore": honore, "ls": U.linguistic_score(answer_ppl, brunet, honore)}

@@ -28,6 +28,8 @@ Accuracies are greedy exact match on statement probes unless a run says otherwis
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -110,5 +112,49 @@ def distinct_n(tokens: Sequence[int], n: int) -> float | None:
     return len(ngrams(tokens, n)) / total
 
 
+# ReLearn's measures (Xu et al. 2025, "ReLearn: Unlearning via Learning for Large Language
+# Models"; their evaluation code, zjunlp/unlearn, evals/evaluate.py, read for the formulas).
+# The paper's KFR / KRR judge each answer with an entailment model and an entity match;
+# no such model is available offline, so ckl reports their exact-match forms (METRICS.md):
+#     KFR = share of forgotten facts no longer answered = 1 - forget accuracy at row T
+#     KRR = share of kept facts still answered = kept accuracy at row T
+# The Linguistic Score is computed as the paper does, from the generated answers.
 
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens (a regex stand-in for NLTK's word_tokenize)."""
+    return _WORDS.findall(text.lower())
+
+
+def brunet_index(tokens: Sequence[str]) -> float | None:
+    """Brunet's W = N ** (V ** -0.165) (N tokens, V distinct): lower = richer vocabulary.
+    None for an empty text."""
+    if not tokens:
+        return None
+    return len(tokens) ** (len(set(tokens)) ** -0.165)
+
+
+def honore_statistic(tokens: Sequence[str], epsilon: float = 0.1) -> float | None:
+    """Honore's R = 100 ln N / (1 - V1 / V + epsilon) (V1: words used once): higher =
+    richer vocabulary. ReLearn's form, with its epsilon; None under two tokens."""
+    if len(tokens) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for t in tokens:
+        counts[t] = counts.get(t, 0) + 1
+    once = sum(1 for c in counts.values() if c == 1)
+    return 100 * math.log(len(tokens)) / (1 - once / len(counts) + epsilon)
+
+
+def linguistic_score(ppl: float | None, brunet: float | None, honore: float | None) -> float | None:
+    """ReLearn's Linguistic Score: the harmonic mean of sigmoid(-ln ppl),
+    sigmoid(-ln Brunet) and sigmoid(ln Honore), each mean taken over the answers first.
+    In (0, 1), higher = more fluent and varied; None when any input is missing."""
+    if ppl is None or brunet is None or honore is None or min(ppl, brunet, honore) <= 0:
+        return None
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    parts = (sig(-math.log(ppl)), sig(-math.log(brunet)), sig(math.log(honore)))
+    return 3 / sum(1 / p for p in parts)
 

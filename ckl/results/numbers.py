@@ -159,6 +159,8 @@ _register("unlearning", (
     ("kept_before", "kept before", "{:.3f}", "", False, "invariant facts at row 0"),
     ("kept_after", "kept after", "{:.3f}", "higher", False, "invariant facts at row T"),
     ("retention", "retention", "{:.3f}", "higher", True, "invariant facts after / before"),
+    ("kfr", "KFR", "{:.3f}", "higher", True, "ReLearn's knowledge forgetting rate, exact-match form: forgotten facts no longer answered at row T"),
+    ("krr", "KRR", "{:.3f}", "higher", True, "ReLearn's knowledge retention rate, exact-match form: invariant facts still answered at row T"),
     ("boundary_before", "boundary before", "{:.3f}", "", False, "forgotten subjects' other facts at row 0"),
     ("boundary_after", "boundary after", "{:.3f}", "higher", False, "forgotten subjects' other facts at row T"),
     ("boundary_retention", "boundary", "{:.3f}", "higher", True, "forgotten subjects' other facts after / before"),
@@ -177,6 +179,9 @@ _register("unlearning", (
     ("distinct_before", "distinct before", "{:.2f}", "", False, "distinct-token share of generations at row 0"),
     ("distinct_after", "distinct", "{:.2f}", "higher", True, "distinct-token share of generations at row T"),
     ("kept_ma_after", "kept MA", "{:.3f}", "higher", True, "memorization accuracy of the kept facts at row T"),
+    ("ls_before", "LS before", "{:.3f}", "", False, "ReLearn's Linguistic Score of the answers to forgotten prompts at row 0"),
+    ("ls_after", "LS", "{:.3f}", "higher", True, "ReLearn's Linguistic Score of the answers to forgotten prompts at row T (fluent, varied answers)"),
+    ("kept_ls_after", "kept LS", "{:.3f}", "higher", True, "ReLearn's Linguistic Score of the answers to kept prompts at row T"),
     ("seconds", "seconds", "{:.1f}", "", True, "wall time of all stages"),
 ))
 

@@ -10,13 +10,16 @@ the run's metric (exact match unless configured) over statement probes:
     efficacy                       (before - after) / (before - floor)
     kept_before / kept_after,      invariant facts (everything no stage touched) and its
       retention                    after / before ratio
+    kfr / krr                      ReLearn's knowledge forgetting / retention rates, exact-
+                                   match forms: 1 - forget_after, kept_after
     boundary_*                     the same on the forgotten subjects' other facts
     attack_before / attack_after   re-probed forgotten facts before / after the
                                    relearning attack; attack_original: the same facts at
                                    row 0; recovered: (after - before) / (original - before)
     ma_*, el_*, answer_ppl_*,      text-target metrics of the forgotten facts at row 0
-      distinct_*                   (`_before`) and row T (`_after`), with eval.unlearning;
-    kept_ma_after                  MA of the kept (invariant) facts at row T
+      distinct_*, ls_*             (`_before`) and row T (`_after`), with eval.unlearning
+                                   (ls: ReLearn's Linguistic Score of the generated answers);
+    kept_ma_after, kept_ls_after   MA and Linguistic Score of the kept (invariant) facts at row T
     seconds                        wall time of all stages (the unlearning itself)
 """
 
@@ -68,6 +71,9 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
     inv = lambda o: o["cohort"] == cohorts.INVARIANT
     out["kept_before"], out["kept_after"] = _mean_of([o for o in first if inv(o)], key), _mean_of([o for o in last if inv(o)], key)
     out["retention"] = kept_ratio(out["kept_before"], out["kept_after"])
+    # ReLearn's KFR and KRR in their exact-match forms (ckl.evaluate.unlearning)
+    out["kfr"] = None if out["forget_after"] is None else 1 - out["forget_after"]
+    out["krr"] = out["kept_after"]
     boundary = set(store.get_meta("boundary", []) or [])
     edge = lambda o: inv(o) and o["fact_id"] in boundary
     out["boundary_before"], out["boundary_after"] = _mean_of([o for o in first if edge(o)], key), _mean_of([o for o in last if edge(o)], key)
@@ -83,10 +89,11 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
     notes0, notesT = (infos[0]["notes"] or {}).get("unlearning"), (infos[T]["notes"] or {}).get("unlearning")
     if notes0 and notesT:
         forget_cohorts = cohorts.names(cohorts.FORGET, T)
-        for name, k in (("ma", "ma"), ("el", "el"), ("answer_ppl", "answer_ppl"), ("distinct", "distinct")):
-            out[f"{name}_before"] = _pooled_notes(notes0, forget_cohorts, k)
-            out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, k)
+        for name in ("ma", "el", "answer_ppl", "distinct", "ls"):
+            out[f"{name}_before"] = _pooled_notes(notes0, forget_cohorts, name)
+            out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, name)
         out["kept_ma_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "ma")
+        out["kept_ls_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "ls")
     out["seconds"] = sum(i["seconds"] for r, i in infos.items() if r > 0)
     out.update(numbers.computed("unlearning", numbers.SeedView(store, method, seed, metric, tuple(kinds), T)))
     return out

@@ -100,6 +100,28 @@ def test_a_memorised_answer_scores_full_ma_and_el_and_a_forgotten_one_does_not(t
     assert k["n"] == len(known) and k["ma"] > 0.9 and k["el"] > 0.9
     assert u["ma"] < k["ma"] - 0.3
     assert k["answer_ppl"] is not None and k["answer_ppl"] < u["answer_ppl"] * 10  # defined and finite
+    assert 0 < k["ls"] < 1 and k["brunet"] > 0 and k["honore"] > 0
+
+
+def test_relearn_lexical_measures_by_hand():
+    tokens = U.words("The cat sat, the cat ran.")
+    assert tokens == ["the", "cat", "sat", ",", "the", "cat", "ran", "."]
+    N, V, once = 8, 6, 4  # sat , ran . occur once; the, cat twice
+    assert U.brunet_index(tokens) == pytest.approx(N ** (V ** -0.165))
+    assert U.honore_statistic(tokens) == pytest.approx(100 * math.log(N) / (1 - once / V + 0.1))
+    assert U.brunet_index([]) is None and U.honore_statistic(["one"]) is None
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    parts = (sig(-math.log(20.0)), sig(-math.log(3.0)), sig(math.log(400.0)))
+    assert U.linguistic_score(20.0, 3.0, 400.0) == pytest.approx(3 / sum(1 / p for p in parts))
+    assert U.linguistic_score(None, 3.0, 400.0) is None
+
+
+def test_linguistic_score_prefers_fluent_varied_answers_to_degenerate_ones():
+    varied = U.words("She studied chemistry at Halden College and later taught in Ostwick.")
+    stuck = U.words("the the the the the the the the the the the the")
+    score = lambda toks, ppl: U.linguistic_score(ppl, U.brunet_index(toks), U.honore_statistic(toks))
+    assert score(varied, 30.0) > score(stuck, 30.0)  # the same perplexity: vocabulary decides
+    assert score(varied, 30.0) > score(varied, 3000.0)  # the same words: perplexity decides
 
 
 # --------------------------------------------------------------------- the summary
@@ -130,6 +152,7 @@ def test_unlearning_summary_from_a_hand_filled_store(tmp_path):
                                          "config": {"data": "partial"}, "unseen_before": 0.5, "unseen_after": 0.5})
         s = summarize_unlearning(store)["ga"]
     assert s["forget_before"] == 1.0 and s["forget_after"] == 0.5
+    assert s["kfr"] == 0.5 and s["krr"] == pytest.approx(1 / 3)  # ReLearn's rates, exact-match forms
     assert s["floor"] == 0.5  # unseen at row 0
     assert s["efficacy"] == pytest.approx(1.0)  # (1 - 0.5) / (1 - 0.5)
     assert s["kept_before"] == 1.0 and s["kept_after"] == pytest.approx(1 / 3) and s["retention"] == pytest.approx(1 / 3)

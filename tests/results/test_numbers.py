@@ -47,6 +47,9 @@ def test_an_added_number_reaches_every_surface(added, tmp_path, monkeypatch):
     assert summary["naive"]["hello_metric"] == pytest.approx(0.1234) and summary["naive"]["hello_metric_std"] == 0.0
 
     runner = CliRunner()
+    from ckl.app import cli
+
+    monkeypatch.setattr(cli.console, "width", 300)  # every column of the wide unlearning table in view
     shown = runner.invoke(app, ["show", str(run), "--no-matrix"])
     assert shown.exit_code == 0, shown.output
     learning, unlearning = shown.output.split("unlearning (docs/unlearning.md)")
