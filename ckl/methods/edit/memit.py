@@ -78,8 +78,14 @@ def least_squares_update(moment: torch.Tensor, keys: torch.Tensor, residual: tor
     """(out, in) Delta minimising ||Delta K - R||^2 + weight * tr(Delta C Delta^T)
     for keys (n, in) and residuals (n, out): Delta = R^T K (weight C + K^T K)^-1."""
     keys, residual = keys.double(), residual.double().to(keys.device)
-    system = weight * moment.double().to(keys.device) + keys.T @ keys  # (in, in), symmetric
-    return torch.linalg.solve(system, keys.T @ residual).T.float()  # solve(A, K^T R)^T = R^T K A^-1
+    return update_from_sums(moment, keys.T @ keys, keys.T @ residual, weight)
+
+
+def update_from_sums(moment: torch.Tensor, kk: torch.Tensor, kr: torch.Tensor, weight: float) -> torch.Tensor:
+    """The same Delta from the sums K^T K (in, in) and K^T R (in, out) alone: what
+    several parties' keys and residuals add up to (CollabEdit's merge)."""
+    system = weight * moment.double().to(kk.device) + kk.double()  # (in, in), symmetric
+    return torch.linalg.solve(system, kr.double()).T.float()  # solve(A, K^T R)^T = R^T K A^-1
 
 
 class Memit(Method):
@@ -119,17 +125,21 @@ class Memit(Method):
         rewrite = batches.rewrite
         z_block = blocks(model)[layers[-1]]
         targets = optimize_values(model, z_block, rewrite, self.config.settings(), essence=batches.essence)
-        first = rewrite.first_rows()
         for i, (layer, moment) in enumerate(zip(layers, moments)):
             module = mlp_output_projection(model, layer)
-            keys, hidden = capture(model, rewrite, [(module, "in"), (z_block, "out")])  # (B, in), (B, d)
-            residual = (targets.values.to(hidden) - hidden[first]) / (len(layers) - i)  # (G, d)
-            if self.config.per_prompt_keys:  # every prompt's key maps to its edit's residual
-                residual = residual[rewrite.group.to(residual.device)]  # (B, d)
-            else:
-                keys = context_weighted_mean(keys, rewrite)  # (G, in)
+            keys, residual = self.keys_and_residual(model, rewrite, targets.values, module, z_block, len(layers) - i)
             add_update(module, least_squares_update(moment, keys, residual, self.config.covariance_weight))
         return targets.steps
+
+    def keys_and_residual(self, model, rewrite, values: torch.Tensor, module, z_block, layers_left: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys at `module`'s input and this layer's share of the residual to the
+        target hidden states `values` (G, d), on the model as it is now: (G, in) and
+        (G, d), or one row per prompt with `per_prompt_keys`."""
+        keys, hidden = capture(model, rewrite, [(module, "in"), (z_block, "out")])  # (B, in), (B, d)
+        residual = (values.to(hidden) - hidden[rewrite.first_rows()]) / layers_left  # (G, d)
+        if self.config.per_prompt_keys:  # every prompt's key maps to its edit's residual
+            return keys, residual[rewrite.group.to(residual.device)]  # (B, in), (B, d)
+        return context_weighted_mean(keys, rewrite), residual  # (G, in), (G, d)
 
     def state_dict(self) -> dict:
         return {}
