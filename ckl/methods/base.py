@@ -5,7 +5,8 @@ small parts around the one training loop (`ckl.train.loop.train`), so "lora+repl
 configuration, not code. The fixed order, for parts p1..pn of a method:
 
     model = pn.prepare(...p1.prepare(model))    scope: freeze, add adapters / blocks
-    facts = change facts + p.extra_facts(...)    data: replay mixes earlier knowledge in
+    facts = p.select_facts(change facts, ...)    pacing: which of them this epoch trains (a curriculum)
+    facts = facts + p.extra_facts(...)           data: replay mixes earlier knowledge in
     docs = render(facts) + p.extra_documents(...)  ready-made text (e.g. self-generated)
     train(model, loss terms and gradient filters of p1..pn)
     model = p1.finish(...pn.finish(model))       post-steps, innermost scope first
@@ -60,6 +61,7 @@ class StageContext:
     # curve (`train.eval_every`). Set by the runner, which stores the points with the row.
     curve: Callable[[Any, int, int, float], None] | None = None
     epoch: int = 0  # the epoch whose documents are being rendered (set by TrainingMethod)
+    epochs: int = 0  # the stage's epoch budget, train.epochs (set by TrainingMethod)
 
 
 @dataclass
@@ -133,6 +135,11 @@ class Part(LossTerm):
 
     def prepare(self, model, ctx: StageContext):
         return model
+
+    def select_facts(self, facts: list[Fact], ctx: StageContext) -> list[Fact]:
+        """The stage's teaching facts this epoch (`ctx.epoch` of `ctx.epochs`) trains on,
+        in their order; all of them by default (a curriculum paces them in)."""
+        return facts
 
     def extra_facts(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         return []
@@ -308,11 +315,16 @@ class TrainingMethod(Method):
             model = part.prepare(model, ctx)
         stats.trainable_params, stats.total_params = count_parameters(model)
 
+        ctx.epochs = self.train_config.epochs
+
         def documents(epoch: int) -> list[str]:
             ctx.epoch = epoch
             rng = rng_for(ctx.seed, "docs", ctx.stage, epoch)
-            extra = [f for part in self.parts for f in part.extra_facts(facts, ctx, rng)]
-            rendered = render_documents(facts + extra, ctx.relations, rng, questions=self.questions, qa_subjects=ctx.qa_subjects)
+            chosen = facts
+            for part in self.parts:
+                chosen = part.select_facts(chosen, ctx)
+            extra = [f for part in self.parts for f in part.extra_facts(chosen, ctx, rng)]
+            rendered = render_documents(chosen + extra, ctx.relations, rng, questions=self.questions, qa_subjects=ctx.qa_subjects)
             return rendered + [d for part in self.parts for d in part.extra_documents(ctx, rng)]
 
         if facts or any(p.kinds for p in self.parts):
