@@ -37,7 +37,7 @@ from ckl.train.loop import TrainConfig
 
 @dataclass
 class MixCptConfig:
-    align_epochs: int = field(default=2, metadata={"help": "last epochs of each stage that train only the format alignment (question-answer lines of known facts)"})
+    align_epochs: int = field(default=1, metadata={"help": "last epochs of each stage that train only the format alignment (question-answer lines of known facts)"})
     align_facts: int = field(default=64, metadata={"help": "most known facts whose question-answer lines form the alignment set"})
 
     def __post_init__(self) -> None:
