@@ -131,6 +131,7 @@ _register("learning", (
     ("bwt", "BWT", "{:+.3f}", "higher", True, "backward transfer (Lopez-Paz & Ranzato 2017)"),
     ("fwt", "FWT", "{:+.3f}", "higher", False, "forward transfer (Lopez-Paz & Ranzato 2017)"),
     ("forgetting", "forgetting", "{:.3f}", "lower", True, "mean forgetting (Chaudhry et al. 2018)"),
+    ("superficial", "superficial", "{:.3f}", "", False, "of the invariant facts no longer stated by row T, the share whose gold answer still ranks first among the candidates (SEFE's superficial forgetting; the rest is essential)"),
     ("plasticity", "plasticity", "{:.3f}", "higher", False, "accuracy on each stage's cohort just after it"),
     ("invariant_before", "invariant before", "{:.3f}", "", False, "accuracy on the invariant facts at row 0"),
     ("invariant_after", "invariant after", "{:.3f}", "higher", False, "accuracy on the invariant facts at row T"),

@@ -12,6 +12,9 @@ over statement probes unless `kinds` says otherwise):
                    people whose question-answer lines were never trained (knowledge
                    extraction, Allen-Zhu & Li, "Physics of Language Models 3.1")
     paraphrase_*   retention and acquisition on held-out paraphrase probes
+    superficial    of the invariant facts whose exact match was lost by row T, the share
+                   whose gold answer still ranks first among the candidates (SEFE's
+                   superficial forgetting: the form is lost, the content is not)
     FUAR           multi-stage form (Jang et al. 2022): forgetting of invariant facts per
                    fact gained, stage by stage
     ACC, BWT, FWT, forgetting, plasticity on the cohort matrix (GEM 2017, Chaudhry 2018)
@@ -34,6 +37,18 @@ def _pooled(store: Store, method: str, seed: int, row: int, groups: set[str], ch
         return None
     key = metric_column(metric)
     return sum(o[key] for o in rows) / len(rows)
+
+
+def _superficial(store: Store, method: str, seed: int, T: int, metric: str, kinds) -> float | None:
+    """Of the invariant facts whose exact match was lost between row 0 and row T (probes
+    with candidates to rank), the share whose gold answer still ranks first: forgetting of
+    the answer's form, not of its content (SEFE's superficial forgetting; the rest is
+    essential). None under the rank metric or when nothing was forgotten."""
+    if metric != "em":
+        return None
+    ranked = {p.id for p in store.probes() if len(p.candidates) > 1}
+    lost = [o for o in store.forgotten(method, seed, cohorts.INVARIANT, 0, T, metric="em", kinds=kinds) if o["probe_id"] in ranked]
+    return M.mean(bool(o["rank_ok"]) for o in lost)
 
 
 def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kinds=("statement",)) -> dict[str, Any]:
@@ -61,6 +76,7 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
         by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
         out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None
+    out["superficial"] = _superficial(store, method, seed, T, metric, kinds)
     by_change = store.accuracy_by_change(method, seed, metric=metric, kinds=kinds)
     gains = []
     for j in range(1, T + 1):

@@ -61,3 +61,16 @@ def test_methods_are_listed_in_the_experiment_order_even_when_one_ran_again_late
     assert list(summarize(store)) == ["m", "first"]  # recording order without an experiment order
     store.set_meta("method_order", ["first", "m"])
     assert list(summarize(store)) == ["first", "m"]
+
+
+def test_superficial_forgetting_is_lost_form_with_the_content_still_ranked_first(tmp_path):
+    probes = [Probe(f"inv/{k}", f"{k} lives in", "X", ("X", "Y"), "statement", "invariant", k, 0, "base") for k in "abcd"]
+    with Store(tmp_path / "r.sqlite") as s:
+        s.set_meta("T", 1)
+        s.add_probes(probes)
+        # row 0: all stated; row 1: a kept, b and c no longer stated but X still ranks first, d lost for good
+        rows = {0: [(1, 1)] * 4, 1: [(1, 1), (0, 1), (0, 1), (0, 0)]}
+        for row, marks in rows.items():
+            s.record_row("m", 0, row, [Outcome(p.id, bool(e), bool(r), -1.0, "X") for p, (e, r) in zip(probes, marks)], StageInfo())
+        assert summarize_seed(s, "m", 0)["superficial"] == pytest.approx(2 / 3)  # b, c of the forgotten b, c, d
+        assert summarize_seed(s, "m", 0, metric="rank")["superficial"] is None
