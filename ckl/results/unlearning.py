@@ -135,13 +135,28 @@ def unlearning_markdown(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# The text-target columns (measured with eval.unlearning): in a terminal they get a table
+# of their own, so that neither table squeezes its headers at ordinary widths.
+TEXT_COLUMNS = frozenset({"ma_after", "el_after", "answer_ppl_after", "distinct_after", "kept_ma_after", "ls_after", "kept_ls_after"})
+
+
 def unlearning_table(summary: dict[str, dict[str, Any]], title: str = ""):
+    """The unlearning key table for a terminal: the forgetting columns, then (when any
+    method measured them) the text-target columns in a second table."""
+    from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=title or None, header_style="bold")
-    table.add_column("method")
-    for n in numbers.columns("unlearning"):
-        table.add_column(n.label, justify="right")
-    for method, entry in summary.items():
-        table.add_row(method, *_row(entry))
-    return table
+    cols = numbers.columns("unlearning")
+    groups = [[n for n in cols if n.key not in TEXT_COLUMNS], [n for n in cols if n.key in TEXT_COLUMNS]]
+    tables = []
+    for k, group in enumerate(groups):
+        if k and not any(entry.get(n.key) is not None for entry in summary.values() for n in group):
+            continue  # no text-target metrics in this run
+        table = Table(title=(title if k == 0 else f"{title}: text-target metrics" if title else None) or None, header_style="bold")
+        table.add_column("method")
+        for n in group:
+            table.add_column(n.label, justify="right")
+        for method, entry in summary.items():
+            table.add_row(method, *[n.format(entry.get(n.key)) for n in group])
+        tables.append(table)
+    return Group(*tables)

@@ -88,9 +88,10 @@ def test_every_method_and_part_applies_a_stage(arch, tiny_stream, accelerator):
     change, ctx = _stage_context(tiny_stream, tokenizer, accelerator, directory)
     failed = {}
     for method, entry in sorted(load_builtin().items()):
-        options = {} if entry.family == "method" else {"train": {"epochs": 1}}
+        options = {} if entry.family == "method" else {"train": {"epochs": 2 if method == "mix_cpt" else 1}}  # mix_cpt: one epoch of each phase
+        expression = "+".join([*sorted(getattr(entry.factory, "requires", ())), method])  # gs_lora, reglora: with the lora they need
         try:
-            built = build_method(method, options)
+            built = build_method(expression, options)
             out, stats = built.apply(copy.deepcopy(model), change, ctx)
             assert all(torch.isfinite(p).all() for p in out.parameters()), "non-finite weights"
             assert set(stats.not_applied) == {k for k in change.kinds if k not in built.kinds}

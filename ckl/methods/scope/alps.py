@@ -16,9 +16,10 @@ Deviations: the paper localises the heads once on the task's data with its own
 sensitivity measure (the change of each head's attention distribution under fine-tuning)
 and prunes the update of the rest; here the score is |theta * grad| of the next-token
 loss, taken before each stage, and every block trains the same fraction of its heads.
-Supported layouts: GPT-2's fused `c_attn` / `c_proj` and the `q_proj`, `k_proj`, `v_proj`,
-`o_proj` of Llama, Mistral and Qwen (grouped key-value heads train when any of their
-query heads does); other attention modules are refused by name.
+Supported layouts: GPT-2's fused `c_attn` / `c_proj`, GPT-NeoX's per-head fused
+`query_key_value` / `dense`, and separate `q_proj`, `k_proj`, `v_proj` with `o_proj`
+(Llama, Mistral, Qwen, Gemma), `out_proj` (OPT) or `dense` (Phi); grouped key-value heads
+train when any of their query heads does. Other attention modules are refused by name.
 """
 
 from __future__ import annotations
@@ -77,21 +78,27 @@ def head_layout(model) -> list[dict]:
         modules = {n: m for n, m in block.named_modules() if hasattr(m, "weight")}
         base = f"{prefix}.{i}."
         parts = []
-        fused = next((n for n in modules if n.endswith("c_attn")), None)
-        if fused is not None:  # GPT-2: [q | k | v] along the output, heads of head_dim inside each
+        gpt2 = next((n for n in modules if n.endswith("c_attn")), None)
+        neox = next((n for n in modules if n.endswith("query_key_value")), None)
+        if gpt2 is not None or neox is not None:
+            # fused projections: GPT-2 stores [q | k | v] along the output, each of H heads;
+            # GPT-NeoX stores per head [q_h | k_h | v_h] (its forward views the output as H x 3 hd)
+            fused = gpt2 or neox
             m = modules[fused]
             d = (m.weight.shape[1] if is_transposed(m) else m.weight.shape[0]) // 3
             hd = d // heads
-            owner = (torch.arange(3 * d) % d) // hd
+            owner = (torch.arange(3 * d) % d) // hd if gpt2 else torch.arange(3 * d) // (3 * hd)
             parts.append((canonical_name(base + fused + ".weight"), is_transposed(m), True, owner))
             if getattr(m, "bias", None) is not None:
                 parts.append((canonical_name(base + fused + ".bias"), None, True, owner))
-            out = next(n for n in modules if n.endswith("attn.c_proj"))
+            out = next(n for n in modules if n.endswith("attn.c_proj" if gpt2 else "attention.dense"))
             parts.append((canonical_name(base + out + ".weight"), is_transposed(modules[out]), False, torch.arange(d) // hd))
         else:
-            names = {k: next((n for n in modules if n.endswith(k)), None) for k in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            names = {k: next((n for n in modules if n.endswith(k)), None) for k in ("q_proj", "k_proj", "v_proj")}
+            # the output projection: o_proj (Llama, Mistral, Qwen, Gemma), out_proj (OPT), dense (Phi)
+            names["o_proj"] = next((n for n in modules if n.endswith((".o_proj", ".out_proj", "attn.dense")) or n in ("o_proj", "out_proj")), None)
             if None in names.values():
-                raise ValueError(f"alps: block {i} has neither GPT-2's c_attn nor q/k/v/o projections ({', '.join(sorted(modules))[:200]})")
+                raise ValueError(f"alps: block {i}'s attention has no layout ckl knows (GPT-2 c_attn, GPT-NeoX query_key_value, or q/k/v projections with o_proj / out_proj / dense; found {', '.join(sorted(modules))[:200]})")
             group = heads // kv_heads
             for key in ("q_proj", "k_proj", "v_proj"):
                 m = modules[names[key]]

@@ -43,8 +43,8 @@ def _sensitivity(model, enc, eps=0.05, trials=4) -> float:
 def test_the_adversarial_term_smooths_the_model(tiny_stream, tiny_model_dir, accelerator, held_out):
     naive = _train({}, tiny_stream, tiny_model_dir, accelerator)
     # the paper's eps (1e-5) is sized for RoBERTa's embeddings; the tiny model needs a larger box to notice
-    smooth = _train({"smart": {"eps": 1e-2, "step": 1e-2, "noise": 1e-3, "prox_weight": 0}}, tiny_stream, tiny_model_dir, accelerator)
-    assert _sensitivity(smooth, held_out) < 0.95 * _sensitivity(naive, held_out)  # measured 0.395 against 0.434
+    smooth = _train({"smart": {"eps": 2e-2, "step": 2e-2, "noise": 1e-3, "adv_weight": 3.0, "prox_weight": 0}}, tiny_stream, tiny_model_dir, accelerator)
+    assert _sensitivity(smooth, held_out) < 0.8 * _sensitivity(naive, held_out)  # measured 0.256 against 0.434 (a 1e-2 box, weight 1: 0.395)
 
 
 def test_the_proximal_term_keeps_the_model_near_its_recent_iterates(tiny_stream, tiny_model_dir, accelerator, held_out):
