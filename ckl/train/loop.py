@@ -7,7 +7,7 @@ called at fixed points, in the order the method lists them:
     1. loss   = next-token loss on the batch + sum(part.loss(...))     objective terms
     2. backward
     3. part.filter_gradients(...)                                       e.g. A-GEM projection
-    4. clip, optimizer step
+    4. clip, optimizer step, then each term's `after_step`
 
 Scope (which parameters train) and post-steps (merging) happen around this loop in
 `ckl.methods.base.TrainingMethod`, not inside it.
@@ -144,6 +144,11 @@ class LossTerm:
         outputs=None, and a step where no term returns a loss is skipped."""
         return 0
 
+    def after_step(self, model, step: int) -> None:  # pragma: no cover - default
+        """Called right after every optimiser step (before the next forward pass), to adjust
+        the weights the step produced; no-op by default."""
+        return None
+
     def should_stop(self, model, step: int) -> bool:
         """Checked before every optimiser step; True ends training (e.g. an unlearning
         part's forget set reached its threshold)."""
@@ -263,6 +268,8 @@ def train(
                         raise DivergenceError(f"gradient norm became {float(norm)} at step {result.steps} (epoch {epoch})")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                for term in terms:  # post-step adjustments of the weights (DAS's scaled updates)
+                    term.after_step(model, result.steps)
                 if scheduler is not None:
                     scheduler.step()
                 result.steps += 1
