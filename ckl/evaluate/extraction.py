@@ -164,11 +164,12 @@ def cohort_scores(model, tokenizer, probes: Sequence[Probe], config: ExtractionC
         greedy answers under `judge` (the base model; None without one), "brunet" and
         "honore": mean Brunet's index and Honore's statistic of their words, and "ls":
         ReLearn's Linguistic Score of the three (None without a judge, or when no answer
-        has two words)}.
+        has two words), "refusal": the share of answers that begin like one of TOFU's
+        refusal sentences (what `idk` trains by default)}.
     """
     probes = list(probes)[: config.max_facts]
     if not probes:
-        return {"n": 0, "ma": None, "el": None, "distinct": None, "answer_ppl": None, "brunet": None, "honore": None, "ls": None}
+        return {"n": 0, "ma": None, "el": None, "distinct": None, "answer_ppl": None, "brunet": None, "honore": None, "ls": None, "refusal": None}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pairs = encode_probes(tokenizer, probes)
     full = [p + a for p, a in pairs]
@@ -204,4 +205,18 @@ def cohort_scores(model, tokenizer, probes: Sequence[Probe], config: ExtractionC
     texts = [U.words(t) for t in tokenizer.batch_decode(answers, skip_special_tokens=True)]
     brunet, honore = mean(U.brunet_index(t) for t in texts), mean(U.honore_statistic(t) for t in texts)
     return {"n": len(probes), "ma": mean(ma), "el": mean(el), "distinct": mean(distinct), "answer_ppl": answer_ppl,
-            "brunet": brunet, "honore": honore, "ls": U.linguistic_score(answer_ppl, brunet, honore)}
+            "brunet": brunet, "honore": honore, "ls": U.linguistic_score(answer_ppl, brunet, honore),
+            "refusal": U.refusal_share(texts, _refusal_words())}
+
+
+_REFUSALS: list[list[str]] | None = None
+
+
+def _refusal_words() -> list[list[str]]:
+    """TOFU's refusal sentences (what `idk` trains by default), as word lists."""
+    global _REFUSALS
+    if _REFUSALS is None:
+        from ckl.data.formats.refusals import DEFAULT_FILE, read_refusals
+
+        _REFUSALS = [U.words(r) for r in read_refusals(DEFAULT_FILE)]
+    return _REFUSALS

@@ -182,6 +182,8 @@ _register("unlearning", (
     ("kept_ma_after", "kept MA", "{:.3f}", "higher", True, "memorization accuracy of the kept facts at row T"),
     ("ls_before", "LS before", "{:.3f}", "", False, "ReLearn's Linguistic Score of the answers to forgotten prompts at row 0"),
     ("ls_after", "LS", "{:.3f}", "higher", True, "ReLearn's Linguistic Score of the answers to forgotten prompts at row T (fluent, varied answers)"),
+    ("refusal_after", "refusals", "{:.3f}", "", False, "share of forgotten facts answered with a refusal at row T (TOFU's refusal sentences)"),
+    ("kept_refusal_after", "kept refusals", "{:.3f}", "lower", False, "share of kept facts answered with a refusal at row T: over-forgetting (SafeEraser's safe answer refusal rate)"),
     ("kept_ls_after", "kept LS", "{:.3f}", "higher", True, "ReLearn's Linguistic Score of the answers to kept prompts at row T"),
     ("seconds", "seconds", "{:.1f}", "", True, "wall time of all stages"),
 ))

@@ -20,6 +20,8 @@ the run's metric (exact match unless configured) over statement probes:
       distinct_*, ls_*             (`_before`) and row T (`_after`), with eval.unlearning
                                    (ls: ReLearn's Linguistic Score of the generated answers);
     kept_ma_after, kept_ls_after   MA and Linguistic Score of the kept (invariant) facts at row T
+    refusal_after, kept_refusal_after  the share of forgotten / kept facts answered with a
+                                   refusal at row T (SafeEraser's refusal rate on the kept)
     seconds                        wall time of all stages (the unlearning itself)
 """
 
@@ -94,6 +96,8 @@ def unlearning_seed(store: Store, method: str, seed: int, metric: str = "em", ki
             out[f"{name}_after"] = _pooled_notes(notesT, forget_cohorts, name)
         out["kept_ma_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "ma")
         out["kept_ls_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "ls")
+        out["refusal_after"] = _pooled_notes(notesT, forget_cohorts, "refusal")
+        out["kept_refusal_after"] = _pooled_notes(notesT, [cohorts.INVARIANT], "refusal")
     out["seconds"] = sum(i["seconds"] for r, i in infos.items() if r > 0)
     out.update(numbers.computed("unlearning", numbers.SeedView(store, method, seed, metric, tuple(kinds), T)))
     return out
