@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
-from ckl.methods.data._policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, least_confident, recall
+from ckl.methods.data._policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, influence_scores, least_confident, most_influential, recall
 from ckl.data.stream import Change
 from ckl.train.loop import rng_for
 
@@ -35,11 +35,11 @@ from ckl.train.loop import rng_for
 class ReplayConfig:
     fraction: float = field(default=0.5, metadata={"help": "share of replayed facts in each epoch's training facts, in [0, 1)"})
     buffer_size: int = field(default=1000, metadata={"help": "most facts the buffer holds"})
-    policy: str = field(default="reservoir", metadata={"help": "which held facts an epoch replays: reservoir (uniform) | balanced | spaced | budget"})
+    policy: str = field(default="reservoir", metadata={"help": "which held facts an epoch replays: reservoir (uniform) | balanced | spaced | budget | influence"})
     balance_by: str = field(default="relation", metadata={"help": "balanced: spread evenly over 'relation' or 'cohort' (the stage that made the fact true)"})
     max_box: int = field(default=4, metadata={"help": "spaced: highest Leitner box (a recalled fact rests up to 2^max_box epochs)"})
-    budget: int = field(default=64, metadata={"help": "budget: facts replayed per epoch (the least confident ones), whatever the stage's size"})
-    rescore_every: int = field(default=1, metadata={"help": "budget: epochs between two scorings of the buffer"})
+    budget: int = field(default=64, metadata={"help": "budget: facts replayed per epoch (the least confident ones), whatever the stage's size; influence: reference facts the influence is measured on"})
+    rescore_every: int = field(default=1, metadata={"help": "budget, influence: epochs between two scorings of the buffer"})
     text_fraction: float = field(default=0.0, metadata={"help": "share of general pretraining sentences among each epoch's fact statements plus those sentences, in [0, 1) (mix-review)"})
 
     def __post_init__(self) -> None:
@@ -91,7 +91,7 @@ class Replay(Part):
         self.buffer: ReservoirBuffer | None = None
         self.schedule = LeitnerSchedule(config.max_box)  # spaced
         self.clock = 0  # spaced: epochs of earlier stages
-        self.model = None  # spaced / budget: the model being trained, during a stage
+        self.model = None  # spaced / budget / influence: the model being trained, during a stage
         self.chosen: list[Fact] = []  # budget: the facts of the latest scoring
         self.epoch_facts = 0  # facts trained this epoch (the stage's and the replayed), for text_fraction
 
@@ -104,7 +104,7 @@ class Replay(Part):
         return self.buffer
 
     def prepare(self, model, ctx: StageContext):
-        self.model = model if self.config.policy in ("spaced", "budget") else None
+        self.model = model if self.config.policy in ("spaced", "budget", "influence") else None
         self.chosen = []
         return model
 
@@ -141,6 +141,12 @@ class Replay(Part):
             recalled, _ = recall(self.model, ctx.tokenizer, due, ctx.relations)
             failed = self.schedule.review(due, recalled, clock)
             return rng.sample(failed, min(wanted, len(failed)))
+        if policy == "influence":
+            if ctx.epoch % self.config.rescore_every == 0 or not self.chosen:
+                reference = rng_for(ctx.seed, "influence", ctx.stage, ctx.epoch).sample(pool, min(len(pool), self.config.budget))
+                scores = influence_scores(self.model, ctx.tokenizer, pool, ctx.relations, reference)
+                self.chosen = most_influential(pool, scores, len(pool))
+            return self.chosen[:wanted]
         if ctx.epoch % self.config.rescore_every == 0 or not self.chosen:  # budget
             correct, logprob = recall(self.model, ctx.tokenizer, pool, ctx.relations)
             self.chosen = least_confident(pool, correct, logprob, self.config.budget)

@@ -14,7 +14,7 @@ from ckl.data.facts import Fact
 from ckl.methods.base import StageContext, build_method
 from ckl.methods.data.replay import Replay, ReplayConfig
 from ckl.methods.data._policies import LeitnerSchedule, balanced_sample, even_quotas, recall
-from ckl.data.stream import Change
+from ckl.data.stream import Change, make_probes
 
 
 def _facts(n, relation, prefix, stage=0):
@@ -103,7 +103,7 @@ def test_budget_replays_the_least_confident_and_never_exceeds_the_budget(tiny_st
     assert len(small.extra_facts(stage_facts, ctx, random.Random(0))) == len(pool)
 
 
-@pytest.mark.parametrize("policy", ["balanced", "spaced", "budget"])
+@pytest.mark.parametrize("policy", ["balanced", "spaced", "budget", "influence"])
 def test_policies_train_deterministically(policy, tiny_stream, tiny_model_dir, accelerator):
     weights = []
     for _ in range(2):
@@ -134,3 +134,37 @@ def test_spaced_schedule_survives_a_checkpoint(tiny_stream, tiny_model, accelera
 def test_bad_policy_options_name_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         build_method("replay", {"replay": bad})
+
+
+def test_influence_scores_match_exact_gradient_dot_products(tiny_stream, tiny_model):
+    """The batched central-difference scores equal grad L_reference . grad L_fact computed
+    one fact at a time by backpropagation, and the weights come back bit for bit."""
+    from ckl.data.stream import statement_text
+    from ckl.methods.data._policies import influence_scores, most_influential
+    from ckl.methods.unlearn.data import document_rows
+
+    model, tokenizer = tiny_model
+    facts, reference = tiny_stream.invariant()[:8], tiny_stream.invariant()[8:24]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = influence_scores(model, tokenizer, facts, tiny_stream.relations, reference)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    def grad(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    model.eval()
+    rows = document_rows(tokenizer, [statement_text(f, tiny_stream.relations[f.relation].templates[0]) for f in reference], 128)
+    g_ref = grad(model(**rows).loss)
+    exact = []
+    for probe in make_probes(facts, tiny_stream.relations, "x", 0, "base", ("statement",), 1):
+        prompt = tokenizer(probe.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + probe.answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        nll = model(input_ids=ids, labels=labels).loss * len(answer)  # the answer's summed negative log-probability
+        exact.append(float(g_ref @ grad(nll)))
+    exact = torch.tensor(exact)
+    assert torch.corrcoef(torch.stack([exact, torch.tensor(scores, dtype=exact.dtype)]))[0, 1] > 0.99
+    assert most_influential(facts, scores, 3) == [facts[i] for i in torch.argsort(torch.tensor(scores), descending=True, stable=True)[:3].tolist()]
