@@ -20,7 +20,6 @@ forward per step; under data parallelism each process keeps its own teacher.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from ckl.core.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.distill._frozen import FrozenCopy
 
 
 @dataclass
@@ -62,9 +62,7 @@ class Lwf(Part):
         self.teacher = None  # the frozen stage-start model, during a stage only
 
     def prepare(self, model, ctx: StageContext):
-        self.teacher = copy.deepcopy(model).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = FrozenCopy(model)
         return model
 
     reads_batch = True  # distillation on the teaching batch (ckl.train.loop.LossTerm)
@@ -72,11 +70,7 @@ class Lwf(Part):
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:
         if self.teacher is None or self.config.weight == 0 or batch is None:  # None: a step without teaching text
             return None
-        device = batch["input_ids"].device
-        if next(self.teacher.parameters()).device != device:  # the loop moves the student, not the copy
-            self.teacher.to(device)
-        with torch.no_grad():
-            teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
+        teacher_logits = self.teacher.logits(batch)  # (B, L, V)
         T = float(self.config.temperature)
         kl = distillation_kl(outputs.logits, teacher_logits, batch["attention_mask"], T)
         return self.config.weight * T * T * kl

@@ -26,13 +26,13 @@ replayed); the squared error is divided by the vocabulary size (a per-logit mean
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
 from ckl.core.checks import check_number
 from ckl.methods.base import Part, StageContext, register_part
+from ckl.methods.distill._frozen import FrozenCopy
 
 
 @dataclass
@@ -60,20 +60,13 @@ class Ser(Part):
         self.old = None  # the frozen stage-start model, during a stage only
 
     def prepare(self, model, ctx: StageContext):
-        self.old = copy.deepcopy(model).eval()
-        for p in self.old.parameters():
-            p.requires_grad_(False)
+        self.old = FrozenCopy(model)
         return model
 
     def loss(self, model, batch: dict, outputs, step: int) -> torch.Tensor | None:
         if self.old is None or self.config.weight == 0 or batch is None:
             return None
-        device = batch["input_ids"].device
-        if next(self.old.parameters()).device != device:  # the loop moves the model, not the copy
-            self.old.to(device)
-        with torch.no_grad():
-            target = self.old(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
-        return self.config.weight * logit_mse(outputs.logits, target, batch["attention_mask"])
+        return self.config.weight * logit_mse(outputs.logits, self.old.logits(batch), batch["attention_mask"])
 
     def finish(self, model, ctx: StageContext):
         self.old = None

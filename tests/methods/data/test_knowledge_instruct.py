@@ -6,24 +6,15 @@ import pytest
 
 from ckl.data.stream import QUESTION_FORMAT, make_probes
 from ckl.methods.base import StageContext, build_method
-import ckl.methods.base as base_module
 from ckl.model import lm
 from ckl.model.scoring import score_probes
+from tests.methods.data._documents import record_documents
 
 QUESTION = QUESTION_FORMAT.split("{")[0]
 
 
 def _run(name, options, stream, model_dir, accelerator, monkeypatch=None, epochs=3):
-    seen = {}
-    if monkeypatch is not None:
-        real = base_module.train
-
-        def spy(model, tokenizer, documents, config, *args, **kwargs):
-            for epoch in range(config.epochs):
-                seen[epoch] = list(documents(epoch))
-            return real(model, tokenizer, documents, config, *args, **kwargs)
-
-        monkeypatch.setattr(base_module, "train", spy)
+    seen = record_documents(monkeypatch) if monkeypatch is not None else {}
     change = stream.stages[0]
     model, tokenizer = lm.load(model_dir)
     method = build_method(name, {"train": {"epochs": epochs, "lr": 3e-3}, **options})

@@ -6,23 +6,15 @@ import pytest
 
 from ckl.data.stream import QUESTION_FORMAT
 from ckl.methods.base import StageContext, build_method
-import ckl.methods.base as base_module
 from ckl.model import lm
+from tests.methods.data._documents import record_documents
 
 QUESTION = QUESTION_FORMAT.split("{")[0]  # "Question: "
 
 
 def test_alignment_epochs_train_only_known_question_answer_lines(monkeypatch, tiny_stream, tiny_model_dir, accelerator):
     assert tiny_stream.qa_subjects, "the tiny world has a QA half"
-    seen: dict[int, list[str]] = {}
-    real = base_module.train
-
-    def spy(model, tokenizer, documents, config, *args, **kwargs):
-        for epoch in range(config.epochs):
-            seen[epoch] = list(documents(epoch))
-        return real(model, tokenizer, documents, config, *args, **kwargs)
-
-    monkeypatch.setattr(base_module, "train", spy)
+    seen = record_documents(monkeypatch)
     change = tiny_stream.stages[0]
     model, tokenizer = lm.load(tiny_model_dir)
     method = build_method("mix_cpt", {"train": {"epochs": 5, "lr": 1e-3}, "mix_cpt": {"align_epochs": 2, "align_facts": 8}})
