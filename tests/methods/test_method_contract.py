@@ -39,7 +39,10 @@ def _apply(name, stream, model_dir, accelerator, change):
     from ckl.model import lm
 
     model, tokenizer = lm.load(model_dir)
-    method = build_method(name, {name: {"steps": 20}} if "steps" in {f.name for f in dataclasses.fields(load_builtin()[name].config)} else {})
+    options = {name: {"steps": 20}} if "steps" in {f.name for f in dataclasses.fields(load_builtin()[name].config)} else {}
+    if name == "acu":
+        options = {"acu": {"buffer": 256}}  # the contract does not depend on the buffer's width; the default 2,048 costs ~9 s per apply
+    method = build_method(name, options)
     ctx = StageContext(stream.relations, stream.base, 1, 0, tokenizer, accelerator, change=change, general_text=stream.general_train)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -169,8 +169,8 @@ def influence_scores(model, tokenizer, facts: Sequence[Fact], relations: dict[st
     import torch
 
     from ckl.data.stream import statement_text
-    from ckl.methods.unlearn.data import document_rows
     from ckl.model.scoring import score_probes
+    from ckl.train.batching import pack
 
     if not facts or not reference:
         return np.zeros(len(facts))
@@ -179,9 +179,9 @@ def influence_scores(model, tokenizer, facts: Sequence[Fact], relations: dict[st
     device = next(model.parameters()).device
     try:
         model.eval()
-        rows = document_rows(tokenizer, [statement_text(f, relations[f.relation].templates[0]) for f in reference], 128)
+        input_ids, mask, labels = pack(tokenizer, [statement_text(f, relations[f.relation].templates[0]) for f in reference], 128)
         model.zero_grad(set_to_none=True)
-        model(**{k: v.to(device) for k, v in rows.items()}).loss.backward()
+        model(input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss.backward()
         grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         model.zero_grad(set_to_none=True)
         norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))

@@ -141,7 +141,7 @@ def test_influence_scores_match_exact_gradient_dot_products(tiny_stream, tiny_mo
     one fact at a time by backpropagation, and the weights come back bit for bit."""
     from ckl.data.stream import statement_text
     from ckl.methods.data._policies import influence_scores, most_influential
-    from ckl.methods.unlearn.data import document_rows
+    from ckl.train.batching import pack
 
     model, tokenizer = tiny_model
     facts, reference = tiny_stream.invariant()[:8], tiny_stream.invariant()[8:24]
@@ -155,8 +155,8 @@ def test_influence_scores_match_exact_gradient_dot_products(tiny_stream, tiny_mo
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     model.eval()
-    rows = document_rows(tokenizer, [statement_text(f, tiny_stream.relations[f.relation].templates[0]) for f in reference], 128)
-    g_ref = grad(model(**rows).loss)
+    input_ids, mask, labels = pack(tokenizer, [statement_text(f, tiny_stream.relations[f.relation].templates[0]) for f in reference], 128)
+    g_ref = grad(model(input_ids=input_ids, attention_mask=mask, labels=labels).loss)
     exact = []
     for probe in make_probes(facts, tiny_stream.relations, "x", 0, "base", ("statement",), 1):
         prompt = tokenizer(probe.prompt, add_special_tokens=False)["input_ids"]

@@ -100,10 +100,10 @@ def test_a_copy_of_the_model_runs_its_own_adapters(tiny_stream, tiny_model, acce
     teacher.prepare(model, ctx)  # LwF deep-copies the stage-start model
     prompt = _prompt(model.config.vocab_size)
     with torch.no_grad():
-        before = teacher.teacher(prompt).logits
+        before = teacher.teacher.model(prompt).logits
         getattr(model, NAME).adapters[0].up.weight.fill_(0.1)  # the student's adapter moves
         assert not torch.allclose(model(prompt).logits, before)
-        torch.testing.assert_close(teacher.teacher(prompt).logits, before, atol=0, rtol=0)
+        torch.testing.assert_close(teacher.teacher.model(prompt).logits, before, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("bad", [{"size": 0}, {"layers": []}, {"layers": [0, 0]}, {"per_stage": "yes"}])
