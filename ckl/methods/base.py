@@ -386,6 +386,14 @@ def _facts(change: Change, kind: str) -> list[Fact]:
     return [r.fact for r in getattr(change, kind)]
 
 
+def smallest_expression(name: str) -> str:
+    """The smallest method expression in which the registered `name` runs: a part that
+    requires others (`Part.requires`, e.g. gs_lora needs lora) after them; anything else
+    alone. What the contract suites build for every registered name."""
+    entry = load_builtin()[name]
+    return "+".join([*sorted(getattr(entry.factory, "requires", ())), name])
+
+
 def build_method(expression: str, options: dict[str, Any] | None = None, where: str = "method") -> Method:
     """Build a method from an expression such as "naive", "replay" or "lora+replay".
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from ckl.methods.base import StageContext, build_method, load_builtin
+from ckl.methods.base import StageContext, build_method, load_builtin, smallest_expression
 
 PARTS = sorted(n for n, e in load_builtin().items() if e.family == "part")
 # a part that needs others (gs_lora needs lora) is tested composed with them, after them
-ALONE = ["+".join([*sorted(getattr(load_builtin()[n].factory, "requires", ())), n]) for n in PARTS]
+ALONE = [smallest_expression(n) for n in PARTS]
 EXPRESSIONS = ALONE + ["lora+replay", "kadapter+replay", "olora+replay", "loramoe+ewc", "importance+recovery+replay"]
 
 

@@ -15,6 +15,7 @@ import yaml
 from ckl.data.stream import Change, make_probes
 from ckl.methods.base import Method, StageContext, build_method, load_builtin
 from ckl.model.scoring import score_probes
+from tests.methods._quick import QUICK
 from tests.methods.edit.test_rome import edit_of
 
 METHODS = sorted(n for n, e in load_builtin().items() if e.family == "method")
@@ -40,8 +41,7 @@ def _apply(name, stream, model_dir, accelerator, change):
 
     model, tokenizer = lm.load(model_dir)
     options = {name: {"steps": 20}} if "steps" in {f.name for f in dataclasses.fields(load_builtin()[name].config)} else {}
-    if name == "acu":
-        options = {"acu": {"buffer": 256}}  # the contract does not depend on the buffer's width; the default 2,048 costs ~9 s per apply
+    options = QUICK.get(name, options)
     method = build_method(name, options)
     ctx = StageContext(stream.relations, stream.base, 1, 0, tokenizer, accelerator, change=change, general_text=stream.general_train)
     with torch.random.fork_rng(devices=[]):

@@ -22,7 +22,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from ckl.data.stream import Change, render_documents
-from ckl.methods.base import StageContext, build_method, load_builtin
+from ckl.methods.base import StageContext, build_method, load_builtin, smallest_expression
+from tests.methods._quick import QUICK
 from ckl.model import lm
 from ckl.model.layers import blocks, mlp_output_projection, value_matrix
 
@@ -89,9 +90,8 @@ def test_every_method_and_part_applies_a_stage(arch, tiny_stream, accelerator):
     failed = {}
     for method, entry in sorted(load_builtin().items()):
         options = {} if entry.family == "method" else {"train": {"epochs": 2 if method == "mix_cpt" else 1}}  # mix_cpt: one epoch of each phase
-        if method == "acu":
-            options = {"acu": {"buffer": 128}}  # the hooks and sums do not depend on the width; the default 2,048 costs ~9 s here
-        expression = "+".join([*sorted(getattr(entry.factory, "requires", ())), method])  # gs_lora, reglora: with the lora they need
+        options = QUICK.get(method, options)
+        expression = smallest_expression(method)  # gs_lora, reglora: with the lora they need
         try:
             built = build_method(expression, options)
             out, stats = built.apply(copy.deepcopy(model), change, ctx)
