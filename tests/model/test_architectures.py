@@ -84,8 +84,16 @@ def _stage_context(stream, tokenizer, accelerator, directory):
                                 qa_subjects=stream.qa_subjects, model_dir=str(directory))
 
 
+# Mistral's decoder is Llama's module for module (the sliding window aside, which these short
+# texts never reach): every method on Llama covers it, and the suite's time budget is tight.
+# Its own checks below (LoRA's targets, ROME/MEMIT's layer) still run.
+SAME_MODULES_AS = {"mistral": "llama"}
+
+
 def test_every_method_and_part_applies_a_stage(arch, tiny_stream, accelerator):
     name, directory, model, tokenizer = arch
+    if name in SAME_MODULES_AS:
+        pytest.skip(f"{name} has {SAME_MODULES_AS[name]}'s modules; every method runs there")
     change, ctx = _stage_context(tiny_stream, tokenizer, accelerator, directory)
     failed = {}
     for method, entry in sorted(load_builtin().items()):
