@@ -37,18 +37,22 @@ from ckl.study.base import FAILS, HOLDS, UNDECIDED, Refused, Study, register_stu
 @dataclass
 class EditingCollapseConfig:
     batches: int = field(default=20, metadata={"help": "batches of edits, applied in sequence (one stage each)"})
-    per_batch: int = field(default=10, metadata={"help": "edits per batch"})
+    per_batch: int = field(default=5, metadata={"help": "edits per batch (the default 20 x 5 fits the default world: 115 people no stage touches)"})
     threshold: float = field(default=0.5, metadata={"help": "collapse: untouched accuracy below this fraction of its value before the edits"})
     rome: dict = field(default_factory=lambda: {"subject_token": "first", "layer": 0, "steps": 50},
                        metadata={"help": "ROME's options (ckl methods: rome)"})
     memit: dict = field(default_factory=lambda: {"subject_token": "first", "layers": [0, 1], "covariance_weight": 100, "steps": 50},
                         metadata={"help": "MEMIT's options (ckl methods: memit)"})
+    repair: dict | None = field(default_factory=lambda: {"subject_token": "first", "layers": [0, 1], "covariance_weight": 100, "steps": 50, "rounds": 2},
+                                metadata={"help": "REPAIR's options (ckl methods: repair), run beside the two as MEMIT with its closed loop (not part of the verdict); null: not run"})
 
     def __post_init__(self) -> None:
         check_count(self.batches, "batches")
         check_count(self.per_batch, "per_batch")
         check_number(self.threshold, "threshold", low=0, low_open=True, high=1)
-        for name in ("rome", "memit"):
+        for name in ("rome", "memit", "repair"):
+            if name == "repair" and self.repair is None:
+                continue
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(name, f"{name} must be a mapping of {name.upper()} options, got {getattr(self, name)!r}")
 
@@ -60,7 +64,10 @@ class EditingCollapse(Study):
     Config = EditingCollapseConfig
 
     def methods(self) -> list[dict[str, Any]]:
-        return [{"name": "rome", "rome": dict(self.config.rome)}, {"name": "memit", "memit": dict(self.config.memit)}]
+        methods = [{"name": "rome", "rome": dict(self.config.rome)}, {"name": "memit", "memit": dict(self.config.memit)}]
+        if self.config.repair is not None:
+            methods.append({"name": "repair", "repair": dict(self.config.repair)})
+        return methods
 
     def derive(self, stream):
         """`batches` stages of `per_batch` edits of base facts of distinct untouched people."""
@@ -91,7 +98,9 @@ class EditingCollapse(Study):
         c = self.config
         numbers: dict[str, Any] = {}
         curves: dict[str, list[dict]] = {}
-        for method in ("rome", "memit"):
+        for method in ("rome", "memit", "repair"):
+            if method == "repair" and c.repair is None:
+                continue
             per_seed = []
             for seed in seeds:
                 summary = editing_summary(store, method, seed)
@@ -117,6 +126,9 @@ class EditingCollapse(Study):
         rome, memit = (_median_collapse(numbers[m]["collapse_edits"], total) for m in ("rome", "memit"))
         said = lambda m, v: f"{m} collapses after {v} edits" if v <= total else f"{m} does not collapse within {total} edits"
         line = f"{said('ROME', rome)}, {said('MEMIT', memit)} (median over seeds; untouched accuracy below {c.threshold:g} of its start)"
+        if "repair" in numbers:
+            efficacy = sum(numbers["repair"]["efficacy_after"]) / len(numbers["repair"]["efficacy_after"])
+            line += f"; MEMIT with REPAIR's loop (not in the verdict): {said('it', _median_collapse(numbers['repair']['collapse_edits'], total))}, final efficacy {efficacy:.2f}"
         if rome > total and memit > total:
             verdict = UNDECIDED
         else:

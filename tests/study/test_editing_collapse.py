@@ -23,7 +23,8 @@ def study_run(tmp_path_factory, tiny_stream, tiny_model_dir):
     tiny_stream.save(stream_dir)
     config = tmp_path_factory.mktemp("cfg") / "s.yaml"
     config.write_text(yaml.safe_dump({"stream": str(stream_dir), "model": str(tiny_model_dir), "seeds": [0], "eval": {"kinds": ["statement"]},
-                                      "study": {"batches": 3, "per_batch": 1, "rome": {"layer": 0, "steps": 10}, "memit": {"layers": [0], "steps": 10}}}))
+                                      "study": {"batches": 3, "per_batch": 1, "rome": {"layer": 0, "steps": 10}, "memit": {"layers": [0], "steps": 10},
+                                                "repair": {"layers": [0], "steps": 10, "rounds": 1}}}))
     experiment, study = load_study_config(EditingCollapse, config)
     out = tmp_path_factory.mktemp("study")
     return out, run_study(study, experiment, out, say=lambda m: None), tiny_stream
@@ -40,11 +41,11 @@ def test_the_study_edits_untouched_people_in_sequence_and_reports_the_curve(stud
     touched = {r.fact.subject for r in original.records()}
     assert not touched & {r.fact.subject for r in edits}
     assert all(r.fact.object != r.old_object for r in edits)
-    for method in ("rome", "memit"):
+    for method in ("rome", "memit", "repair"):  # repair: MEMIT with its closed loop, beside the verdict
         assert len(result["numbers"][method]["collapse_edits"]) == 1
         assert result["numbers"][method]["efficacy_after"][0] is not None
     assert result["verdict"] in ("holds", "does not hold", "undecided") and "ROME" in result["line"]
-    assert len(result["panels"][0]["series"]) == 2
+    assert len(result["panels"][0]["series"]) == 3 and "REPAIR" in result["line"]
 
 
 def test_a_stream_too_small_for_the_edits_is_refused_before_anything_is_written(tmp_path, tiny_stream, tiny_model_dir):
