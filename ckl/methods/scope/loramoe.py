@@ -122,10 +122,11 @@ class ExpertMixture(torch.nn.Module):
     """Every target layer's experts, the hooks that add them, and the gates of the last
     training forward (for the balance loss)."""
 
-    def __init__(self, layers: dict[str, tuple[int, int]], experts: int, r: int, scale: float):
+    def __init__(self, layers: dict[str, tuple[int, int]], make_experts):
+        """make_experts(d_in, d_out) -> one layer's experts (LoraExperts or a variant)."""
         super().__init__()
         self.targets = list(layers)
-        self.layers = torch.nn.ModuleDict({_key(n): LoraExperts(i, o, experts, r, scale) for n, (i, o) in layers.items()})
+        self.layers = torch.nn.ModuleDict({_key(n): make_experts(i, o) for n, (i, o) in layers.items()})
         self.gates: list[torch.Tensor] = []
 
     def register(self, host: torch.nn.Module) -> None:
@@ -198,6 +199,12 @@ def expert_load(gates: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
 class LoraMoe(ScopePart):
     name = "loramoe"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.scope.attached)
+    module_name = NAME  # the attached module's name (a variant keeps its own)
+
+    def experts(self, d_in: int, d_out: int) -> torch.nn.Module:
+        """One target layer's experts and router."""
+        c = self.config
+        return LoraExperts(d_in, d_out, c.experts, c.r, c.alpha / c.r)
 
     def __init__(self, config: LoraMoeConfig):
         self.config = config
@@ -207,18 +214,18 @@ class LoraMoe(ScopePart):
         self.processes = 1
 
     def _attach(self, model, ctx: StageContext | None) -> ExpertMixture:
-        module = attached(model, NAME)
+        module = attached(model, self.module_name)
         if module is None:
             saved = self.state_dict() or None
             c = self.config
             layers = target_layers(model, c.target_modules)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(rng_for(ctx.seed if ctx else 0, "loramoe").randrange(2**31))
-                module = ExpertMixture(layers, c.experts, c.r, c.alpha / c.r)
+                module = ExpertMixture(layers, self.experts)
             if saved:
                 load_module_state(module, {k[2:]: t for k, t in saved.items() if k.startswith("w.")})
             module.to(*model_device_dtype(model))
-        attach(model, NAME, module, module.register)
+        attach(model, self.module_name, module, module.register)
         self.module = module
         return module
 
