@@ -8,7 +8,4 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
     || echo "note: could not install chromium; tests/report/test_browser.py will be skipped" >&2
 fi
-# Two workers, a test file each at a time (module fixtures stay in one process); every
-# worker keeps torch's default thread count, so the numbers tests pin are the ones a
-# one-process run gets. `bash scripts/test.sh -n 0` runs in one process.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 tests "$@"
+exec .venv/bin/python -m pytest -q --durations=25 tests "$@"
