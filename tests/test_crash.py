@@ -33,14 +33,14 @@ def _experiment(path: Path) -> Path:
         "world": {"seed": 1, "people": 12, "stages": 2, "learn_per_stage": 4, "update_per_stage": 4,
                   "forget_per_stage": 2, "general_train": 40, "general_heldout": 20},
         "pretrain": {"n_layer": 2, "n_embd": 64, "n_head": 2, "lr": 3.0e-3, "batch_size": 4,
-                     "max_epochs": 20, "target": 1.0, "eval_every": 10},
+                     "max_epochs": 10, "target": 1.0, "eval_every": 5},
         "eval": {"kinds": ["statement", "question"]},
         "methods": [
             {"name": "naive", "skip": ["forget"], "train": {"epochs": 2, "lr": 3.0e-3, "batch_size": 8}},
             {"name": "replay", "skip": ["forget"], "train": {"epochs": 2, "lr": 3.0e-3, "batch_size": 8}},
         ],
         "seeds": [0],
-        "allow_weak_base": True,  # 20 epochs on purpose (the resume is under test): the base misses its target
+        "allow_weak_base": True,  # 10 epochs on purpose (the resume is under test): the base misses its target
     }
     path.write_text(yaml.safe_dump(config))
     return path

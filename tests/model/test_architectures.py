@@ -84,10 +84,12 @@ def _stage_context(stream, tokenizer, accelerator, directory):
                                 qa_subjects=stream.qa_subjects, model_dir=str(directory))
 
 
-# Mistral's decoder is Llama's module for module (the sliding window aside, which these short
-# texts never reach): every method on Llama covers it, and the suite's time budget is tight.
-# Its own checks below (LoRA's targets, ROME/MEMIT's layer) still run.
-SAME_MODULES_AS = {"mistral": "llama"}
+# Mistral's, Qwen2's and Gemma's decoders have Llama's module layout (q/k/v/o projections,
+# gated MLP with gate/up/down; Qwen2 adds q/k/v biases, Gemma scales its norms, Mistral's
+# sliding window is never reached by these texts): every method on Llama covers their
+# layout, and the suite's 10-minute budget is tight (each full run costs ~9 s). Their own
+# checks below (LoRA's targets, ROME/MEMIT's layer, batched scoring) still run.
+SAME_MODULES_AS = {"mistral": "llama", "qwen2": "llama", "gemma": "llama"}
 
 
 def test_every_method_and_part_applies_a_stage(arch, tiny_stream, accelerator):
