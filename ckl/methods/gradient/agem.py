@@ -157,14 +157,22 @@ class Agem(Part):
         rng = rng_for(ctx.seed, "agem", ctx.stage, step)
         return memory_batch(facts, ctx, rng, self.config.memory_batch, self.config.block_size)
 
-    def filter_gradients(self, model, step: int) -> None:
+    def reference_gradient(self, model, step: int) -> tuple[list[torch.nn.Parameter], torch.Tensor] | None:
+        """The trainable parameters and the memory batch's flat gradient (P,) at this step,
+        or None when there is no memory (outside a stage, or nothing held)."""
         if self.ctx is None:
-            return
+            return None
         batch = self.memory_batch(step)
         if batch is None:
-            return
+            return None
         params = trainable(model)
-        g_ref = memory_gradient(model, batch, params, self.ctx.accelerator)
+        return params, memory_gradient(model, batch, params, self.ctx.accelerator)
+
+    def filter_gradients(self, model, step: int) -> None:
+        reference = self.reference_gradient(model, step)
+        if reference is None:
+            return
+        params, g_ref = reference
         g = flat_grad(params)
         projected = project_agem(g, g_ref)
         if projected is not g:

@@ -33,7 +33,7 @@ import torch
 
 from ckl.core.checks import check_number
 from ckl.methods.base import register_part
-from ckl.methods.gradient.agem import Agem, AgemConfig, memory_gradient, trainable
+from ckl.methods.gradient.agem import Agem, AgemConfig
 
 
 @dataclass
@@ -75,13 +75,10 @@ class Cuber(Agem):
         return super().prepare(model, ctx)
 
     def filter_gradients(self, model, step: int) -> None:
-        if self.ctx is None:
+        found = self.reference_gradient(model, step)
+        if found is None:
             return
-        batch = self.memory_batch(step)
-        if batch is None:
-            return
-        params = trainable(model)
-        reference = memory_gradient(model, batch, params, self.ctx.accelerator)
+        params, reference = found
         offset = 0
         for p in params:
             n = p.numel()

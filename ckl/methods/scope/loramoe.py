@@ -99,18 +99,23 @@ def target_layers(model, targets: str | list[str]) -> dict[str, tuple[int, int]]
     return out
 
 
+def down_projections_and_router(d_in: int, experts: int, r: int) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """Every expert's down-projection A (E, r, in) and the router (E, in), initialised as
+    nn.Linear initialises its weight (kaiming uniform, a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))."""
+    bound = 1 / math.sqrt(d_in)
+    A = torch.nn.Parameter(torch.empty(experts, r, d_in).uniform_(-bound, bound))
+    router = torch.nn.Parameter(torch.empty(experts, d_in).uniform_(-bound, bound))
+    return A, router
+
+
 class LoraExperts(torch.nn.Module):
     """N LoRA experts and their router for one linear layer."""
 
     def __init__(self, d_in: int, d_out: int, experts: int, r: int, scale: float):
         super().__init__()
         self.scale = scale
-        self.A = torch.nn.Parameter(torch.empty(experts, r, d_in))
+        self.A, self.router = down_projections_and_router(d_in, experts, r)
         self.B = torch.nn.Parameter(torch.zeros(experts, d_out, r))
-        self.router = torch.nn.Parameter(torch.empty(experts, d_in))
-        bound = 1 / math.sqrt(d_in)  # nn.Linear's default (kaiming uniform, a = sqrt(5))
-        torch.nn.init.uniform_(self.A, -bound, bound)
-        torch.nn.init.uniform_(self.router, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates = torch.softmax(x @ self.router.T, dim=-1)  # (..., E)

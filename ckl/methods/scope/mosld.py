@@ -19,7 +19,6 @@ loss is LoRAMoE's (the paper has none).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from ckl.core.checks import ConfigError, check_number
 from ckl.methods.base import register_part
-from ckl.methods.scope.loramoe import LoraMoe, LoraMoeConfig
+from ckl.methods.scope.loramoe import LoraMoe, LoraMoeConfig, down_projections_and_router
 
 
 @dataclass
@@ -48,12 +47,8 @@ class SharedUpExperts(torch.nn.Module):
     def __init__(self, d_in: int, d_out: int, experts: int, r: int, scale: float, dropout: float):
         super().__init__()
         self.scale, self.dropout = scale, dropout
-        self.A = torch.nn.Parameter(torch.empty(experts, r, d_in))
+        self.A, self.router = down_projections_and_router(d_in, experts, r)
         self.B = torch.nn.Parameter(torch.zeros(d_out, r))  # shared by every expert
-        self.router = torch.nn.Parameter(torch.empty(experts, d_in))
-        bound = 1 / math.sqrt(d_in)  # nn.Linear's default (kaiming uniform, a = sqrt(5))
-        torch.nn.init.uniform_(self.A, -bound, bound)
-        torch.nn.init.uniform_(self.router, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates = torch.softmax(x @ self.router.T, dim=-1)  # (..., E)

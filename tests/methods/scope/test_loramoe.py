@@ -95,8 +95,6 @@ def test_balance_loss_is_zero_for_even_load_and_e_minus_one_for_a_collapsed_rout
 
 
 def test_experts_survive_save_and_reload(tiny_stream, tiny_model, accelerator, tmp_path):
-    from ckl.run.experiment import _join_state, _split_state
-
     model, tokenizer = tiny_model
     change, ctx = _ctx(tiny_stream, tokenizer, accelerator)
     method = build_method("loramoe", {"train": {"epochs": 2, "lr": 3e-3}})
@@ -104,15 +102,25 @@ def test_experts_survive_save_and_reload(tiny_stream, tiny_model, accelerator, t
     prompt = _prompt(model.config.vocab_size)
     with torch.no_grad():
         trained = model(prompt).logits
+    restored = checkpoint_round_trip("loramoe", method, model, tokenizer, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(prompt).logits, trained)
+
+
+def checkpoint_round_trip(name, method, model, tokenizer, tmp_path):
+    """The model as a resumed run gets it back: saved and loaded as a checkpoint (the
+    attached experts are not in the saved weights), then re-attached by a fresh method
+    that loaded the old one's state through safetensors."""
+    from ckl.run.experiment import _join_state, _split_state
+
     lm.save(model, tokenizer, tmp_path / "ckpt")
     data, tensors = _split_state(method.state_dict())
     save_file(tensors, str(tmp_path / "state.safetensors"))
-    fresh = build_method("loramoe", {})
+    fresh = build_method(name, {})
     fresh.load_state_dict(_join_state(data, tmp_path / "state.safetensors"))
     loaded, _ = lm.load(tmp_path / "ckpt")
-    assert not hasattr(loaded, NAME)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.restore(loaded)(prompt).logits, trained)
+    assert not hasattr(loaded, fresh.parts[0].module_name)
+    return fresh.restore(loaded).eval()
 
 
 @pytest.mark.parametrize("bad", [{"experts": 1}, {"r": 0}, {"alpha": 0}, {"balance": -1.0}, {"target_modules": []}])

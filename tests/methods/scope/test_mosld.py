@@ -6,13 +6,11 @@ and the experts come back from a checkpoint."""
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from ckl.methods.base import build_method
 from ckl.methods.scope.loramoe import LoraExperts
 from ckl.methods.scope.mosld import Mosld, MosldConfig, SharedUpExperts
-from ckl.model import lm
-from tests.methods.scope.test_loramoe import _ctx, _prompt
+from tests.methods.scope.test_loramoe import _ctx, _prompt, checkpoint_round_trip
 
 
 def _count(module):
@@ -53,8 +51,6 @@ def test_the_shared_dropout_acts_in_training_only():
 
 
 def test_a_stage_trains_the_shared_and_own_projections_and_survives_a_checkpoint(tiny_stream, tiny_model, accelerator, tmp_path):
-    from ckl.run.experiment import _join_state, _split_state
-
     model, tokenizer = tiny_model
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     change, ctx = _ctx(tiny_stream, tokenizer, accelerator)
@@ -68,13 +64,7 @@ def test_a_stage_trains_the_shared_and_own_projections_and_survives_a_checkpoint
     prompt = _prompt(model.config.vocab_size)
     with torch.no_grad():
         trained = model(prompt).logits
-    lm.save(model, tokenizer, tmp_path / "ckpt")
-    data, tensors = _split_state(method.state_dict())
-    save_file(tensors, str(tmp_path / "state.safetensors"))
-    fresh = build_method("mosld", {})
-    fresh.load_state_dict(_join_state(data, tmp_path / "state.safetensors"))
-    loaded, _ = lm.load(tmp_path / "ckpt")
-    restored = fresh.restore(loaded).eval()
+    restored = checkpoint_round_trip("mosld", method, model, tokenizer, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(restored(prompt).logits, trained)
 
