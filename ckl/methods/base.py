@@ -161,6 +161,11 @@ class Part(LossTerm):
         """After the stage, with the finished model (adapters merged)."""
         return None
 
+    def row_notes(self) -> dict:
+        """Numbers about the part's last stage to store with the row (e.g. the ranks an
+        adaptive-rank scope chose); none by default."""
+        return {}
+
     def state_dict(self) -> dict:
         """What the part must remember across stages; values may be JSON-able data or
         torch tensors (tensors are checkpointed as safetensors)."""
@@ -371,6 +376,9 @@ class TrainingMethod(Method):
 
     def kept_outside_weights(self) -> list[str]:
         return [p.name for p in self.parts if p.keeps_modules]
+
+    def row_notes(self) -> dict:
+        return {k: v for p in self.parts for k, v in p.row_notes().items()}
 
     def state_dict(self) -> dict:
         return {p.name: p.state_dict() for p in self.parts}

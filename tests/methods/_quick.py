@@ -4,4 +4,5 @@ changing what they check."""
 
 # acu: its hooks and sums do not depend on the buffer's width; the default 2,048 costs
 # ~9 s per apply on the CPU (measured in the architecture suite)
-QUICK = {"acu": {"acu": {"buffer": 256}}}
+# adalora: counts its first epoch's steps to set PEFT's rank schedule, so it needs two epochs
+QUICK = {"acu": {"acu": {"buffer": 256}}, "adalora": {"train": {"epochs": 2}}}

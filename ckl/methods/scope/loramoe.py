@@ -221,14 +221,14 @@ class LoraMoe(ScopePart):
     def _attach(self, model, ctx: StageContext | None) -> ExpertMixture:
         module = attached(model, self.module_name)
         if module is None:
-            saved = self.state_dict() or None
+            saved = {k: t for k, t in self.state_dict().items() if k.startswith("w.")}  # the experts' weights (a variant may keep more)
             c = self.config
             layers = target_layers(model, c.target_modules)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(rng_for(ctx.seed if ctx else 0, "loramoe").randrange(2**31))
                 module = ExpertMixture(layers, self.experts)
             if saved:
-                load_module_state(module, {k[2:]: t for k, t in saved.items() if k.startswith("w.")})
+                load_module_state(module, {k[2:]: t for k, t in saved.items()})
             module.to(*model_device_dtype(model))
         attach(model, self.module_name, module, module.register)
         self.module = module
