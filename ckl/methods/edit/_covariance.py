@@ -68,6 +68,45 @@ def cache_path(model_dir: str | Path, layer: int, texts: Sequence[str]) -> Path:
 
 
 @torch.no_grad()
+def input_second_moments(
+    model: nn.Module, tokenizer, modules: dict[str, nn.Module], texts: Sequence[str], batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None, forward: Callable | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """E[x x^T] of the input x of every module in `modules`, over every (unpadded) token of
+    `texts`, in one pass: {name: (d, d) float32 on the CPU} (accumulated in float64) and
+    the number of tokens. `forward(input_ids=..., attention_mask=...)` runs the model
+    (default: `model` itself; the editors pass the body without the LM head)."""
+    device = next(model.parameters()).device
+    totals: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    count = 0
+
+    def grab(name, mod, args):
+        keys = token_view(args[0], state["mask"].shape[1])[state["mask"]].double()  # (tokens, d)
+        if name not in totals:
+            totals[name] = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float64, device=device)
+        totals[name].addmm_(keys.T, keys)
+
+    limit = getattr(getattr(model, "config", None), "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: grab(name, mod, args)) for name, m in modules.items()]
+    run = forward or model
+    try:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
+        for start in range(0, len(order), batch_size):
+            chunk = [texts[i] for i in order[start : start + batch_size]]
+            enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+            mask = enc["attention_mask"].bool().to(device)
+            state["mask"] = mask
+            count += int(mask.sum())
+            run(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+            if progress:
+                progress(min(start + batch_size, len(texts)), len(texts))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (t / max(count, 1)).float().cpu() for name, t in totals.items()}, count
+
+
 def compute_second_moment(
     model: nn.Module, tokenizer, layer: int, texts: Sequence[str], batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
@@ -79,33 +118,10 @@ def compute_second_moment(
     """
     global computed
     module = mlp_output_projection(model, layer)
-    device = next(model.parameters()).device
-    d = key_size(module)
-    total = torch.zeros(d, d, dtype=torch.float64, device=device)
-    count = 0
-    state: dict[str, torch.Tensor] = {}
-
-    def grab(mod, args):
-        keys = token_view(args[0], state["mask"].shape[1])[state["mask"]].double()  # (tokens, d)
-        total.addmm_(keys.T, keys)
-
-    limit = getattr(getattr(model, "config", None), "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    handle = module.register_forward_pre_hook(grab)
-    try:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
-        for start in range(0, len(order), batch_size):
-            chunk = [texts[i] for i in order[start : start + batch_size]]
-            enc = tokenizer(chunk, add_special_tokens=False, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-            mask = enc["attention_mask"].bool().to(device)
-            state["mask"] = mask
-            count += int(mask.sum())
-            model.base_model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
-            if progress:
-                progress(min(start + batch_size, len(texts)), len(texts))
-    finally:
-        handle.remove()
+    moments, _ = input_second_moments(model, tokenizer, {"keys": module}, texts, batch_size, progress, forward=model.base_model)
     computed += 1
-    return (total / max(count, 1)).float().cpu()
+    d = key_size(module)
+    return moments.get("keys", torch.zeros(d, d))
 
 
 def second_moment(
