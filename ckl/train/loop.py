@@ -137,6 +137,11 @@ class LossTerm:
     def filter_gradients(self, model, step: int) -> None:  # pragma: no cover - default
         return None
 
+    def own_tokens(self) -> int:
+        """Tokens of its own data (not the teaching batch) the last `loss` call trained on,
+        e.g. RFT's sampled answers; counted in the run's tokens_seen. 0 by default."""
+        return 0
+
     def steps(self, epoch: int, epochs: int) -> int:
         """Optimiser steps this term needs in `epoch` (of `epochs`) for data of its own (an
         unlearning part's forget set). The loop runs max(teaching batches, this) steps; the
@@ -259,6 +264,7 @@ def train(
                     tokens = 0 if own else int(batch["attention_mask"].sum())
                     if not torch.isfinite(loss):
                         raise DivergenceError(f"loss became {loss.item()} at step {result.steps} (epoch {epoch})")
+                tokens += sum(term.own_tokens() for term in terms)
                 accelerator.backward(loss)
                 for term in filters:  # masks last: a projection (A-GEM) must not put gradient back into masked weights
                     term.filter_gradients(model, result.steps)
