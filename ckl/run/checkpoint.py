@@ -218,6 +218,18 @@ def split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     return data, tensors
 
 
+def state_bytes(state) -> int:
+    """How many bytes a method's state holds beside the model's weights: tensors by their
+    storage, everything else by its JSON text (what a checkpoint writes for it)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) + len(json.dumps(str(k))) for k, v in state.items())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state) + 2
+    return len(json.dumps(state, default=str))
+
+
 def join_state(data: dict, tensor_file: Path) -> dict:
     state = {part: dict(values) for part, values in data.items()}
     if tensor_file.exists():

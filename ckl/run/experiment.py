@@ -460,6 +460,7 @@ def _progress_on_disk(store: Store, label: str, seed: int, ckpt: Path, T: int, a
 def _record(store, label, seed, row, model, tokenizer, probes, stream, config, info: StageInfo, accelerator=None, method=None) -> None:
     probes = method.transform_probes(probes)  # in-context methods (IKE, RAG) rewrite prompts; ids stay
     info.notes.update(method.row_notes())  # e.g. RAG's retrieval recall on these probes
+    info.notes["state_bytes"] = checkpoint.state_bytes(method.state_dict())  # what it keeps beside the weights (an index, a memory, a buffer)
     outcomes, ppl = evaluate_row(model, tokenizer, probes, stream.general_heldout, config.eval.batch_size, accelerator)
     info.perplexity = ppl
     if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
