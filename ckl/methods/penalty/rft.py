@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ckl.core.checks import check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.data.facts import Fact
 from ckl.data.stream import make_probes
 from ckl.methods.base import Part, StageContext, register_part
@@ -54,7 +54,7 @@ class RftConfig:
     def __post_init__(self) -> None:
         check_count(self.group, "group")
         if self.group < 2:
-            raise ValueError(f"group must be at least 2 (the advantage is relative to the group), got {self.group!r}")
+            raise ConfigError("group", f"group must be at least 2 (the advantage is relative to the group), got {self.group!r}")
         check_count(self.batch_size, "batch_size")
         check_number(self.temperature, "temperature", low=0, low_open=True)
         check_count(self.max_new_tokens, "max_new_tokens")

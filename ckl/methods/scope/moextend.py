@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import check_count
+from ckl.core.checks import ConfigError, check_count
 from ckl.data.stream import render_documents
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.scope.loramoe import LoraMoe, LoraMoeConfig, down_projections_and_router, expert_load
@@ -52,7 +52,7 @@ class MoExtendConfig(LoraMoeConfig):
         check_count(self.new_experts, "new_experts")
         check_count(self.samples, "samples")
         if self.new_experts > self.experts:
-            raise ValueError(f"new_experts ({self.new_experts}) must not exceed experts ({self.experts}): each new expert splits a different old one")
+            raise ConfigError("new_experts", f"new_experts ({self.new_experts}) must not exceed experts ({self.experts}): each new expert splits a different old one")
 
 
 class ExtendingExperts(torch.nn.Module):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils import parametrize
 
-from ckl.core.checks import check_count, check_number
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.data.stream import render_documents
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.penalty._estimate import gradient_statistic
@@ -52,7 +52,7 @@ class SupermaskConfig:
         check_number(self.density, "density", low=0, low_open=True, high=1)
         check_number(self.grad_dropout, "grad_dropout", low=0, high=1)
         if self.grad_dropout >= 1:
-            raise ValueError(f"grad_dropout must be below 1 (at 1 the mask never learns), got {self.grad_dropout!r}")
+            raise ConfigError("grad_dropout", f"grad_dropout must be below 1 (at 1 the mask never learns), got {self.grad_dropout!r}")
         check_count(self.samples, "samples")
         check_count(self.batch_size, "batch_size")
 
