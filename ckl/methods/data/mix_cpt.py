@@ -54,7 +54,7 @@ class MixCpt(Part):
 
     def check(self, train: TrainConfig) -> str | None:
         if train.epochs <= self.config.align_epochs:
-            return f"train.epochs ({train.epochs}) must exceed mix_cpt.align_epochs ({self.config.align_epochs}): the knowledge stage needs at least one epoch"
+            return f"train.epochs ({train.epochs}) must exceed {self.name}.align_epochs ({self.config.align_epochs}): the knowledge stage needs at least one epoch"
         return None
 
     def aligning(self, ctx: StageContext) -> bool:
