@@ -50,7 +50,9 @@ def test_every_stage_of_every_method_is_stored_with_per_probe_outcomes(full_run,
             assert store.completed_rows(method, seed) == [0, 1, 2]
             assert len(store.outcomes(method, seed, 2)) == n_probes
             infos = store.stage_infos(method, seed)
-            assert infos[1]["notes"] == {"not_applied": {"forget": len(tiny_stream.stages[0].forget)}}
+            assert infos[1]["notes"]["not_applied"] == {"forget": len(tiny_stream.stages[0].forget)}
+            # what the method keeps beside the weights: nothing for naive, the buffer's facts for replay
+            assert (infos[1]["notes"]["state_bytes"] > 1000) == (method == "replay"), infos[1]["notes"]
             assert infos[1]["tokens_seen"] > 0 and infos[1]["perplexity"] > 1
         acc = store.accuracy("naive", 0)
         assert acc[0]["invariant"] >= 0.9  # the base model knows K0

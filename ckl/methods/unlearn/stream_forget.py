@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckl.core.checks import ConfigError, check_count
+from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.distill.lwf import distillation_kl
 from ckl.methods.scope.attached import host_model
@@ -53,8 +53,7 @@ class StreamForgetConfig(UnlearnConfig):
             raise ConfigError("mode", f"stream_forget handles requests one at a time: mode must be 'sequential', got {self.mode!r}")
         if self.objective not in ("npo", "ga"):
             raise ConfigError("objective", f"objective must be 'npo' or 'ga', got {self.objective!r}")
-        if self.beta <= 0:
-            raise ConfigError("beta", f"beta must be > 0, got {self.beta!r}")
+        check_number(self.beta, "beta", low=0, low_open=True)
         check_count(self.samples, "samples")
         check_count(self.sample_tokens, "sample_tokens")
 
