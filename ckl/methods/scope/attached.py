@@ -67,3 +67,25 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -
 def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     param = next(host_model(model).parameters())
     return param.device, param.dtype
+
+
+class AttachedState:
+    """The state of a part whose module is attached beside the model's weights (`module`):
+    its weights as `w.<key>` tensors, or, between `load_state_dict` and the next attach, the
+    loaded state (`saved`) as it came. Shared by `kadapter`, `loramoe` (and its variants)
+    and `infuserki`."""
+
+    module: torch.nn.Module | None = None
+    saved: dict | None = None
+
+    def module_weights(self) -> dict:
+        if self.module is None:
+            return dict(self.saved or {})
+        return {f"w.{k}": t for k, t in module_state(self.module).items()}
+
+    def state_dict(self) -> dict:
+        return self.module_weights()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module = None
+        self.saved = dict(state) if state else None

@@ -41,7 +41,7 @@ from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.data.stream import render_documents
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.scope._base import ScopePart
-from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
+from ckl.methods.scope.attached import AttachedState, attach, attached, load_module_state, model_device_dtype
 from ckl.model.layers import find_blocks
 from ckl.train.batching import pack
 from ckl.train.loop import rng_for
@@ -113,7 +113,7 @@ class InfusedAdapters(torch.nn.Module):
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
-class InfuserKI(ScopePart):
+class InfuserKI(AttachedState, ScopePart):
     name = "infuserki"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.scope.attached)
     reads_batch = True  # the infuser's "unknown" targets are the teaching batch's tokens
@@ -207,14 +207,6 @@ class InfuserKI(ScopePart):
             return {}
         return {"infuser_gate_known": self.mean_gates["known"], "infuser_gate_unknown": self.mean_gates["unknown"]}
 
-    def state_dict(self) -> dict:
-        if self.module is None:
-            return dict(self.saved or {})
-        return {f"w.{k}": t for k, t in module_state(self.module).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module = None
-        self.saved = dict(state) if state else None
 
 
 register_part("infuserki", InfuserKIConfig, InfuserKI, "InfuserKI: adapters on the upper blocks gated per token by infusers trained to shut on what the model already knows (K0) and open on new facts; the model frozen (kept attached)")

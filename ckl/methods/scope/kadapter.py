@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ckl.core.checks import ConfigError
-from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
+from ckl.methods.scope.attached import AttachedState, attach, attached, load_module_state, model_device_dtype
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks
 from ckl.methods.scope._base import ScopePart
@@ -130,7 +130,7 @@ class ParallelAdapters(torch.nn.Module):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-class KAdapter(ScopePart):
+class KAdapter(AttachedState, ScopePart):
     name = "kadapter"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.scope.attached)
 
@@ -184,13 +184,8 @@ class KAdapter(ScopePart):
 
     def state_dict(self) -> dict:
         if self.module is None:
-            return dict(self.saved or {})
-        state = {f"w.{k}": t for k, t in module_state(self.module).items()}
-        return {"adapters": len(self.module.adapters), "taps": list(self.module.taps), **state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module = None
-        self.saved = dict(state) if state else None
+            return self.module_weights()
+        return {"adapters": len(self.module.adapters), "taps": list(self.module.taps), **self.module_weights()}
 
 
 register_part("kadapter", KAdapterConfig, KAdapter, "K-Adapter: parallel adapters fed from chosen blocks, added to the final hidden state; the model frozen")

@@ -43,7 +43,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ckl.core.checks import ConfigError, check_count, check_number
-from ckl.methods.scope.attached import attach, attached, load_module_state, model_device_dtype, module_state
+from ckl.methods.scope.attached import AttachedState, attach, attached, load_module_state, model_device_dtype
 from ckl.methods.base import StageContext, register_part
 from ckl.model.layers import find_blocks, mlp_linears
 from ckl.methods.scope._base import ScopePart
@@ -201,7 +201,7 @@ def expert_load(gates: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
     return load / load.sum()
 
 
-class LoraMoe(ScopePart):
+class LoraMoe(AttachedState, ScopePart):
     name = "loramoe"
     keeps_modules = True  # the adapters live beside the weights (ckl.methods.scope.attached)
     module_name = NAME  # the attached module's name (a variant keeps its own)
@@ -265,14 +265,6 @@ class LoraMoe(ScopePart):
             self._attach(model, None)
         return model
 
-    def state_dict(self) -> dict:
-        if self.module is None:
-            return dict(self.saved or {})
-        return {f"w.{k}": t for k, t in module_state(self.module).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module = None
-        self.saved = dict(state) if state else None
 
 
 register_part("loramoe", LoraMoeConfig, LoraMoe, "LoRAMoE: LoRA experts with a per-token router and a balance loss on a frozen model (kept attached)")
