@@ -29,17 +29,15 @@ own allocation and merges it. The budget's final phase is `final` of the stage's
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from peft import AdaLoraConfig as PeftAdaLoraConfig
-from peft import get_peft_model
-from transformers.pytorch_utils import Conv1D
 
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.methods.base import Part, StageContext, register_part
-from ckl.train.loop import TrainConfig, rng_for
+from ckl.methods.scope.lora import fan_in_fan_out, wrap
+from ckl.train.loop import TrainConfig
 
 ADAPTER = "default"
 UNKNOWN = 10**9  # the schedule's step count before the first epoch has been counted
@@ -94,7 +92,7 @@ class AdaLora(Part):
 
     def prepare(self, model, ctx: StageContext):
         peft_config = PeftAdaLoraConfig(
-            fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2 stores linears transposed
+            fan_in_fan_out=fan_in_fan_out(model),
             init_r=self.config.init_r,
             target_r=self.config.target_r,
             lora_alpha=self.config.alpha,
@@ -106,10 +104,7 @@ class AdaLora(Part):
             orth_reg_weight=self.config.orthogonal,
             task_type="CAUSAL_LM",
         )
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            torch.manual_seed(rng_for(ctx.seed, "adalora", ctx.stage).randrange(2**31))
-            self.model = get_peft_model(model, peft_config)
+        self.model = wrap(model, peft_config, ctx, "adalora")
         self.steps_seen, self.grads = 0, {}
         return self.model
 

@@ -28,12 +28,10 @@ text (K0; the knowledge a stream's later stages taught is not added to the calib
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
 from peft.tuners.lora.config import CordaConfig as PeftCordaConfig
 from peft.tuners.lora.corda import preprocess_corda
 from transformers.pytorch_utils import Conv1D
@@ -41,7 +39,7 @@ from transformers.pytorch_utils import Conv1D
 from ckl.core.checks import ConfigError, check_count
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.edit._covariance import covariance_texts
-from ckl.methods.scope.lora import LoraConfig
+from ckl.methods.scope.lora import LoraConfig, fan_in_fan_out, wrap
 from ckl.train.batching import pack
 
 
@@ -76,7 +74,7 @@ class Corda(Part):
             head = model.get_output_embeddings()
             targets = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head]
         return PeftLoraConfig(
-            fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),  # GPT-2 stores linears transposed
+            fan_in_fan_out=fan_in_fan_out(model),
             r=self.config.r,
             lora_alpha=self.config.alpha,
             target_modules=targets,
@@ -100,11 +98,8 @@ class Corda(Part):
 
         config = self.peft_config(model)
         training = model.training
-        with warnings.catch_warnings():
-            # PEFT reads transformers' deprecated `is_gradient_checkpointing` (see `lora`)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            preprocess_corda(model, config, run_model=run_model)
-            peft_model = get_peft_model(model, config)
+        preprocess_corda(model, config, run_model=run_model)
+        peft_model = wrap(model, config, ctx, "corda")  # CorDA's initialisation is the SVD: no random draw
         peft_model.train(training)
         return peft_model
 

@@ -37,6 +37,22 @@ class LoraConfig:
             raise ConfigError("dropout", f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
+def fan_in_fan_out(model) -> bool:
+    """Whether the model stores its linear layers transposed (GPT-2's Conv1D), as PEFT asks."""
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def wrap(model, peft_config, ctx: StageContext, tag: str, adapter_name: str = "default"):
+    """`get_peft_model`, with the adapters' random initialisation drawn from (seed, tag,
+    stage) inside a fork of the RNG, for every part that trains PEFT adapters."""
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning
+        # about their code that every LoRA run printed; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        torch.manual_seed(rng_for(ctx.seed, tag, ctx.stage).randrange(2**31))
+        return get_peft_model(model, peft_config, adapter_name=adapter_name)
+
+
 class Lora(Part):
     name = "lora"
 
@@ -44,22 +60,15 @@ class Lora(Part):
         self.config = config
 
     def prepare(self, model, ctx: StageContext):
-        # GPT-2-style models store linear layers as Conv1D (transposed weights)
-        transposed = any(isinstance(m, Conv1D) for m in model.modules())
         peft_config = PeftLoraConfig(
-            fan_in_fan_out=transposed,
+            fan_in_fan_out=fan_in_fan_out(model),
             r=self.config.r,
             lora_alpha=self.config.alpha,
             lora_dropout=self.config.dropout,
             target_modules=self.config.target_modules,
             task_type="CAUSAL_LM",
         )
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            # PEFT reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning
-            # about their code that every LoRA run printed; nothing the user can act on
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            torch.manual_seed(rng_for(ctx.seed, "lora", ctx.stage).randrange(2**31))
-            return get_peft_model(model, peft_config)
+        return wrap(model, peft_config, ctx, "lora")
 
     def finish(self, model, ctx: StageContext):
         return model.merge_and_unload()

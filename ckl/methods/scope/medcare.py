@@ -25,19 +25,16 @@ fact store's question-answer lines of known facts.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model
-from transformers.pytorch_utils import Conv1D
 
 from ckl.core.checks import check_number
 from ckl.methods.base import StageContext, register_part
 from ckl.methods.data.mix_cpt import MixCpt, MixCptConfig
 from ckl.methods.penalty.l2 import canonical_name
-from ckl.methods.scope.lora import LoraConfig
+from ckl.methods.scope.lora import LoraConfig, fan_in_fan_out, wrap
 from ckl.methods.scope.olora import subspace_overlap
 from ckl.train.loop import rng_for
 
@@ -77,12 +74,10 @@ class Medcare(MixCpt):
     def prepare(self, model, ctx: StageContext):
         super().prepare(model, ctx)
         c = self.config
-        peft_config = PeftLoraConfig(fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()), r=c.r, lora_alpha=c.alpha,
-                                     target_modules=c.target_modules, task_type="CAUSAL_LM")
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            torch.manual_seed(rng_for(ctx.seed, "medcare", ctx.stage).randrange(2**31))
-            model = get_peft_model(model, peft_config, adapter_name=ADAPTERS[0])
+        peft_config = PeftLoraConfig(fan_in_fan_out=fan_in_fan_out(model), r=c.r, lora_alpha=c.alpha, target_modules=c.target_modules, task_type="CAUSAL_LM")
+        model = wrap(model, peft_config, ctx, "medcare", adapter_name=ADAPTERS[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng_for(ctx.seed, "medcare", ctx.stage, "alignment").randrange(2**31))
             model.add_adapter(ADAPTERS[1], peft_config)
         model.base_model.set_adapter(list(ADAPTERS))  # both active (and trainable: the optimiser holds both)
         self.rows = {a: adapter_rows(model, a) for a in ADAPTERS}
