@@ -220,14 +220,37 @@ def split_state(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def state_bytes(state) -> int:
     """How many bytes a method's state holds beside the model's weights: tensors by their
-    storage, everything else by its JSON text (what a checkpoint writes for it)."""
+    storage, everything else by its JSON text (what a checkpoint writes for it); parts
+    that keep nothing count 0."""
+    state = _without_empty(state)
+    return 0 if state in ({}, [], None) else _bytes(state)
+
+
+def _without_empty(value):
+    if isinstance(value, dict):
+        kept = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if not (isinstance(v, (dict, list, tuple)) and len(v) == 0)}
+    return value
+
+
+def _bytes(state) -> int:
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) + len(json.dumps(str(k))) for k, v in state.items())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state) + 2
+    if isinstance(state, dict) and _holds_tensors(state):
+        return sum(len(json.dumps(str(k))) + _bytes(v) for k, v in state.items())
+    if isinstance(state, (list, tuple)) and _holds_tensors(state):
+        return sum(_bytes(v) for v in state)
     return len(json.dumps(state, default=str))
+
+
+def _holds_tensors(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(v) for v in value)
+    return False
 
 
 def join_state(data: dict, tensor_file: Path) -> dict:

@@ -175,3 +175,16 @@ def test_any_changed_byte_in_any_checkpoint_file_is_found(tmp_path, naive_run):
             verify(ckpt, "naive", 2)
         path.write_bytes(data)
     verify(ckpt, "naive", 2)
+
+
+def test_state_bytes_counts_tensors_by_storage_and_the_rest_by_its_json():
+    import json
+
+    import torch
+
+    from ckl.run.checkpoint import state_bytes
+
+    assert state_bytes({}) == state_bytes({"lora": {}}) == 0  # parts that keep nothing
+    assert state_bytes({"ewc": {"fisher.w": torch.zeros(10, 4)}}) == 160 + len(json.dumps("ewc")) + len(json.dumps("fisher.w"))
+    facts = [["p1-city", "New fact: A was born in B.", "B", "keys"]] * 3
+    assert state_bytes({"rag": {"facts": facts}}) == len(json.dumps({"rag": {"facts": facts}}))
