@@ -187,6 +187,8 @@ def world(
     learn: int = _world_option("learn_per_stage", "--learn"),
     update: int = _world_option("update_per_stage", "--update"),
     forget: int = _world_option("forget_per_stage", "--forget"),
+    corpus: int = _world_option("corpus_per_stage", "--corpus"),
+    corpus_heldout: int = _world_option("corpus_heldout", "--corpus-heldout"),
     qa_fraction: float = _world_option("qa_fraction", "--qa-fraction"),
     background_people: int = _world_option("background_people", "--background-people"),
     min_probe_word_count: int = _world_option("min_probe_word_count", "--min-probe-word-count"),
@@ -200,17 +202,19 @@ def world(
     try:
         config = WorldConfig(
             seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget,
-            qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
+            corpus_per_stage=corpus, corpus_heldout=corpus_heldout, qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
             distinct_first_names=distinct_first_names,
         )
         stream = build_world(config)
     except ValueError as err:  # WorldConfig names its fields; say the flags instead
-        flags = {"learn_per_stage": "learn", "update_per_stage": "update", "forget_per_stage": "forget"}
+        flags = {"learn_per_stage": "learn", "update_per_stage": "update", "forget_per_stage": "forget", "corpus_per_stage": "corpus"}
         message = re.sub(r"WorldConfig\.(\w+)", lambda m: "--" + flags.get(m.group(1), m.group(1)).replace("_", "-"), str(err))
         _fail(InputError("<options>", None, None, message))
     stream.save(out)
     n = sum(len(c.learn) + len(c.update) + len(c.edit) + len(c.forget) for c in stream.stages)
-    console.print(f"wrote {out}: {len(stream.base)} base facts, {stream.T} stages, {n} changes")
+    documents = sum(len(c.corpus) for c in stream.stages)
+    corpora = f", {documents} corpus documents (+{sum(map(len, stream.domain_heldout.values()))} held out)" if documents else ""
+    console.print(f"wrote {out}: {len(stream.base)} base facts, {stream.T} stages, {n} changes{corpora}")
 
 
 def _pretrain(**values) -> None:
@@ -464,6 +468,7 @@ def methods() -> None:
     """List every method and part with what it does and the change kinds it supports."""
     from rich.table import Table
 
+    from ckl.data.facts import STAGE_KINDS
     from ckl.methods.base import TEACHING_KINDS, load_builtin
 
     table = Table(header_style="bold")
@@ -471,10 +476,10 @@ def methods() -> None:
         table.add_column(col)
     for name, entry in sorted(load_builtin().items()):
         kinds = entry.kinds | (TEACHING_KINDS if entry.family == "part" else frozenset())
-        order = [k for k in ("learn", "update", "edit", "forget") if k in kinds]
+        order = [k for k in STAGE_KINDS if k in kinds]
         table.add_row(name, entry.family, ", ".join(order), entry.help)
     console.print(table)
-    console.print("Parts compose with '+': e.g. lora+replay. A training method supports learn, update and edit, plus what its parts add.")
+    console.print("Parts compose with '+': e.g. lora+replay. A training method supports learn, update, edit and corpus (continual pre-training), plus what its parts add.")
     from rich.markup import escape
 
     from ckl.methods.base import BROKEN

@@ -229,7 +229,7 @@ def text_findings(train_path: Path, heldout_path: Path, train: Sequence[str], he
     return out
 
 
-def meta_findings(meta_path: Path, records: Sequence[ChangeRecord]) -> list[Finding]:
+def meta_findings(meta_path: Path, records: Sequence[ChangeRecord], corpus_stages: Sequence[int] = ()) -> list[Finding]:
     if not meta_path.exists():
         return []
     meta = parse_json(read_input_text(meta_path), str(meta_path), None)
@@ -243,13 +243,13 @@ def meta_findings(meta_path: Path, records: Sequence[ChangeRecord]) -> list[Find
             hint = f"did you mean {near!r}? " if severity == "error" else ""
             out.append(Finding(severity, str(meta_path), None, key, f"unknown key; {hint}(known: {', '.join(META_KEYS)})"))
     stages = meta.get("stages")
-    last = max((r.stage for r in records), default=0)
+    last = max([*(r.stage for r in records), *corpus_stages], default=0)  # a corpus-only stage changes something too
     if isinstance(stages, int) and not isinstance(stages, bool):
         if stages < last:
             out.append(Finding("error", str(meta_path), None, "stages", f"says {stages} stage(s) but changes.jsonl has changes in stage {last}"))
         elif stages > last:
             out.append(Finding("warning", str(meta_path), None, "stages",
-                               f"says {stages} stage(s) but changes.jsonl's last change is in stage {last}: stages {last + 1}-{stages} change nothing"))
+                               f"says {stages} stage(s) but the last change (changes.jsonl, corpus.jsonl) is in stage {last}: stages {last + 1}-{stages} change nothing"))
     return out
 
 
@@ -282,5 +282,5 @@ def check_stream(directory: str | Path, rank_metric: bool = False, stream=None) 
     found += relation_findings(d / "relations.jsonl", stream.relations, objects, rank_metric)
     found += fact_findings(d / "facts.jsonl", stream.base)
     found += text_findings(d / "general_train.txt", d / "general_heldout.txt", stream.general_train, stream.general_heldout)
-    found += meta_findings(d / "meta.json", records)
+    found += meta_findings(d / "meta.json", records, [ch.stage for ch in stream.stages if ch.corpus])
     return sorted(found, key=lambda f: (f.severity != "error", f.file, f.line or 0))

@@ -19,6 +19,14 @@ from typing import Any, BinaryIO
 from ckl.core.errors import InputError
 
 CHANGE_KINDS = ("learn", "update", "edit", "forget")
+# A stage may also train on a domain corpus (corpus.jsonl): unlabeled documents, the stage
+# kind of continual pre-training (CPT). Every kind a stage can hold, in canonical order:
+CORPUS = "corpus"
+STAGE_KINDS = (*CHANGE_KINDS, CORPUS)
+# A corpus document is trained in packed blocks (split when longer) and its held-out share
+# is scored in context-sized windows, so it may be far longer than a fact's text field; the
+# cap only stops a whole book landing on one line by mistake.
+MAX_CORPUS_CHARS = 100_000
 MAX_STAGE = 10_000  # a stage number beyond this is a typo, not a plan (every stage up to it is materialised)
 # statement: a training template; paraphrase: a held-out template; question: a question
 # about a subject whose question-answer lines were trained; extraction: the same question
@@ -361,6 +369,41 @@ def read_changes(path: str | Path, base: Iterable[Fact], relations: dict[str, Re
     return records
 
 
+@dataclass(frozen=True)
+class CorpusDocument:
+    """One line of corpus.jsonl: a document of stage `stage`'s domain corpus, trained on
+    in that stage, or (`heldout`) kept out of training to measure the domain's perplexity."""
+
+    stage: int
+    text: str
+    heldout: bool = False
+
+
+def read_corpus(path: str | Path) -> list[CorpusDocument]:
+    """Read corpus.jsonl: {stage, text, heldout?}, stages >= 1 in any order."""
+    path = str(path)
+    docs: list[CorpusDocument] = []
+    for line, obj in iter_jsonl(path):
+        for key in obj:
+            if key not in ("stage", "text", "heldout"):
+                raise InputError(path, line, key, "unknown field (known: heldout, stage, text)")
+        stage = _int(obj, "stage", path, line, None, minimum=1)
+        if stage is None:
+            raise InputError(path, line, "stage", "missing required field")
+        text = obj.get("text")
+        if text is None:
+            raise InputError(path, line, "text", "missing required field")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(path, line, "text", f"must be a non-empty string, got {_short(text)}")
+        if len(text) > MAX_CORPUS_CHARS:
+            raise InputError(path, line, "text", f"is {len(text)} characters long; at most {MAX_CORPUS_CHARS} are allowed (split the document)")
+        heldout = obj.get("heldout", False)
+        if not isinstance(heldout, bool):
+            raise InputError(path, line, "heldout", f"must be true or false, got {_short(heldout)}")
+        docs.append(CorpusDocument(stage, text.strip(), heldout))
+    return docs
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -399,6 +442,10 @@ def fact_row(f: Fact) -> dict[str, Any]:
     if row["valid_until"] is None:
         del row["valid_until"]
     return row
+
+
+def corpus_row(d: CorpusDocument) -> dict[str, Any]:
+    return {"stage": d.stage, "text": d.text, **({"heldout": True} if d.heldout else {})}
 
 
 def change_row(c: ChangeRecord) -> dict[str, Any]:

@@ -9,6 +9,9 @@ A stream lives in a directory (docs/formats.md):
                       (optional; the synthetic world's background biographies)
     qa_subjects.txt   the subjects whose question-answer lines are trained (optional)
     general_heldout.txt held-out general text for perplexity (optional)
+    corpus.jsonl      each stage's domain corpus: documents trained on in that stage, and
+                      held-out ones for the domain's perplexity (optional; continual
+                      pre-training, CPT)
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ckl.core.errors import InputError
@@ -27,7 +30,9 @@ from ckl.data import cohorts
 from ckl.data.facts import (
     MAX_STAGE,
     PROBE_KINDS,
+    STAGE_KINDS,
     ChangeRecord,
+    CorpusDocument,
     Fact,
     Probe,
     Relation,
@@ -37,7 +42,9 @@ from ckl.data.facts import (
     iter_jsonl,
     jsonl_text,
     parse_json,
+    corpus_row,
     read_changes,
+    read_corpus,
     read_facts,
     read_input_text,
     read_relations,
@@ -56,11 +63,12 @@ class Change:
     update: tuple[ChangeRecord, ...] = ()
     edit: tuple[ChangeRecord, ...] = ()
     forget: tuple[Fact, ...] = ()
+    corpus: tuple[str, ...] = ()  # documents of the stage's domain corpus (unlabeled text to train on)
 
     @property
     def kinds(self) -> tuple[str, ...]:
         """The change kinds this stage actually contains, in canonical order."""
-        return tuple(k for k in ("learn", "update", "edit", "forget") if getattr(self, k))
+        return tuple(k for k in STAGE_KINDS if getattr(self, k))
 
     def taught(self) -> list[Fact]:
         """Facts the model should know after this stage (new objects for updates/edits)."""
@@ -92,6 +100,9 @@ class Stream:
     # The subjects whose question-answer lines are trained (qa_subjects.txt); the questions
     # about every other subject are `extraction` probes. None: every subject's are trained.
     qa_subjects: frozenset[str] | None = None
+    # Stage -> held-out documents of that stage's domain corpus (corpus.jsonl, `heldout`):
+    # their perplexity, after every stage, is how much of each domain was learned and kept.
+    domain_heldout: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ io
     @classmethod
@@ -112,10 +123,13 @@ class Stream:
         if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= MAX_STAGE):
             raise InputError(str(meta_path), None, "stages", f"must be an integer in [0, {MAX_STAGE}], got {stages!r}")
         meta = meta.get("meta", {}) if isinstance(meta.get("meta", {}), dict) else {}
+        corpus = _read_corpus(d / "corpus.jsonl", stages if isinstance(stages, int) else None)
+        at_least = max([stages if isinstance(stages, int) else 0, *(doc.stage for doc in corpus)])
         return cls(
             relations=relations,
             base=tuple(base),
-            stages=group_stages(records, stages if isinstance(stages, int) else 0),
+            stages=with_corpus(group_stages(records, at_least), corpus),
+            domain_heldout=heldout_by_stage(corpus),
             general_train=_read_lines(d / "general_train.txt"),
             general_heldout=_read_lines(d / "general_heldout.txt"),
             meta=meta,
@@ -132,11 +146,14 @@ class Stream:
         atomic_write_text(d / "changes.jsonl", jsonl_text(change_row(r) for r in self.records()))
         atomic_write_text(d / "general_train.txt", "".join(s + "\n" for s in self.general_train))
         atomic_write_text(d / "general_heldout.txt", "".join(s + "\n" for s in self.general_heldout))
-        for name, present in (("background.txt", self.background), ("qa_subjects.txt", self.qa_subjects is not None)):
+        corpus = self.corpus_documents()
+        for name, present in (("background.txt", self.background), ("qa_subjects.txt", self.qa_subjects is not None), ("corpus.jsonl", corpus)):
             if not present:  # a file left by an earlier stream in this directory is not this one's
                 (d / name).unlink(missing_ok=True)
         if self.background:
             atomic_write_text(d / "background.txt", "".join(s + "\n" for s in self.background))
+        if corpus:
+            atomic_write_text(d / "corpus.jsonl", jsonl_text(corpus_row(doc) for doc in corpus))
         if self.unseen:
             atomic_write_text(d / "unseen.jsonl", jsonl_text(fact_row(f) for f in self.unseen))
         if self.qa_subjects is not None:
@@ -151,6 +168,14 @@ class Stream:
             out += [ChangeRecord(ch.stage, "learn", f) for f in ch.learn]
             out += list(ch.update) + list(ch.edit)
             out += [ChangeRecord(ch.stage, "forget", f) for f in ch.forget]
+        return out
+
+    def corpus_documents(self) -> list[CorpusDocument]:
+        """Every corpus document of the stream (trained and held out), stage by stage."""
+        out = []
+        for ch in self.stages:
+            out += [CorpusDocument(ch.stage, text) for text in ch.corpus]
+            out += [CorpusDocument(ch.stage, text, heldout=True) for text in self.domain_heldout.get(ch.stage, ())]
         return out
 
     # ------------------------------------------------------------------ views
@@ -240,6 +265,36 @@ def group_stages(records: Iterable[ChangeRecord], at_least: int = 0) -> tuple[Ch
         )
         for s in range(1, last + 1)
     )
+
+
+def with_corpus(stages: tuple[Change, ...], corpus: Sequence[CorpusDocument]) -> tuple[Change, ...]:
+    """The stages with their domain corpora's training documents attached."""
+    texts: dict[int, list[str]] = defaultdict(list)
+    for doc in corpus:
+        if not doc.heldout:
+            texts[doc.stage].append(doc.text)
+    return tuple(replace(ch, corpus=tuple(texts[ch.stage])) if texts.get(ch.stage) else ch for ch in stages)
+
+
+def heldout_by_stage(corpus: Sequence[CorpusDocument]) -> dict[int, tuple[str, ...]]:
+    """Stage -> its held-out corpus documents, in file order."""
+    out: dict[int, list[str]] = defaultdict(list)
+    for doc in corpus:
+        if doc.heldout:
+            out[doc.stage].append(doc.text)
+    return {stage: tuple(texts) for stage, texts in sorted(out.items())}
+
+
+def _read_corpus(path: Path, stages: int | None) -> list[CorpusDocument]:
+    """corpus.jsonl (optional); a stage beyond meta.json's `stages` is an error on its line."""
+    if not path.exists() and not path.is_symlink():
+        return []
+    docs = read_corpus(path)
+    if stages is not None:
+        for line, obj in iter_jsonl(path):
+            if obj["stage"] > stages:
+                raise InputError(str(path), line, "stage", f"stage {obj['stage']} is beyond the stream's {stages} stage(s) (meta.json)")
+    return docs
 
 
 def _read_unseen(path: Path, relations: dict[str, Relation], base: Sequence[Fact]) -> tuple[Fact, ...]:

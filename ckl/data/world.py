@@ -49,9 +49,10 @@ facts. The design choices, and why:
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from ckl.core.checks import ConfigError
+from ckl.data.domains import domain_documents
 from ckl.data.facts import ChangeRecord, Fact, Relation
 from ckl.data.stream import QUESTION_FORMAT, Change, Stream, render_documents
 
@@ -77,6 +78,8 @@ class WorldConfig:
     qa_fraction: float = field(default=0.5, metadata={"help": "Fraction of the people (of K0 and of each stage's new people) whose question-answer lines are trained; questions about the rest are `extraction` probes (1 = every person's, no extraction probes)."})
     background_people: int = field(default=100, metadata={"help": "People outside every cohort whose biographies, in the general text, use both the training and the held-out templates (how a model learns what a held-out phrasing means)."})
     min_probe_word_count: int = field(default=20, metadata={"help": "Refuse a world in which a word of a probe prompt is read fewer times than this in training text."})
+    corpus_per_stage: int = field(default=0, metadata={"help": "Documents of a domain corpus each stage also trains on (continual pre-training; stage j's domain is seafaring, cookery, astronomy, medicine, in turn: ckl.data.domains); 0 = none. With learn/update/forget_per_stage 0 the stream is pure continual pre-training."})
+    corpus_heldout: int = field(default=40, metadata={"help": "Held-out documents of each stage's domain, scored for the domain's perplexity after every stage (used when corpus_per_stage > 0)."})
     distinct_first_names: bool = field(default=True, metadata={"help": "Give every person (of K0 and of every stage) a first name of their own, so that a person's first name token identifies them (what lets ROME and MEMIT find the subject in a model this small: docs/knowledge.md); false draws first names with repeats, as real names repeat. At most 350 people when true."})
 
     def __post_init__(self) -> None:
@@ -113,10 +116,12 @@ class WorldConfig:
                 f"WorldConfig.learn_per_stage={self.learn_per_stage!r} with people={self.people!r} and "
                 f"stages={self.stages!r} makes {total_people} people; at most {MAX_PEOPLE} are supported"
             ))
-        per_stage = self.learn_per_stage + self.update_per_stage + self.edit_per_stage + self.forget_per_stage
+        per_stage = self.learn_per_stage + self.update_per_stage + self.edit_per_stage + self.forget_per_stage + self.corpus_per_stage
         if self.stages > 0 and per_stage == 0:
             # An empty stage cannot be written to changes.jsonl, so it would not round-trip.
-            raise ConfigError("stages", f"WorldConfig.stages={self.stages!r} needs at least one learn, update, edit or forget per stage")
+            raise ConfigError("stages", f"WorldConfig.stages={self.stages!r} needs at least one learn, update, edit, forget or corpus document per stage")
+        if self.corpus_per_stage and self.corpus_heldout < 1:
+            raise ConfigError("corpus_heldout", f"WorldConfig.corpus_heldout must be >= 1 when WorldConfig.corpus_per_stage is set (a domain's perplexity needs held-out text), got {self.corpus_heldout!r}")
         mutable = self.people * len(MUTABLE_RELATIONS)
         if self.stages * self.update_per_stage > mutable:
             raise ConfigError("update_per_stage", (
@@ -460,6 +465,13 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         forget = chunk(others[n_edit:], config.forget_per_stage, j)
         stages.append(Change(j, tuple(learn), tuple(update), tuple(edit), tuple(forget)))
 
+    heldout: dict[int, tuple[str, ...]] = {}
+    if config.corpus_per_stage:
+        for j in range(1, config.stages + 1):
+            docs = domain_documents(_part_rng(config.seed, f"corpus-{j}"), j, config.corpus_per_stage + config.corpus_heldout)
+            stages[j - 1] = replace(stages[j - 1], corpus=tuple(docs[: config.corpus_per_stage]))
+            heldout[j] = tuple(docs[config.corpus_per_stage :])
+
     general = general_sentences(_part_rng(config.seed, "general"), config.general_train + config.general_heldout)
     background = person_names(_part_rng(config.seed, "background"), config.background_people, BACKGROUND_FIRST_HEADS, BACKGROUND_LAST_HEADS)
     bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background)
@@ -472,6 +484,7 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         meta=asdict(config),
         background=tuple(bios),
         qa_subjects=frozenset(qa),
+        domain_heldout=heldout,
     )
     check_probe_words(stream, config.min_probe_word_count)
     return stream

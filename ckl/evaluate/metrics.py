@@ -510,6 +510,37 @@ def format_fuar(x: float | None) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _domain_cells(L: Sequence[dict[str, float]], pairs) -> list[float]:
+    return [L[a][str(j)] - L[b][str(j)] for a, b, j in pairs if str(j) in L[a] and str(j) in L[b]]
+
+
+def domain_gain(L: Sequence[dict[str, float]]) -> float | None:
+    """Continual pre-training: how much each stage's own domain was learned, the mean over
+    stages j of L[j-1][j] - L[j][j], where L[i][j] is the mean per-token negative
+    log-likelihood (nats) of domain j's held-out text after row i (row 0: before any
+    stage). Positive: the stage lowered its domain's loss. None without domain text."""
+    T = len(L) - 1
+    gains = _domain_cells(L, [(j - 1, j, j) for j in range(1, T + 1)])
+    return mean(gains)
+
+
+def domain_forgetting(L: Sequence[dict[str, float]]) -> float | None:
+    """Continual pre-training: the loss regained on earlier domains by the end, the mean
+    over j < T of L[T][j] - L[j][j] (nats per token; the loss form of Chaudhry et al.
+    2018's forgetting, measured from just after the domain's own stage). Positive: earlier
+    domains were partly forgotten. None with fewer than two stages or without domain text."""
+    T = len(L) - 1
+    return mean(_domain_cells(L, [(T, j, j) for j in range(1, T)]))
+
+
+def domain_perplexity(L: Sequence[dict[str, float]]) -> float | None:
+    """Continual pre-training: exp of the mean over domains of L[T][j], the geometric mean
+    of the domains' held-out perplexities after the last stage. None without domain text."""
+    last = [v for v in L[-1].values()] if L else []
+    m = mean(last)
+    return None if m is None else math.exp(m)
+
+
 def perplexity_change(ppl_before: float, ppl_after: float) -> dict[str, float]:
     """Change in perplexity on held-out general text.
 

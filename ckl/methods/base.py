@@ -29,12 +29,14 @@ from typing import Any
 
 from ckl.core.errors import DivergenceError
 from ckl.core.checks import ConfigError, did_you_mean
-from ckl.data.facts import Fact, Probe, Relation
+from ckl.data.facts import CORPUS, Fact, Probe, Relation
 from ckl.model.lm import count_parameters
 from ckl.data.stream import Change, render_documents
 from ckl.train.loop import LossTerm, TrainConfig, rng_for, train
 
-TEACHING_KINDS = frozenset({"learn", "update", "edit"})
+# What every training method applies by training on text: new and changed facts, and a
+# stage's domain corpus (continual pre-training).
+TEACHING_KINDS = frozenset({"learn", "update", "edit", CORPUS})
 
 
 @dataclass
@@ -301,7 +303,8 @@ def make_config(cls: type, values: dict[str, Any], where: str):
 class TrainingMethod(Method):
     """A composition of parts around the one training loop.
 
-    Supports learn / update / edit through next-token training on the new facts, plus
+    Supports learn / update / edit through next-token training on the new facts, and a
+    stage's domain corpus (its documents join each epoch's text as they are), plus
     whatever change kinds its parts add (e.g. an unlearning objective adds `forget`).
     """
 
@@ -330,9 +333,9 @@ class TrainingMethod(Method):
                 chosen = part.select_facts(chosen, ctx)
             extra = [f for part in self.parts for f in part.extra_facts(chosen, ctx, rng)]
             rendered = render_documents(chosen + extra, ctx.relations, rng, questions=self.questions, qa_subjects=ctx.qa_subjects)
-            return rendered + [d for part in self.parts for d in part.extra_documents(ctx, rng)]
+            return rendered + list(change.corpus) + [d for part in self.parts for d in part.extra_documents(ctx, rng)]
 
-        if facts or any(p.kinds for p in self.parts):
+        if facts or change.corpus or any(p.kinds for p in self.parts):
             result = train(
                 model, ctx.tokenizer, documents, self.train_config, ctx.accelerator,
                 seed=rng_for(ctx.seed, "batches", ctx.stage).randrange(2**31),

@@ -570,26 +570,32 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> 
 
 
 @torch.inference_mode()
-def negative_log_likelihood(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> tuple[float, int]:
+def negative_log_likelihood(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int | None = None) -> tuple[float, int]:
     """Summed negative log-likelihood of every token of `texts` and the number of tokens
     predicted (sums, so that shares of the texts scored apart add up).
 
     Each text is tokenised without special tokens; when the tokenizer has a BOS token it
     is prepended, so every token of the text is predicted (otherwise the first is only
-    context). Texts are batched by length with right padding, padding masked out; each
-    must fit the model's context window (no striding).
+    context). Texts are batched by length with right padding, padding masked out. A text
+    longer than `max_length` tokens (a corpus document beyond the context window) is cut
+    into consecutive windows of at most that many tokens, each scored on its own (its
+    first token only context: no striding); without `max_length` each text must fit.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` or ``max_length`` < 2 (< 1 for batch_size).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (a window predicts its tokens after the first), got {max_length!r}")
     if not texts:
         return 0.0, 0
     model.eval()
     device, _ = _device_dtype(model)
     bos = tokenizer.bos_token_id
     seqs = [([bos] if bos is not None else []) + s for s in _encode(tokenizer, list(texts))]
+    if max_length is not None:
+        seqs = [s[i : i + max_length] for s in seqs for i in range(0, len(s), max_length)]
     seqs = sorted((s for s in seqs if len(s) >= 2), key=len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     total_nll, total_tokens = 0.0, 0

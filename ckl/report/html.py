@@ -95,7 +95,7 @@ def _runs(data: ReportData) -> str:
 
 
 def _key_table(data: ReportData) -> str:
-    cols = columns()
+    cols = numbers.shown(columns(), (m.summary for m in data.methods if m.complete))
     # perplexity has no meaning without the base model's beside it (every method starts from it)
     bases = {round(m.summary["perplexity_before"], 2) for m in data.methods if m.complete and m.summary.get("perplexity_before") is not None}
     base = f" (base {bases.pop():.2f})" if len(bases) == 1 else ""

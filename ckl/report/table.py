@@ -32,7 +32,7 @@ def cell(entry: dict[str, Any], number: Number) -> str:
 def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
     table = Table(title=title or None, header_style="bold")
     table.add_column("method", no_wrap=True)  # a label is never squeezed; numbers wrap first
-    cols = columns()
+    cols = numbers.shown(columns(), summary.values())
     for n in cols:
         table.add_column(n.label, justify="right")
     for method, entry in summary.items():
@@ -46,7 +46,7 @@ def summary_table(summary: dict[str, dict[str, Any]], title: str = "") -> Table:
 
 def markdown_table(summary: dict[str, dict[str, Any]], cols: list[Number] | None = None) -> str:
     """The summary as a Markdown table (mean ± std over seeds), for docs and issues."""
-    cols = columns() if cols is None else cols
+    cols = numbers.shown(columns(), summary.values()) if cols is None else cols
     lines = ["| method | seeds | " + " | ".join(n.label for n in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, entry in summary.items():
         if not entry["seeds"]:

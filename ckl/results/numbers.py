@@ -51,6 +51,7 @@ class Number:
     gate: bool = False  # usable as `ckl update --gate KEY>=X` (family "update")
     help: str = ""
     compute: Callable[[SeedView], float | None] | None = field(default=None, compare=False)
+    optional: bool = False  # a table column only when some method measured it (e.g. domain numbers of CPT streams)
 
     def format(self, value) -> str:
         """The value as its table shows it ("-" when not measured)."""
@@ -93,6 +94,12 @@ def columns(family: str) -> list[Number]:
     return [n for n in numbers(family) if n.table]
 
 
+def shown(cols: list[Number], entries) -> list[Number]:
+    """`cols` less the optional ones no entry (a method's summary) measured."""
+    entries = list(entries)
+    return [n for n in cols if not n.optional or any(e.get(n.key) is not None for e in entries)]
+
+
 def keys(family: str) -> tuple[str, ...]:
     return tuple(n.key for n in numbers(family))
 
@@ -115,9 +122,13 @@ def _fuar(value) -> str:
     return format_fuar(value)  # None: no seed gained anything ("no gain")
 
 
+# Columns of streams that have them only (continual pre-training's domains)
+_OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl"})
+
+
 def _register(family: str, rows) -> None:
     for key, label, fmt, better, table, help in rows:
-        register_number(Number(key, label, family, fmt, better, table, family == "update", help))
+        register_number(Number(key, label, family, fmt, better, table, family == "update", help, optional=key in _OPTIONAL))
 
 
 # key, label, format, better, in the key table, help
@@ -147,6 +158,9 @@ _register("learning", (
     ("perplexity_after", "ppl", "{:.2f}", "lower", True, "held-out general-text perplexity at row T"),
     ("perplexity_delta", "ppl delta", "{:+.2f}", "lower", False, "perplexity after - before"),
     ("perplexity_ratio", "ppl ratio", "{:.3f}", "lower", False, "perplexity after / before"),
+    ("domain_gain", "dom. gain", "{:.3f}", "higher", True, "continual pre-training: loss (nats/token) each stage removed from its own domain's held-out text, mean over stages"),
+    ("domain_forgetting", "dom. fgt", "{:+.3f}", "lower", True, "continual pre-training: loss (nats/token) regained on earlier domains by the last stage, mean over them"),
+    ("domain_ppl", "dom. ppl", "{:.2f}", "lower", True, "continual pre-training: geometric mean of the domains' held-out perplexities at row T"),
     ("trainable_params", "trainable", "{:,.0f}", "", True, "parameters trained (the most of any stage)"),
     ("seconds", "seconds", "{:.1f}", "", True, "wall time of all stages"),
     ("tokens_seen", "tokens", "{:,.0f}", "", False, "training tokens of all stages"),

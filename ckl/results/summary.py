@@ -15,6 +15,9 @@ over statement probes unless `kinds` says otherwise):
     superficial    of the invariant facts whose exact match was lost by row T, the share
                    whose gold answer still ranks first among the candidates (SEFE's
                    superficial forgetting: the form is lost, the content is not)
+    domain_*       continual pre-training streams (a domain corpus per stage): each stage's
+                   loss drop on its own domain, the loss regained on earlier domains by
+                   the end, the domains' final perplexity (ckl.evaluate.metrics.domain_*)
     FUAR           multi-stage form (Jang et al. 2022): forgetting of invariant facts per
                    fact gained, stage by stage
     ACC, BWT, FWT, forgetting, plasticity on the cohort matrix (GEM 2017, Chaudhry 2018)
@@ -96,6 +99,9 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     if ppl[0] and ppl[-1]:
         change = M.perplexity_change(ppl[0], ppl[-1])
         out["perplexity_delta"], out["perplexity_ratio"] = change["delta"], change["ratio"]
+    domains = [(i["notes"] or {}).get("domain_nll") or {} for i in infos]  # continual pre-training streams only
+    if any(domains):
+        out["domain_gain"], out["domain_forgetting"], out["domain_ppl"] = M.domain_gain(domains), M.domain_forgetting(domains), M.domain_perplexity(domains)
     out["trainable_params"] = max(i["trainable_params"] for i in infos)
     out["seconds"] = sum(i["seconds"] for i in infos)
     out["tokens_seen"] = sum(i["tokens_seen"] for i in infos)

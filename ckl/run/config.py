@@ -140,7 +140,7 @@ class MethodSpec:
     label: str | None = field(default=None, metadata={"help": "the name shown in tables (default: `name`)"})
     # Change kinds the user accepts this method leaving unapplied (e.g. [forget] for a
     # method without an unlearning part). Without it the run refuses to start.
-    skip: list[Literal["learn", "update", "edit", "forget"]] = field(default_factory=list, metadata={"help": "change kinds this method may leave unapplied"})
+    skip: list[Literal["learn", "update", "edit", "forget", "corpus"]] = field(default_factory=list, metadata={"help": "change kinds this method may leave unapplied"})
     options: dict[str, Any] = field(default_factory=dict, metadata={"extra": True, "help": "option blocks per part, e.g. replay: {fraction: 0.5}"})
 
     @property
@@ -432,7 +432,7 @@ def stream_kinds(config: ExperimentConfig) -> dict[str, int]:
     """Change kinds the configured stream contains -> number of requests (over all stages)."""
     if config.world is not None:
         w = config.world
-        counts = {"learn": w.learn_per_stage, "update": w.update_per_stage, "edit": w.edit_per_stage, "forget": w.forget_per_stage}
+        counts = {"learn": w.learn_per_stage, "update": w.update_per_stage, "edit": w.edit_per_stage, "forget": w.forget_per_stage, "corpus": w.corpus_per_stage}
         return {k: n * w.stages for k, n in counts.items() if n}
     from ckl.data.stream import Stream
 

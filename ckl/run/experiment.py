@@ -186,6 +186,21 @@ def evaluate_row(model, tokenizer, probes: list[Probe], heldout: tuple[str, ...]
     return outcomes, ppl
 
 
+def domain_losses(model, tokenizer, heldout: dict[int, tuple[str, ...]], batch_size: int, accelerator=None) -> dict[str, float]:
+    """Stage -> mean negative log-likelihood per token (nats) of that stage's held-out
+    domain corpus (continual pre-training streams), every domain at every row, so that the
+    row-by-domain matrix shows learning (the diagonal) and forgetting (below it). Documents
+    longer than the model's context are scored in windows (`negative_log_likelihood`)."""
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    out = {}
+    for stage, texts in sorted(heldout.items()):
+        sums = gather([negative_log_likelihood(model, tokenizer, shard(list(texts), accelerator), batch_size, max_length=context)], accelerator)
+        nll, tokens = sum(s[0] for s in sums), sum(s[1] for s in sums)
+        if tokens:
+            out[str(stage)] = nll / tokens
+    return out
+
+
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter = print, progress=None) -> Path:
     """Run (or resume) every method x seed of `config` in `run_dir`.
 
@@ -313,7 +328,8 @@ def _check_tokenizer(config: ExperimentConfig, stream: Stream) -> None:
     """A user's model must encode the stream's (or the built world's) words, before anything is written."""
     facts = [*stream.base, *(r.fact for r in stream.records()), *stream.unseen]
     tokenizer = lm.load_tokenizer(config.model, config.trust_remote_code)
-    lm.check_vocabulary(tokenizer, lm.stream_texts(stream.relations, facts), str(Path(config.model) / "tokenizer"))
+    corpus_words = {word for doc in stream.corpus_documents() for word in doc.text.split()}  # a domain corpus is text to learn too
+    lm.check_vocabulary(tokenizer, [*lm.stream_texts(stream.relations, facts), *corpus_words], str(Path(config.model) / "tokenizer"))
 
 
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:
@@ -463,6 +479,8 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
     info.notes["state_bytes"] = checkpoint.state_bytes(method.state_dict())  # what it keeps beside the weights (an index, a memory, a buffer)
     outcomes, ppl = evaluate_row(model, tokenizer, probes, stream.general_heldout, config.eval.batch_size, accelerator)
     info.perplexity = ppl
+    if stream.domain_heldout:
+        info.notes["domain_nll"] = domain_losses(model, tokenizer, stream.domain_heldout, config.eval.batch_size, accelerator)
     if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
             model, tokenizer, probes, asdict(config.eval.unlearning), config.model or store.path.parent / "base_model")))

@@ -47,13 +47,14 @@ class PretrainResult:
 
 def tokenizer_corpus(stream: Stream, extra: Sequence[str] = ()) -> list[str]:
     """Every text the stream can show the model: training renderings of all facts of all
-    stages, every probe prompt and candidate, the general text and `extra`."""
+    stages, every probe prompt and candidate, the general text, the domain corpora and `extra`."""
     facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
     texts = render_documents(facts, stream.relations, random.Random(0)) + list(extra)
     for probe in stream.probes():
         texts.append(probe.prompt)
         texts.extend(probe.candidates)
-    return texts + list(stream.general_train) + list(stream.background) + list(stream.general_heldout)
+    corpus = [doc.text for doc in stream.corpus_documents()]  # the domains a model is later trained on (CPT)
+    return texts + list(stream.general_train) + list(stream.background) + list(stream.general_heldout) + corpus
 
 
 def knowledge_line(knowledge: dict[str, float]) -> str:

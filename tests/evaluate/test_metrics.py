@@ -11,6 +11,9 @@ from ckl.evaluate.metrics import (
     acc,
     bwt,
     cohort_matrix,
+    domain_forgetting,
+    domain_gain,
+    domain_perplexity,
     format_fuar,
     forgetting,
     forgetting_per_cohort,
@@ -389,3 +392,13 @@ def test_cohort_matrix_output_feeds_the_metrics():
 def test_cohort_matrix_rejects_rows_and_cohorts_outside_the_stream(by_row, T, message):
     with pytest.raises(ValueError, match=message):
         cohort_matrix(by_row, T)
+
+
+def test_domain_metrics_read_learning_on_the_diagonal_and_forgetting_below_it():
+    # rows 0..2 (before, after stage 1, after stage 2) x domains 1, 2: nats per token
+    L = [{"1": 5.0, "2": 6.0}, {"1": 3.0, "2": 5.5}, {"1": 3.5, "2": 2.0}]
+    assert domain_gain(L) == pytest.approx(((5.0 - 3.0) + (5.5 - 2.0)) / 2)
+    assert domain_forgetting(L) == pytest.approx(3.5 - 3.0)  # domain 1, from just after stage 1 to the end
+    assert domain_perplexity(L) == pytest.approx(math.exp((3.5 + 2.0) / 2))
+    assert domain_forgetting(L[:2]) is None  # one stage: nothing earlier to forget
+    assert domain_gain([{}, {}]) is None and domain_perplexity([{}, {}]) is None  # no domain text

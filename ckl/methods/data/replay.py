@@ -12,6 +12,13 @@ in knowledge learning, the "mix-review" baseline of Jang et al. 2022. `text_frac
 mixes in general pretraining sentences, as mix-review does (He et al. 2021, "Analyzing the
 Forgetting Problem in Pretrain-Finetuning of Open-domain Dialogue Response Models").
 
+On a continual pre-training stream (a domain corpus per stage) replay also keeps a
+reservoir of the earlier stages' corpus documents (`corpus_buffer`) and replays them as
+they are: an epoch's replayed share is drawn from the held facts and documents together,
+in proportion to how many of each it holds, and sized against the stage's facts plus
+its corpus documents (Gururangan et al. 2020 and Ke et al. 2023 replay earlier domains'
+text the same way).
+
 Which held facts an epoch replays is the `policy` option: a uniform sample (`reservoir`,
 the default), spread evenly over relations or cohorts (`balanced`), spaced repetition
 (`spaced`) or a fixed budget of the least confident facts (`budget`); see
@@ -41,6 +48,7 @@ class ReplayConfig:
     budget: int = field(default=64, metadata={"help": "budget: facts replayed per epoch (the least confident ones), whatever the stage's size; influence: reference facts the influence is measured on"})
     rescore_every: int = field(default=1, metadata={"help": "budget, influence: epochs between two scorings of the buffer"})
     text_fraction: float = field(default=0.0, metadata={"help": "share of general pretraining sentences among each epoch's fact statements plus those sentences, in [0, 1) (mix-review)"})
+    corpus_buffer: int = field(default=500, metadata={"help": "most earlier corpus documents held (continual pre-training streams; reservoir sampling)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
@@ -53,21 +61,22 @@ class ReplayConfig:
             raise ConfigError("policy", f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.balance_by not in ("relation", "cohort"):
             raise ConfigError("balance_by", f"balance_by must be 'relation' or 'cohort', got {self.balance_by!r}")
-        for name in ("max_box", "budget", "rescore_every"):
+        for name in ("max_box", "budget", "rescore_every", "corpus_buffer"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_box" else 1):
                 raise ConfigError(name, f"{name} must be an integer >= {0 if name == 'max_box' else 1}, got {value!r}")
 
 
 class ReservoirBuffer:
-    """A bounded set of facts filled by reservoir sampling, kept true under updates."""
+    """A bounded set of facts (or corpus documents) filled by reservoir sampling, kept true
+    under updates."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.facts: list[Fact] = []
+        self.facts: list = []
         self.seen = 0
 
-    def add(self, fact: Fact, rng: random.Random) -> None:
+    def add(self, fact, rng: random.Random) -> None:
         self.seen += 1
         if len(self.facts) < self.capacity:
             self.facts.append(fact)
@@ -94,6 +103,8 @@ class Replay(Part):
         self.model = None  # spaced / budget / influence: the model being trained, during a stage
         self.chosen: list[Fact] = []  # budget: the facts of the latest scoring
         self.epoch_facts = 0  # facts trained this epoch (the stage's and the replayed), for text_fraction
+        self.documents = ReservoirBuffer(config.corpus_buffer)  # earlier stages' corpus documents
+        self.epoch_documents: list[str] = []  # the held documents this epoch replays
 
     def _ensure(self, ctx: StageContext) -> ReservoirBuffer:
         if self.buffer is None:
@@ -116,18 +127,25 @@ class Replay(Part):
     def extra_documents(self, ctx: StageContext, rng: random.Random) -> list[str]:
         """General pretraining sentences (mix-review, He et al. 2021): facts alone keep the
         facts but let the model's general language drift (held-out perplexity)."""
+        replayed, self.epoch_documents = self.epoch_documents, []
         share = self.config.text_fraction
         if not share or not ctx.general_text:
-            return []
+            return replayed
         wanted = round(share / (1 - share) * self.epoch_facts)
         pool = list(ctx.general_text)
-        return [pool[i] for i in rng.choices(range(len(pool)), k=wanted)] if wanted > len(pool) else rng.sample(pool, wanted)
+        return replayed + ([pool[i] for i in rng.choices(range(len(pool)), k=wanted)] if wanted > len(pool) else rng.sample(pool, wanted))
 
     def _replayed(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         buffer = self._ensure(ctx)
         busy = {f.id for f in facts} | (ctx.change.touched() if ctx.change else set())
         pool = [f for f in buffer.facts if f.id not in busy]  # never replay what this stage changes
-        wanted = round(self.config.fraction / (1 - self.config.fraction) * len(facts))
+        corpus = ctx.change.corpus if ctx.change else ()
+        wanted = round(self.config.fraction / (1 - self.config.fraction) * (len(facts) + len(corpus)))
+        held = self.documents.facts
+        if held:  # earlier domains' documents take their share of the replayed items
+            n_docs = min(len(held), round(wanted * len(held) / (len(held) + len(pool))))
+            self.epoch_documents = rng.sample(held, n_docs)
+            wanted -= n_docs
         policy = self.config.policy
         if policy == "reservoir":
             return rng.sample(pool, min(wanted, len(pool)))
@@ -167,6 +185,9 @@ class Replay(Part):
             buffer.remove(fact.id)
         for fact in change.learn:
             buffer.add(fact, rng)
+        doc_rng = rng_for(ctx.seed, "corpus-reservoir", change.stage)
+        for doc in change.corpus:
+            self.documents.add(doc, doc_rng)
         held = {f.id for f in buffer.facts}
         for fact_id in [i for i in self.schedule.box if i not in held]:
             self.schedule.forget(fact_id)  # dropped from the buffer
@@ -177,6 +198,8 @@ class Replay(Part):
         if self.buffer is None:
             return {}
         state = {"facts": [fact_row(f) for f in self.buffer.facts], "seen": self.buffer.seen}
+        if self.documents.seen:
+            state.update(corpus=list(self.documents.facts), corpus_seen=self.documents.seen)
         if self.config.policy == "spaced":
             state.update(schedule=self.schedule.state(), clock=self.clock)
         return state
@@ -184,10 +207,13 @@ class Replay(Part):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             self.buffer = None
+            self.documents = ReservoirBuffer(self.config.corpus_buffer)
             return
         self.buffer = ReservoirBuffer(self.config.buffer_size)
         self.buffer.facts = [Fact(**row) for row in state["facts"]]
         self.buffer.seen = state["seen"]
+        self.documents = ReservoirBuffer(self.config.corpus_buffer)
+        self.documents.facts, self.documents.seen = list(state.get("corpus", [])), int(state.get("corpus_seen", 0))
         self.schedule.load(state.get("schedule", {}))
         self.clock = int(state.get("clock", 0))
 

@@ -11,7 +11,7 @@ When it is estimated:
 - before stage 1 (`prepare`, when no Fisher exists yet) on the base knowledge
   (`ctx.base`), anchored at the base weights;
 - after every stage (`observe`, with the finished, merged model) on the stage's taught
-  facts, anchored at the new weights.
+  facts and its corpus documents (continual pre-training), anchored at the new weights.
 
 Estimator (a deviation, for cost): the Fisher is the mean over batches of the *squared
 gradient of the batch's mean next-token loss*, on the facts' training documents
@@ -97,9 +97,9 @@ class Ewc(Part):
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         taught = change.taught()
-        if not taught:
+        if not taught and not change.corpus:
             return
-        new = self._estimate(model, taught, ctx, change.stage)
+        new = self._estimate(model, taught, ctx, change.stage, list(change.corpus))
         anchor = AnchorCache(snapshot(model))
         if self.config.online and self.terms:
             old = self.terms[0][0].tensors
@@ -108,9 +108,9 @@ class Ewc(Part):
         else:
             self.terms.append((AnchorCache(new), anchor))
 
-    def _estimate(self, model, facts, ctx: StageContext, label) -> dict[str, torch.Tensor]:
+    def _estimate(self, model, facts, ctx: StageContext, label, extra: list[str] | None = None) -> dict[str, torch.Tensor]:
         rng = rng_for(ctx.seed, "ewc", ctx.stage, label)
-        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
+        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects) + list(extra or [])
         documents = rng.sample(documents, min(self.config.samples, len(documents)))
         return estimate_fisher(model, ctx.tokenizer, documents, self.config.batch_size, ctx.accelerator)
 
