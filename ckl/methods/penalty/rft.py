@@ -113,17 +113,23 @@ class Rft(Part):
         device = next(lm.parameters()).device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         rows, rewards = [], []
-        for prompt, answer in self._batch():
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt_ids], device=device)
-            training = lm.training
-            lm.eval()
-            with torch.no_grad():
-                sampled = lm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=c.temperature, top_k=0,
-                                      max_new_tokens=c.max_new_tokens, num_return_sequences=c.group, pad_token_id=pad)
-            lm.train(training)
+        batch = self._batch()
+        prompts = tokenizer([prompt for prompt, _ in batch], add_special_tokens=False)["input_ids"]
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # (B, P), left-padded: every prompt ends at column P
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], attention[i, width - len(p):] = torch.tensor(p), 1
+        training = lm.training
+        lm.eval()
+        with torch.no_grad():  # one sampling call for the whole batch: `group` answers per prompt, prompt by prompt
+            sampled = lm.generate(ids.to(device), attention_mask=attention.to(device), do_sample=True, temperature=c.temperature, top_k=0,
+                                  max_new_tokens=c.max_new_tokens, num_return_sequences=c.group, pad_token_id=pad)
+        lm.train(training)
+        generated = sampled[:, width:].tolist()  # (B * group, new): rows i * group .. i * group + group - 1 answer prompt i
+        for i, ((prompt, answer), prompt_ids) in enumerate(zip(batch, prompts)):
             answers = []
-            for seq in sampled[:, len(prompt_ids):].tolist():
+            for seq in generated[i * c.group : (i + 1) * c.group]:
                 if tokenizer.eos_token_id in seq:
                     seq = seq[: seq.index(tokenizer.eos_token_id) + 1]
                 answers.append(seq)

@@ -45,6 +45,28 @@ def test_a_step_reinforces_the_rewarded_answer(tiny_stream, tiny_model_dir, acce
     assert sum(float((a * b).sum()) for a, b in zip(step, gold)) < 0
 
 
+def test_a_batch_of_prompts_is_sampled_in_one_call_and_each_prompt_gets_its_own_answers(tiny_stream, tiny_model_dir, accelerator):
+    """Prompts of different lengths are left-padded into one generate call; each prompt's
+    group must be what the model answers that prompt alone (near-greedy sampling here),
+    so its reward is its own greedy exact match."""
+    model, tokenizer = lm.load(tiny_model_dir)
+    facts = list(tiny_stream.base[:24])
+    change = tiny_stream.stages[0]
+    ctx = StageContext(tiny_stream.relations, tiny_stream.base, 1, 0, tokenizer, accelerator, change=change)
+    part = build_method("rft", {"rft": {"group": 2, "batch_size": 24, "temperature": 1e-4, "max_new_tokens": 6}}).parts[0]
+    part.prepare(model, ctx)
+    part.select_facts(facts, ctx)
+    batch = [part.prompts[part.order[i]] for i in range(24)]
+    assert len({len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p, _ in batch}) > 1  # padding is exercised
+    with torch.no_grad():
+        part.loss(model, None, None, 0)
+    from ckl.data.facts import Probe
+
+    alone = score_probes(model, tokenizer, [Probe(f"p{i}", p, a, (a,), "statement", "x", f"f{i}") for i, (p, a) in enumerate(batch)])
+    assert part.rewarded == [float(e) for e in alone.em]
+    assert 0 < sum(part.rewarded) < 24  # some right, some wrong: the comparison means something
+
+
 def test_guided_rft_learns_the_stage_where_next_token_training_has_not_yet(tiny_stream, tiny_model_dir, accelerator):
     taught = [p for p in tiny_stream.probes(kinds=("statement",)) if p.cohort == "stage1"]
     invariant = [p for p in tiny_stream.probes(kinds=("statement",)) if p.cohort == "invariant"]
