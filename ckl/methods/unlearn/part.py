@@ -77,6 +77,9 @@ class Unlearning(Part):
 
     kinds = frozenset({"forget"})
     uses_reference = False  # the objective needs the frozen stage-start model (NPO)
+    # `retain_weight` weighs a retain set of known facts (training data) by default; a part
+    # that keeps what must stay by other means (streaming unlearning's own samples) says False
+    retain_from_training_data = True
 
     def __init__(self, config: UnlearnConfig):
         self.config = config
@@ -108,11 +111,12 @@ class Unlearning(Part):
             for k, g in enumerate(self.groups)
         ]
         self.done = not self.groups
-        if self.groups and (self.uses_reference or (c.retain_weight > 0 and c.retain_loss == "kl")):
+        retain = c.retain_weight > 0 and self.retain_from_training_data
+        if self.groups and (self.uses_reference or (retain and c.retain_loss == "kl")):
             self.reference = copy.deepcopy(model).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
-        if c.retain_weight > 0:
+        if retain:
             self.pool.start(ctx.base, ctx.seed)  # from the first stage on, so that `observe` keeps it true
             kept = self.pool.sample(ctx.change)
             if kept and self.groups:

@@ -60,6 +60,7 @@ class StreamForgetConfig(UnlearnConfig):
 
 class StreamForget(Unlearning):
     name = "stream_forget"
+    retain_from_training_data = False  # retain_weight weighs the KL on its own samples instead
 
     def __init__(self, config: StreamForgetConfig):
         super().__init__(config)
@@ -69,14 +70,9 @@ class StreamForget(Unlearning):
         self._arrived = -1  # the request whose reference snapshot is held
 
     def prepare(self, model, ctx: StageContext):
-        retain_weight = self.config.retain_weight
-        self.config.retain_weight = 0.0  # the shared retain set is training data: not used here
-        try:
-            model = super().prepare(model, ctx)
-        finally:
-            self.config.retain_weight = retain_weight
+        model = super().prepare(model, ctx)
         self._arrived, self._rows, self.self_samples = -1, None, []
-        if self.groups and retain_weight > 0:
+        if self.groups and self.config.retain_weight > 0:
             self.self_samples = self._write_samples(model, ctx)
             self.kept_samples.append(len(self.self_samples))
             if self.self_samples:
