@@ -131,16 +131,16 @@ class Importance(Part):
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         taught = change.taught()
-        if not taught:
+        if not taught and not change.corpus:
             return
-        new = self._estimate(model, taught, ctx, change.stage)
+        new = self._estimate(model, taught, ctx, change.stage, list(change.corpus))
         old = self.importance.tensors if self.importance is not None else {}
         self.importance = AnchorCache({n: self.config.gamma * old[n] + t if n in old else t for n, t in new.items()})
         self.anchor = AnchorCache(snapshot(model))
 
-    def _estimate(self, model, facts, ctx: StageContext, label) -> dict[str, torch.Tensor]:
+    def _estimate(self, model, facts, ctx: StageContext, label, extra: list[str] | None = None) -> dict[str, torch.Tensor]:
         rng = rng_for(ctx.seed, "importance", ctx.stage, label)
-        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
+        documents = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects) + list(extra or [])
         documents = rng.sample(documents, min(self.config.samples, len(documents)))
         return estimate_importance(model, ctx.tokenizer, documents, self.config.batch_size, ctx.accelerator)
 

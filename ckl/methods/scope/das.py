@@ -6,7 +6,7 @@ Before stage 1 every output unit of every weight matrix inside the transformer b
 scored on documents of the knowledge to keep (the base knowledge K0 and the world's
 general text): the sum over the unit's weights of |theta * dL/dtheta|
 (`ckl.methods.penalty._estimate`). Scores are turned into importances in [0, 1] per matrix
-as the paper does, |tanh(standardised score)|, and after each stage the facts it taught
+as the paper does, |tanh(standardised score)|, and after each stage what it taught (facts, and a domain corpus)
 are scored the same way and merged by an element-wise maximum (what any stage needed
 stays protected). During a stage each unit's change is multiplied by 1 - importance: a
 unit that matters fully does not move, one that does not matter moves freely, everything
@@ -121,9 +121,9 @@ class Das(MaskedUpdates):
 
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         taught = change.taught()
-        if not taught:
+        if not taught and not change.corpus:
             return
-        new = self._importance(model, taught, ctx, change.stage)
+        new = self._importance(model, taught, ctx, change.stage, extra=change.corpus)  # a domain corpus is what the stage taught too
         self.importance = {n: torch.maximum(self.importance[n], t) if n in self.importance else t for n, t in new.items()}
 
     def _importance(self, model, facts, ctx: StageContext, label, extra=()) -> dict[str, torch.Tensor]:
