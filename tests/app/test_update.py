@@ -232,3 +232,46 @@ def test_a_learned_fact_that_contradicts_a_known_one_stops_before_anything_is_wr
     assert f"{learn}:7: field 'object'" in text and f"contradicts fact {held.id!r}" in text
     assert f"{learn}:7: field 'valid_form'" in text and "did you mean 'valid_from'" in text  # every error at once
     assert not (tmp_path / "out").exists()
+
+
+def _corpus_only(files: Path, model: Path, out: Path, corpus: Path, *extra: str):
+    args = ["update", "--model", str(model), "--out", str(out), "--relations", str(files / "relations.jsonl"),
+            "--facts", str(files / "facts.jsonl"), "--corpus", str(corpus), *extra]
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+
+def test_a_corpus_alone_continues_pretraining_and_the_gates_still_hold_the_keep_set(files, tiny_model_dir, tiny_stream, tmp_path):
+    from ckl.model import lm
+    from ckl.model.scoring import negative_log_likelihood
+
+    texts = list(tiny_stream.general_heldout)  # text the model's vocabulary covers and it never trained on
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n\n")
+    out = tmp_path / "out"
+    result = _corpus_only(files, tiny_model_dir, out, corpus, "--epochs", "10", "--lr", "3e-3", "--method", "replay",
+                          "--keep-size", "20", "--gate", "keep>=0.0")
+    assert result.exit_code == 0, result.output
+    assert f"{len(texts)} corpus document(s)" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["changes"]["corpus"] == len(texts) and report["changes"]["learn"] == 0
+
+    def loss(directory):
+        model, tokenizer = lm.load(directory)
+        nll, tokens = negative_log_likelihood(model, tokenizer, texts)
+        return nll / tokens
+
+    assert loss(out / "model") < loss(tiny_model_dir) - 0.3  # it read the corpus
+
+
+def test_a_bad_corpus_is_exit_2_before_anything_is_written(files, tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    result = _corpus_only(files, tiny_model_dir, tmp_path / "o1", empty, "--no-gates")
+    assert result.exit_code == 2 and f"{empty}: no documents in the corpus file" in result.output
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("The zyxwvut quoggled the frabjous snark.\n")
+    result = _corpus_only(files, tiny_model_dir, tmp_path / "o2", unknown, "--no-gates")
+    assert result.exit_code == 2 and "unknown token" in result.output
+    result = _corpus_only(files, tiny_model_dir, tmp_path / "o3", unknown, "--no-gates", "--method", "rome")
+    assert result.exit_code == 2 and "cannot apply corpus requests" in result.output
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))

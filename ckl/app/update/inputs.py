@@ -11,6 +11,8 @@
     --forget     one fact per line: {id} for a fact in --facts, or
                  {id, subject, relation, object}
     --keep       facts.jsonl: facts that must stay known
+    --corpus     plain text to continue pretraining on (domain text), one document a
+                 line; trained as it is, beside the facts (continual pre-training)
 
 Every mistake is an InputError naming file, line and field.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ckl.core.errors import InputError
 from ckl.data.check import FACT_KEYS, RELATION_KEYS, Finding, fact_findings, relation_findings, unknown_keys
-from ckl.data.facts import ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_relations, text_field
+from ckl.data.facts import MAX_CORPUS_CHARS, ChangeRecord, Fact, Relation, iter_jsonl, read_facts, read_input_text, read_relations, text_field
 from ckl.data.stream import Change
 
 
@@ -79,8 +81,22 @@ def _no_duplicates(groups: dict[str, list[str]]) -> None:
             where[fid] = source
 
 
+def read_corpus_text(path: str | Path) -> list[str]:
+    """--corpus: one document a line (blank lines skipped, still counted); a line longer
+    than the corpus limit is an InputError naming it."""
+    docs = []
+    for line, raw in enumerate(read_input_text(path).splitlines(), 1):
+        text = raw.strip()
+        if len(text) > MAX_CORPUS_CHARS:
+            raise InputError(str(path), line, None, f"is {len(text)} characters long; at most {MAX_CORPUS_CHARS} are allowed a document (split it over lines)")
+        docs += [text] if text else []
+    if not docs:
+        raise InputError(str(path), None, None, "no documents in the corpus file (one document a line)")
+    return docs
+
+
 def read_inputs(relations: Path, facts: Path | None, learn: Path | None, update: Path | None,
-                forget: Path | None, keep: Path | None) -> UpdateInputs:
+                forget: Path | None, keep: Path | None, corpus: Path | None = None) -> UpdateInputs:
     """Read and cross-check every input file.
 
     Raises:
@@ -97,10 +113,11 @@ def read_inputs(relations: Path, facts: Path | None, learn: Path | None, update:
     updates = read_updates(update, by_id, rels) if update else []
     forgets = read_forgets(forget, by_id, rels) if forget else []
     _no_duplicates({str(learn): [f.id for f in learned], str(update): [r.fact.id for r in updates], str(forget): [f.id for f in forgets]})
-    if not (learned or updates or forgets):
-        raise InputError("<options>", None, None, "nothing to do: give --learn, --update or --forget with at least one fact")
+    documents = read_corpus_text(corpus) if corpus else []
+    if not (learned or updates or forgets or documents):
+        raise InputError("<options>", None, None, "nothing to do: give --learn, --update or --forget with at least one fact, or a --corpus")
     change = Change(1, learn=tuple(Fact(f.id, f.subject, f.relation, f.object, 1) for f in learned),
-                    update=tuple(updates), forget=tuple(forgets))
+                    update=tuple(updates), forget=tuple(forgets), corpus=tuple(documents))
     kept = read_facts(keep, rels) if keep else None
     if kept is not None:
         touched = change.touched()

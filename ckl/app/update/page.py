@@ -46,9 +46,9 @@ def update_page(report: dict[str, Any]) -> str:
     parts = [
         "<h1>ckl update</h1>",
         _verdict(report),
-        table(["input model", "method", "seed", "learn", "update", "forget", "keep-set"],
+        table(["input model", "method", "seed", "learn", "update", "forget", "corpus documents", "keep-set"],
               [[report["model"], report["method"], report["seed"], report["changes"]["learn"], report["changes"]["update"],
-                report["changes"]["forget"], f"{report['keep']['size']} ({report['keep']['source']})"]], text_columns=2),
+                report["changes"]["forget"], report["changes"].get("corpus", 0), f"{report['keep']['size']} ({report['keep']['source']})"]], text_columns=2),
     ]
     if report["gates"]:
         parts += ["<h2>Gates</h2>", table(

@@ -57,6 +57,7 @@ class UpdateRequest:
     update: Path | None = field(default=None, metadata={"help": "facts whose object changed (JSONL: id, object[, subject, relation, old_object])"})
     forget: Path | None = field(default=None, metadata={"help": "facts to unlearn (JSONL: id[, subject, relation, object])"})
     keep: Path | None = field(default=None, metadata={"help": "facts.jsonl that must stay known (default: sampled from --facts)"})
+    corpus: Path | None = field(default=None, metadata={"help": "plain text to continue pretraining on (domain text), one document a line"})
     gates: list[str] = field(default_factory=list, metadata={"flag": "--gate", "metavar": "<condition>", "help": 'a condition to ship, e.g. "retention>=0.98" (repeatable)'})
     options: Path | None = field(default=None, metadata={"help": "YAML of method options, e.g. {train: {epochs: 20}, replay: {fraction: 0.5}}"})
     epochs: int | None = field(default=None, metadata={"help": "training epochs (overrides --options)"})
@@ -113,7 +114,7 @@ def _build(req: UpdateRequest, options: dict[str, Any], inputs: UpdateInputs):
         method = build_method(req.method, options, where="method")
     except ValueError as err:
         raise InputError(str(req.options) if req.options else "--method", None, None, str(err)) from None
-    flags = {"learn": "--learn", "update": "--update", "forget": "--forget"}
+    flags = {"learn": "--learn", "update": "--update", "forget": "--forget", "corpus": "--corpus"}
     for kind, flag in flags.items():
         if getattr(inputs.change, kind) and kind not in method.kinds:
             able = sorted(n for n, e in load_builtin().items() if kind in e.kinds)
@@ -249,7 +250,7 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
     if not (model_dir / "config.json").is_file():
         raise InputError(str(model_dir), None, None, "not a Hugging Face model directory (no config.json)")
     _check_out(out, model_dir)
-    inputs = read_inputs(req.relations, req.facts, req.learn, req.update, req.forget, req.keep)
+    inputs = read_inputs(req.relations, req.facts, req.learn, req.update, req.forget, req.keep, req.corpus)
     findings = check_inputs(inputs, req.relations, req.facts, req.learn, req.update, req.forget, req.keep)
     raise_errors(findings)  # what loads but would make the update wrong: errors stop here, warnings print below
     for flag, value in (("--keep-size", req.keep_size), ("--batch-size", req.batch_size)):
@@ -267,8 +268,9 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
 
     model, tokenizer = lm.load(model_dir)
     change = inputs.change
-    lm.check_vocabulary(tokenizer, lm.stream_texts(inputs.relations, [*inputs.known, *change.learn, *(r.fact for r in change.update), *(inputs.keep or [])]),
-                        str(model_dir / "tokenizer"))
+    corpus_words = {word for doc in change.corpus for word in doc.split()}
+    lm.check_vocabulary(tokenizer, [*lm.stream_texts(inputs.relations, [*inputs.known, *change.learn, *(r.fact for r in change.update), *(inputs.keep or [])]),
+                                    *corpus_words], str(model_dir / "tokenizer"))
     for finding in findings:  # warnings, once every input check passed
         say(str(finding))
     accelerator = make_accelerator()
@@ -286,7 +288,8 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
         known=scoring.known_fraction(tokenizer, inputs.relations),
     )
     ch = inputs.change
-    say(f"applying {len(ch.learn)} new, {len(ch.update)} updated, {len(ch.forget)} forgotten fact(s) with {method.name}")
+    corpus = f" and {len(ch.corpus)} corpus document(s)" if ch.corpus else ""
+    say(f"applying {len(ch.learn)} new, {len(ch.update)} updated, {len(ch.forget)} forgotten fact(s){corpus} with {method.name}")
     if progress:
         progress.start(f"update ({method.name})", 1)
     error = None
@@ -313,7 +316,7 @@ def _report(req, options, inputs, keep, probes, before, after, gates: list[Gate]
     ch = inputs.change
     report: dict[str, Any] = {
         "model": str(req.model), "method": req.method, "options": options, "seed": req.seed,
-        "changes": {"learn": len(ch.learn), "update": len(ch.update), "forget": len(ch.forget)},
+        "changes": {"learn": len(ch.learn), "update": len(ch.update), "forget": len(ch.forget), "corpus": len(ch.corpus)},
         "keep": {"size": len(keep), "source": str(req.keep) if req.keep else f"sampled from {req.facts}"},
         "error": error, "model_written": None,
     }
