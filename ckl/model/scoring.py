@@ -66,6 +66,16 @@ stop token ("St. Ives") can match only in the fast path, since the reference cut
 A whitespace-only token that opens the continuation (a byte-level BPE's bare "Ġ" before an
 unmerged word) is part of the answer in both (tests/model/test_architectures.py checks
 the two paths agree on seven architectures with such a tokenizer).
+
+Knowledge-weighted decoding
+---------------------------
+A probe whose ``meta`` names answers a knowledge source supports (``meta["support"]``, a
+function of the prompt alone; set by KCTS-style methods, ckl.methods.retrieve.kcts) is
+scored as if decoding were guided by them: at every node of its trie, each token that
+continues a supported answer (and, where a supported answer is complete, each stop token)
+gains ``meta["support_weight"]`` in the logits; with ``meta["support_hard"]`` every other
+token of such a node is ruled out. EM, ranking and log-probabilities are all read from the
+guided logits, in the same single pass. The reference path does not implement it.
 """
 
 from __future__ import annotations
@@ -223,6 +233,43 @@ class _Plan:
     n_slots: int
     gold_index: int  # first index of the gold in the candidates, -1 when absent
     stop_ref: int  # the node after the whole gold answer: its output is the stop check
+    # Knowledge-weighted decoding (`Probe.meta["support"]`): at node `bias_ref[i]` token
+    # `bias_tok[i]` continues a supported answer; at the nodes `bias_stop` a supported
+    # answer is complete (its stop tokens are supported). `bias` is added to supported
+    # logits; `hard` also rules every other token out at the nodes that have one.
+    bias_ref: list[int] = field(default_factory=list)
+    bias_tok: list[int] = field(default_factory=list)
+    bias_stop: list[int] = field(default_factory=list)
+    bias: float = 0.0
+    hard: bool = False
+
+
+SUPPORT = "support"  # Probe.meta key: answers a knowledge source supports (KCTS-style decoding)
+SUPPORT_WEIGHT = "support_weight"  # Probe.meta key: logit bonus of their tokens
+SUPPORT_HARD = "support_hard"  # Probe.meta key: true = only supported tokens where any is
+
+
+def _support(plan: _Plan, supported: Sequence[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """(bias_ref, bias_tok, bias_stop) of `supported` token sequences on `plan`'s trie: a
+    node whose answer prefix begins a supported sequence supports its next token, and
+    one that spells a whole supported sequence supports stopping."""
+    prefix_of: dict[tuple[int, ...], int] = {(): -1}
+    prefixes: list[tuple[int, ...]] = []
+    for tok, parent in zip(plan.tokens, plan.parents):
+        prefixes.append((prefixes[parent] if parent >= 0 else ()) + (tok,))
+        prefix_of[prefixes[-1]] = len(prefixes) - 1
+    refs, toks, stops = [], [], []
+    for seq in supported:
+        for k in range(len(seq) + 1):
+            node = prefix_of.get(tuple(seq[:k]))
+            if node is None:
+                break  # the trie does not follow this answer further
+            if k < len(seq):
+                refs.append(node)
+                toks.append(seq[k])
+            else:
+                stops.append(node)
+    return refs, toks, stops
 
 
 def _plan(probe: Probe, prompt: list[int], ids: dict[str, list[int]]) -> _Plan:
@@ -260,7 +307,12 @@ def _plan(probe: Probe, prompt: list[int], ids: dict[str, list[int]]) -> _Plan:
         score_slot += [slot] * len(seq)
         stop_ref = refs[-1]
     gold_index = probe.candidates.index(probe.answer) if probe.answer in probe.candidates else -1
-    return _Plan(prompt, tokens, parents, score_ref, score_tok, score_slot, len(texts), gold_index, stop_ref)
+    plan = _Plan(prompt, tokens, parents, score_ref, score_tok, score_slot, len(texts), gold_index, stop_ref)
+    supported = probe.meta.get(SUPPORT) if probe.meta else None
+    if supported is not None:
+        plan.bias_ref, plan.bias_tok, plan.bias_stop = _support(plan, [ids[s] for s in supported if ids.get(s)])
+        plan.bias, plan.hard = float(probe.meta.get(SUPPORT_WEIGHT, 0.0)), bool(probe.meta.get(SUPPORT_HARD, False))
+    return plan
 
 
 # ------------------------------------------------------------------------ row layout
@@ -408,6 +460,8 @@ def _score_batch(model, plans: Sequence[_Plan], tree: bool, pad_id: int, stop: t
     rows, where = (_tree_rows if tree else _path_rows)(plans)
     batch = _tensors(rows, where, tree, pad_id, dtype, device)
     logits = _forward_rows(model, batch.input_ids, batch.position_ids, batch.attention_mask, batch.keep)  # (R, V)
+    if any(pl.bias or pl.hard for pl in plans):
+        _apply_support(logits, plans, batch.out_row, stop)
     greedy = logits.argmax(-1)  # (R,)
     log_z = torch.logsumexp(logits.float(), -1)  # (R,) log-softmax is logits - log_z; only gathered entries are needed
 
@@ -425,6 +479,47 @@ def _score_batch(model, plans: Sequence[_Plan], tree: bool, pad_id: int, stop: t
     stop_rows = torch.from_numpy(np.array([batch.out_row[j][pl.stop_ref + 1] for j, pl in enumerate(plans)])).to(device)
     stops = stop[greedy[stop_rows]].cpu().numpy()  # (b,)
     return slot_score, slot_miss, stops, slot_base
+
+
+def _apply_support(logits: torch.Tensor, plans: Sequence[_Plan], out_row: list[np.ndarray], stop: torch.Tensor) -> None:
+    """Knowledge-weighted decoding, in place on the kept logits (R, V): every supported
+    next token (and, where a supported answer is complete, every stop token) gains its
+    probe's `bias`; with `hard`, the other tokens of a row that has a supported one are
+    ruled out. One scatter per batch, however many probes carry support."""
+    # Support is a function of the prompt (what `SUPPORT` promises), so a column that tree
+    # rows share between probes (one prompt, one answer prefix) gets one and the same bias.
+    rows, toks, bias, stop_rows, stop_bias, hard_rows = [], [], [], [], [], []
+    for j, pl in enumerate(plans):
+        if not (pl.bias_ref or pl.bias_stop):
+            continue
+        r = out_row[j][np.asarray(pl.bias_ref, dtype=np.int64) + 1]
+        s = out_row[j][np.asarray(pl.bias_stop, dtype=np.int64) + 1]
+        rows.append(r), toks.append(np.asarray(pl.bias_tok, dtype=np.int64)), bias.append(np.full(len(r), pl.bias))
+        stop_rows.append(s), stop_bias.append(np.full(len(s), pl.bias))
+        if pl.hard:
+            hard_rows += [r, s]
+    if not rows:
+        return
+    device = logits.device
+    all_rows = np.concatenate(rows + stop_rows)
+    used = np.unique(all_rows)  # (U,) the logits rows that have a supported token; only they are touched
+    local = lambda r: torch.from_numpy(np.searchsorted(used, r)).to(device)  # noqa: E731  row -> its index in `used`
+    r_u, s_u = local(np.concatenate(rows)), local(np.concatenate(stop_rows))
+    t_t = torch.from_numpy(np.concatenate(toks)).to(device)
+    stop_ids = stop.nonzero().flatten()  # (S,)
+    allowed = torch.zeros((len(used), logits.shape[1]), dtype=torch.bool, device=device)  # (U, V)
+    allowed[r_u, t_t] = True
+    allowed[s_u[:, None], stop_ids[None, :]] = True
+    bonus = torch.zeros(len(used), dtype=logits.dtype, device=device)  # (U,) per row: its probe's bias
+    bonus[r_u] = torch.from_numpy(np.concatenate(bias)).to(device, logits.dtype)
+    bonus[s_u] = torch.from_numpy(np.concatenate(stop_bias)).to(device, logits.dtype)
+    used_t = torch.from_numpy(used).to(device)
+    block = logits[used_t] + allowed * bonus[:, None]  # (U, V)
+    if hard_rows:
+        hard = torch.zeros(len(used), dtype=torch.bool, device=device)
+        hard[local(np.concatenate(hard_rows))] = True
+        block = block.masked_fill(hard[:, None] & ~allowed, torch.finfo(logits.dtype).min)
+    logits[used_t] = block
 
 
 _TREE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -498,7 +593,7 @@ class ProbeScorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.tokenizer, self.probes, self.batch_size = tokenizer, list(probes), batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-        answers = sorted({a for pr in self.probes for a in (*pr.candidates, pr.answer)})
+        answers = sorted({a for pr in self.probes for a in (*pr.candidates, pr.answer, *((pr.meta or {}).get(SUPPORT) or ()))})
         ids = dict(zip(answers, _encode(tokenizer, [" " + a for a in answers])))
         prompts = _encode(tokenizer, [pr.prompt for pr in self.probes])
         self.plans = [_plan(pr, prompt, ids) for pr, prompt in zip(self.probes, prompts)]

@@ -40,8 +40,13 @@ def test_the_held_out_half_answers_its_questions_after_training_them(tiny_stream
     change = tiny_stream.stages[0]
     held_out = [f for f in change.learn if f.subject not in tiny_stream.qa_subjects]
     probes = make_probes(held_out, tiny_stream.relations, "x", 1, "new", ("question",), 10)
-    accuracy = {}
+    accuracy, logprob = {}, {}
     for name, options in (("naive", {}), ("knowledge_instruct", {})):
         model, tokenizer, _ = _run(name, options, tiny_stream, tiny_model_dir, accelerator, epochs=10)
-        accuracy[name] = score_probes(model, tokenizer, probes).em.mean()
-    assert accuracy["knowledge_instruct"] > accuracy["naive"] + 0.2, accuracy
+        scores = score_probes(model, tokenizer, probes)
+        accuracy[name], logprob[name] = scores.em.mean(), scores.logprob.mean()
+    # 12 questions: exact match moves in steps of 1/12, and which ones flip depends on the
+    # thread count (measured 0.33 vs 0.17 at two threads, 2026-11-30); the gold answer's
+    # log-probability is the steadier signal (-3.0 vs -6.1 nats there)
+    assert accuracy["knowledge_instruct"] > accuracy["naive"], accuracy
+    assert logprob["knowledge_instruct"] > logprob["naive"] + 1.5, logprob
