@@ -27,7 +27,6 @@ learned token-level hallucination classifier, and decoding is weighted, not tree
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ckl.core.checks import ConfigError, check_number
@@ -60,23 +59,11 @@ class Kcts(RAG):
     def __init__(self, config: KctsConfig) -> None:
         super().__init__(config)
 
-    def transform_probes(self, probes: Sequence[Probe]) -> list[Probe]:
-        """The probes as asked, each carrying the objects of its retrieved facts as the
-        answers its decoding is guided towards; `recall` as for RAG."""
-        if not self.facts or not probes:
-            self.recall = None
-            return list(probes)
-        found = self.retrieve([p.prompt for p in probes])
-        out, hits, asked = [], 0, 0
-        for probe, ids in zip(probes, found):
-            if probe.fact_id in self.facts and probe.change != "forget":
-                asked += 1
-                hits += probe.fact_id in ids
-            support = tuple(dict.fromkeys(self.facts[i][1] for i in ids))  # objects, best first, once each
-            meta = {**probe.meta, SUPPORT: support, SUPPORT_WEIGHT: self.config.weight, SUPPORT_HARD: self.config.hard}
-            out.append(replace(probe, meta=meta))
-        self.recall = hits / asked if asked else None
-        return out
+    def ask(self, probe: Probe, ids: list[str]) -> Probe:
+        """The probe as asked, carrying the objects of its retrieved facts as the answers
+        its decoding is guided towards (retrieval and recall as for RAG)."""
+        support = tuple(dict.fromkeys(self.facts[i][1] for i in ids))  # objects, best first, once each
+        return replace(probe, meta={**probe.meta, SUPPORT: support, SUPPORT_WEIGHT: self.config.weight, SUPPORT_HARD: self.config.hard})
 
 
 register_method("kcts", KctsConfig, Kcts, "knowledge-constrained decoding (KCTS-style): the objects of each probe's retrieved facts (FTS5, BM25) guide its answer token by token; nothing in the prompt, no weight change", ["learn", "update", "edit", "forget"])

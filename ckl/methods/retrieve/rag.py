@@ -139,10 +139,15 @@ class RAG(Method):
             if probe.fact_id in self.facts and probe.change != "forget":
                 asked += 1
                 hits += probe.fact_id in ids
-            prefix = " ".join(self.facts[i][0] for i in reversed(ids))
-            out.append(replace(probe, prompt=f"{prefix} {probe.prompt}") if prefix else probe)
+            out.append(self.ask(probe, ids))
         self.recall = hits / asked if asked else None
         return out
+
+    def ask(self, probe: Probe, ids: list[str]) -> Probe:
+        """`probe` as the model is asked it, given its retrieved fact ids (best first): with
+        their sentences in front of the prompt, the best nearest the question."""
+        prefix = " ".join(self.facts[i][0] for i in reversed(ids))
+        return replace(probe, prompt=f"{prefix} {probe.prompt}") if prefix else probe
 
     def row_notes(self) -> dict:
         return {} if self.recall is None else {"retrieval_recall": round(self.recall, 4)}
