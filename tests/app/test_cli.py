@@ -117,8 +117,8 @@ def test_methods_lists_every_part_with_supported_kinds():
     # one row per registered name, with its family and exactly the kinds it supports
     registry = load_builtin()
     assert set(rows) == set(registry)
-    assert rows["naive"] == ("part", "learn, update, edit")  # a training method: learn, update, edit
-    assert rows["ga"] == ("part", "learn, update, edit, forget")  # an unlearning part adds forget
+    assert rows["naive"] == ("part", "learn, update, edit, corpus")  # a training method: facts and domain text
+    assert rows["ga"] == ("part", "learn, update, edit, forget, corpus")  # an unlearning part adds forget
     assert rows["rome"] == ("method", "update, edit")  # an editor: only what it declares
     assert rows["ike"] == ("method", "learn, update, edit")
 
