@@ -379,8 +379,9 @@ class CorpusDocument:
     heldout: bool = False
 
 
-def read_corpus(path: str | Path) -> list[CorpusDocument]:
-    """Read corpus.jsonl: {stage, text, heldout?}, stages >= 1 in any order."""
+def read_corpus(path: str | Path, stages: int | None = None) -> list[CorpusDocument]:
+    """Read corpus.jsonl: {stage, text, heldout?}, stages >= 1 in any order; with `stages`
+    (the stream's stage count), a stage beyond it is an error on its line."""
     path = str(path)
     docs: list[CorpusDocument] = []
     for line, obj in iter_jsonl(path):
@@ -390,6 +391,8 @@ def read_corpus(path: str | Path) -> list[CorpusDocument]:
         stage = _int(obj, "stage", path, line, None, minimum=1)
         if stage is None:
             raise InputError(path, line, "stage", "missing required field")
+        if stages is not None and stage > stages:
+            raise InputError(path, line, "stage", f"stage {stage} is beyond the stream's {stages} stage(s) (meta.json)")
         text = obj.get("text")
         if text is None:
             raise InputError(path, line, "text", "missing required field")

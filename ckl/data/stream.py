@@ -289,12 +289,7 @@ def _read_corpus(path: Path, stages: int | None) -> list[CorpusDocument]:
     """corpus.jsonl (optional); a stage beyond meta.json's `stages` is an error on its line."""
     if not path.exists() and not path.is_symlink():
         return []
-    docs = read_corpus(path)
-    if stages is not None:
-        for line, obj in iter_jsonl(path):
-            if obj["stage"] > stages:
-                raise InputError(str(path), line, "stage", f"stage {obj['stage']} is beyond the stream's {stages} stage(s) (meta.json)")
-    return docs
+    return read_corpus(path, stages)
 
 
 def _read_unseen(path: Path, relations: dict[str, Relation], base: Sequence[Fact]) -> tuple[Fact, ...]:

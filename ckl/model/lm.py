@@ -88,11 +88,13 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, seed
     return model.eval()
 
 
-def stream_texts(relations, facts) -> list[str]:
+def stream_texts(relations, facts, corpus=()) -> list[str]:
     """The texts a model must be able to encode to be trained and probed on `facts`:
-    every subject and object, every candidate, and each relation's templates, paraphrases
-    and questions (without their "{subject}" slot)."""
+    every subject and object, every candidate, each relation's templates, paraphrases
+    and questions (without their "{subject}" slot), and every word of the domain text
+    in `corpus` (documents as strings: a corpus is text to learn too)."""
     texts = {t for f in facts for t in (f.subject, f.object)}
+    texts |= {word for doc in corpus for word in doc.split()}
     for r in relations.values():
         texts |= set(r.candidates)
         texts |= {t.replace("{subject}", " ").strip() for t in (*r.templates, *r.paraphrases, *r.questions)}

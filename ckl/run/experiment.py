@@ -328,8 +328,8 @@ def _check_tokenizer(config: ExperimentConfig, stream: Stream) -> None:
     """A user's model must encode the stream's (or the built world's) words, before anything is written."""
     facts = [*stream.base, *(r.fact for r in stream.records()), *stream.unseen]
     tokenizer = lm.load_tokenizer(config.model, config.trust_remote_code)
-    corpus_words = {word for doc in stream.corpus_documents() for word in doc.text.split()}  # a domain corpus is text to learn too
-    lm.check_vocabulary(tokenizer, [*lm.stream_texts(stream.relations, facts), *corpus_words], str(Path(config.model) / "tokenizer"))
+    corpus = [doc.text for doc in stream.corpus_documents()]
+    lm.check_vocabulary(tokenizer, lm.stream_texts(stream.relations, facts, corpus), str(Path(config.model) / "tokenizer"))
 
 
 def _check_same_experiment(store: Store, resolved: dict, run_dir: Path) -> None:

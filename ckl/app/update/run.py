@@ -268,9 +268,8 @@ def run_update(req: UpdateRequest, say: Callable[[str], None] = print, progress=
 
     model, tokenizer = lm.load(model_dir)
     change = inputs.change
-    corpus_words = {word for doc in change.corpus for word in doc.split()}
-    lm.check_vocabulary(tokenizer, [*lm.stream_texts(inputs.relations, [*inputs.known, *change.learn, *(r.fact for r in change.update), *(inputs.keep or [])]),
-                                    *corpus_words], str(model_dir / "tokenizer"))
+    known = [*inputs.known, *change.learn, *(r.fact for r in change.update), *(inputs.keep or [])]
+    lm.check_vocabulary(tokenizer, lm.stream_texts(inputs.relations, known, change.corpus), str(model_dir / "tokenizer"))
     for finding in findings:  # warnings, once every input check passed
         say(str(finding))
     accelerator = make_accelerator()
