@@ -33,6 +33,12 @@ MAX_STAGE = 10_000  # a stage number beyond this is a typo, not a plan (every st
 # form about a subject whose facts were only ever read as statements (Allen-Zhu & Li,
 # "Physics of Language Models 3.1": knowledge extraction).
 PROBE_KINDS = ("statement", "paraphrase", "question", "extraction")
+# two_hop: a question through a second fact ("The employer of X is headquartered in"),
+# made where a relation declares `two_hop` chains (a world built with `two_hop: true`);
+# the answer is never trained for the probed subject, only its two single hops are
+# (multi-hop knowledge questions, Zhong et al. 2023, "MQuAKE").
+TWO_HOP = "two_hop"
+ALL_PROBE_KINDS = (*PROBE_KINDS, TWO_HOP)
 # The longest text field (a subject, an object, a candidate, a template, an id) read from
 # any input. Scoring lays every probe's prompt and candidates out in one row with a
 # row-by-row attention mask, so one megabyte-long answer would ask for hundreds of GiB;
@@ -50,6 +56,9 @@ class Relation:
     `questions` are question forms ("Where was {subject} born?"); `candidates` are the
     objects used for candidate ranking. `probe_template`, one of `templates`, is the one
     statement probes use (an editing record's own prompt); None = one picked per fact.
+    `two_hop` chains this relation to another: (next relation, template) pairs, each
+    template a prompt about this relation's subject whose answer is the next relation's
+    object for this relation's object ("The employer of {subject} is headquartered in").
     """
 
     name: str
@@ -58,6 +67,7 @@ class Relation:
     questions: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
     probe_template: str | None = None
+    two_hop: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ class Probe:
     prompt: str
     answer: str
     candidates: tuple[str, ...]
-    kind: str  # statement | paraphrase | question | extraction
+    kind: str  # statement | paraphrase | question | extraction | two_hop
     cohort: str  # invariant | stage1 | stale1 | forget1 | ...
     fact_id: str
     stage: int = 0  # the stage that created the cohort (0 for base knowledge)
@@ -255,9 +265,12 @@ def template_fields_ok(template: str, fields: tuple[str, ...] = ("subject",)) ->
 
 
 def read_relations(path: str | Path) -> dict[str, Relation]:
-    """Read relations.jsonl: {name, templates, paraphrases?, questions?, candidates?}."""
+    """Read relations.jsonl: {name, templates, paraphrases?, questions?, candidates?,
+    probe_template?, two_hop?}; two_hop is a list of {relation, template}, each naming a
+    relation of the file."""
     path = str(path)
     relations: dict[str, Relation] = {}
+    chains: list[tuple[int, str]] = []  # (line, next relation): checked once every relation is read
     for line, obj in iter_jsonl(path):
         name = text_field(obj, "name", path, line)
         if name in relations:
@@ -273,10 +286,37 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
             questions=_texts(obj, "questions", path, line, True, False),
             candidates=_texts(obj, "candidates", path, line, False, False),
             probe_template=probe.strip() if probe is not None else None,
+            two_hop=_two_hop(obj, path, line),
         )
+        chains += [(line, nxt) for nxt, _ in relations[name].two_hop]
     if not relations:
         raise InputError(path, None, None, "no relations in file")
+    for line, nxt in chains:
+        if nxt not in relations:
+            raise InputError(path, line, "two_hop", f"unknown relation {nxt!r} (known: {', '.join(sorted(relations))})")
     return relations
+
+
+def _two_hop(obj: dict, path: str, line: int) -> tuple[tuple[str, str], ...]:
+    value = obj.get("two_hop", [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InputError(path, line, "two_hop", "must be a list of {relation, template} objects")
+    out = []
+    for v in value:
+        unknown = sorted(set(v) - {"relation", "template"})
+        if unknown:
+            raise InputError(path, line, "two_hop", f"unknown field {unknown[0]!r} (known: relation, template)")
+        for key in ("relation", "template"):
+            if not isinstance(v.get(key), str) or not v[key].strip():
+                raise InputError(path, line, "two_hop", f"{key}: missing required field" if key not in v else f"{key}: must be a non-empty string, got {_short(v[key])}")
+            check_text_length(v[key].strip(), path, line, "two_hop")
+        nxt, template = v["relation"].strip(), v["template"].strip()
+        if "{subject}" not in template or not template_fields_ok(template):
+            raise InputError(path, line, "two_hop", f"template {template!r} must hold '{{subject}}' and no other braces")
+        out.append((nxt, template))
+    if len({nxt for nxt, _ in out}) < len(out):
+        raise InputError(path, line, "two_hop", "names a next relation twice")
+    return tuple(out)
 
 
 def _fact(obj: dict, path: str, line: int, relations: dict[str, Relation]) -> Fact:
@@ -437,7 +477,10 @@ def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def relation_row(r: Relation) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items() if v is not None}
+    row = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items() if v is not None and k != "two_hop"}
+    if r.two_hop:  # absent when empty: a relation without chains writes what it always wrote
+        row["two_hop"] = [{"relation": nxt, "template": template} for nxt, template in r.two_hop]
+    return row
 
 
 def fact_row(f: Fact) -> dict[str, Any]:

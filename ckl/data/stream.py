@@ -30,6 +30,7 @@ from ckl.data import cohorts
 from ckl.data.facts import (
     MAX_STAGE,
     PROBE_KINDS,
+    TWO_HOP,
     STAGE_KINDS,
     ChangeRecord,
     CorpusDocument,
@@ -228,7 +229,14 @@ class Stream:
     def probes(self, kinds: Sequence[str] = PROBE_KINDS, max_candidates: int = 10) -> list[Probe]:
         """All probe sets, by cohort. See docs/formats.md for the cohort names."""
         out: list[Probe] = []
-        probes_for = functools.partial(make_probes, qa_subjects=self.qa_subjects)
+        made = functools.partial(make_probes, qa_subjects=self.qa_subjects)
+        # two-hop probes go through invariant facts only: a second hop that a stage changes
+        # would give one probe two answers over time
+        bridge = {(f.relation, f.subject): f.object for f in self.invariant()} if TWO_HOP in kinds else {}
+
+        def probes_for(facts, relations, cohort, stage, change, kinds, max_candidates, also=None):
+            return [*made(facts, relations, cohort, stage, change, kinds, max_candidates, also),
+                    *two_hop_probes(facts, relations, bridge, cohort, stage, change, max_candidates, also)]
         local = self.neighbourhoods()
         neighbour_ids = {f.id for group in local.values() for f in group}
         kept = [f for f in self.invariant() if f.id not in neighbour_ids]
@@ -379,6 +387,38 @@ def make_probes(
             prompts[question] = QUESTION_FORMAT.format(question=q)
         for kind, prompt in prompts.items():
             out.append(Probe(f"{cohort}/{f.id}/{kind}", prompt, f.object, cands, kind, cohort, f.id, stage, change))
+    return out
+
+
+def two_hop_probes(
+    facts: Iterable[Fact],
+    relations: dict[str, Relation],
+    bridge: dict[tuple[str, str], str],
+    cohort: str,
+    stage: int,
+    change: str,
+    max_candidates: int,
+    also: dict[str, str] | None = None,
+) -> list[Probe]:
+    """A two-hop probe for each fact and each of its relation's `two_hop` chains whose
+    second fact is known: `bridge[(next relation, fact's object)]` is the answer ("The
+    employer of X is headquartered in" -> the city of X's employer). With `also` (the old
+    or new object of an updated fact), the answer through that object is a candidate too,
+    and a fact whose two objects lead to the same answer gets no probe: it could not tell
+    an applied update from a stale one."""
+    out = []
+    for f in facts:
+        for nxt, template in relations[f.relation].two_hop:
+            answer = bridge.get((nxt, f.object))
+            if answer is None:
+                continue
+            other = (also or {}).get(f.id)
+            other_answer = bridge.get((nxt, other)) if other is not None else None
+            if other is not None and other_answer == answer:
+                continue
+            cands = candidates_for(Fact(f.id, f.subject, nxt, answer), relations[nxt], max_candidates, other_answer)
+            out.append(Probe(f"{cohort}/{f.id}/{TWO_HOP}/{nxt}", template.format(subject=f.subject), answer, cands,
+                             TWO_HOP, cohort, f.id, stage, change))
     return out
 
 

@@ -80,11 +80,12 @@ class WorldConfig:
     min_probe_word_count: int = field(default=20, metadata={"help": "Refuse a world in which a word of a probe prompt is read fewer times than this in training text."})
     corpus_per_stage: int = field(default=0, metadata={"help": "Documents of a domain corpus each stage also trains on (continual pre-training; stage j's domain is seafaring, cookery, astronomy, medicine, in turn: ckl.data.domains); 0 = none. With learn/update/forget_per_stage 0 the stream is pure continual pre-training."})
     corpus_heldout: int = field(default=40, metadata={"help": "Held-out documents of each stage's domain, scored for the domain's perplexity after every stage (used when corpus_per_stage > 0)."})
+    two_hop: bool = field(default=False, metadata={"help": "Add facts about the objects (each employer's headquarters city, each university's city) to K0 and two-hop probes through them (\"The employer of X is headquartered in\"; probe kind two_hop), whose answers are never trained for the probed people: only for background people, whose biographies show the two-hop phrasing."})
     distinct_first_names: bool = field(default=True, metadata={"help": "Give every person (of K0 and of every stage) a first name of their own, so that a person's first name token identifies them (what lets ROME and MEMIT find the subject in a model this small: docs/knowledge.md); false draws first names with repeats, as real names repeat. At most 350 people when true."})
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in ("qa_fraction", "distinct_first_names"):
+            if f.name in ("qa_fraction", "distinct_first_names", "two_hop"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -103,6 +104,8 @@ class WorldConfig:
         total_people = self.people + self.stages * self.learn_per_stage
         if self.background_people > MAX_PEOPLE:
             raise ConfigError("background_people", f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
+        if not isinstance(self.two_hop, bool):
+            raise ConfigError("two_hop", f"WorldConfig.two_hop must be true or false, got {self.two_hop!r}")
         if not isinstance(self.distinct_first_names, bool):
             raise ConfigError("distinct_first_names", f"WorldConfig.distinct_first_names must be true or false, got {self.distinct_first_names!r}")
         if self.distinct_first_names and total_people > FIRST_NAMES:
@@ -229,6 +232,31 @@ RELATION_SPECS: tuple[tuple[str, bool, tuple[str, ...], tuple[str, ...], tuple[s
 )
 MUTABLE_RELATIONS: tuple[str, ...] = tuple(spec[0] for spec in RELATION_SPECS if spec[1])
 
+# With `two_hop`: relations about the objects of a person relation, as (person relation,
+# name, templates, questions, two-hop template). Their subjects are that relation's
+# candidates (every employer has a headquarters city), their facts join K0 and never
+# change, and the two-hop template asks through them about a person. No paraphrases: the
+# two-hop probe is the held-out form here. Their words are read in K0's own text and in
+# the background people's biographies (`background_biographies`), which also state two-hop
+# sentences about background people, so the model can learn the phrasing; a probed person's
+# two-hop answer is never in any training text.
+OBJECT_RELATION_SPECS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    (
+        "employer", "headquarters",
+        ("{subject} is headquartered in", "The head office of {subject} is in", "{subject} has its headquarters in",
+         "{subject} runs its business from"),
+        ("Where is {subject} headquartered?", "In which city is the head office of {subject}?"),
+        "The employer of {subject} is headquartered in",
+    ),
+    (
+        "university", "campus",
+        ("The campus of {subject} is in", "{subject} is located in", "{subject} has its campus in",
+         "Lectures at {subject} are held in"),
+        ("Where is the campus of {subject}?", "In which city is {subject} located?"),
+        "The alma mater of {subject} is located in",
+    ),
+)
+
 # Name syllables share no word with any object above, so a name never hints at an answer.
 FIRST_HEADS = ("Al", "Bren", "Cor", "Da", "El", "Fen", "Gal", "Hes", "Ith", "Jor", "Kal", "Lys", "Mar",
                "Nel", "Or", "Per", "Quen", "Ris", "Sel", "Tam", "Ul", "Vin", "Wen", "Yor", "Zel")
@@ -275,12 +303,26 @@ MOODS = ("quiet", "busy", "cold", "empty", "crowded", "peaceful", "noisy", "wet"
 # ---------------------------------------------------------------------------- building
 
 
-def world_relations() -> dict[str, Relation]:
-    """The world's relations, in a fixed order, with every object as a candidate."""
-    return {
+def world_relations(two_hop: bool = False) -> dict[str, Relation]:
+    """The world's relations, in a fixed order, with every object as a candidate; with
+    `two_hop`, the relations about objects too (cities as their candidates), chained from
+    the person relations whose objects they describe."""
+    relations = {
         name: Relation(name, templates, paraphrases, questions, candidates)
         for name, _mutable, templates, paraphrases, questions, candidates in RELATION_SPECS
     }
+    if two_hop:
+        for first, name, templates, questions, chain in OBJECT_RELATION_SPECS:
+            relations[first] = replace(relations[first], two_hop=((name, chain),))
+        for first, name, templates, questions, chain in OBJECT_RELATION_SPECS:
+            relations[name] = Relation(name, templates, (), questions, CITIES)
+    return relations
+
+
+def person_relations(relations: dict[str, Relation]) -> dict[str, Relation]:
+    """The relations whose subjects are people (the object relations of `two_hop` left out)."""
+    about_objects = {name for _, name, *_ in OBJECT_RELATION_SPECS}
+    return {name: r for name, r in relations.items() if name not in about_objects}
 
 
 def _part_rng(seed: int, part: str) -> random.Random:
@@ -331,15 +373,23 @@ def _general_sentence(rng: random.Random) -> str:
     return f"The {animal} found a {rng.choice(ADJECTIVES)} {rng.choice(OBJECTS)} {place}, and it was {rng.choice(WEATHER)}."
 
 
-def background_biographies(rng: random.Random, relations: dict[str, Relation], names: list[str]) -> list[str]:
+def background_biographies(rng: random.Random, relations: dict[str, Relation], names: list[str],
+                           bridge: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Two biographies per background person, one with training templates and one with the
     held-out paraphrase templates, and a question-answer line for each of the person's
     facts. Templates and questions are taken in turn (person i uses each relation's
     template i mod their number), so every one is read equally often; facts in shuffled
-    order, objects drawn from the relation's candidates."""
+    order, objects drawn from the relation's candidates.
+
+    With `bridge` ((object relation, object) -> its object: the facts about objects of a
+    `two_hop` world), each chained fact also gets a document with its two-hop sentence
+    and the second fact it goes through, in a statement and a question ("The employer of
+    Y is headquartered in Z. B is headquartered in Z." for Y's employer B): how the model
+    reads the two-hop phrasing, on people never probed."""
+    people = person_relations(relations)
     docs = []
     for i, name in enumerate(names):
-        facts = [(rel, rng.choice(rel.candidates)) for rel in relations.values()]
+        facts = [(rel, rng.choice(rel.candidates)) for rel in people.values()]
         for kind in ("templates", "paraphrases"):
             rng.shuffle(facts)
             sentences = []
@@ -351,6 +401,12 @@ def background_biographies(rng: random.Random, relations: dict[str, Relation], n
             if rel.questions:
                 question = rel.questions[i % len(rel.questions)].format(subject=name)
                 docs.append(f"{QUESTION_FORMAT.format(question=question)} {obj}.")
+        for rel, obj in facts:
+            for nxt, template in rel.two_hop if bridge else ():
+                second, hop = bridge[(nxt, obj)], relations[nxt]
+                docs.append(f"{template.format(subject=name)} {second}. {hop.templates[i % len(hop.templates)].format(subject=obj)} {second}.")
+                question = hop.questions[i % len(hop.questions)].format(subject=obj)
+                docs.append(f"{QUESTION_FORMAT.format(question=question)} {second}.")
     return docs
 
 
@@ -369,7 +425,7 @@ def probe_word_counts(stream: Stream) -> dict[str, int]:
         return [w for w, _ in whitespace.pre_tokenize_str(text)]
     words = set()
     for rel in stream.relations.values():
-        for template in rel.templates + rel.paraphrases + rel.questions:
+        for template in rel.templates + rel.paraphrases + rel.questions + tuple(t for _, t in rel.two_hop):
             words.update(split(template.replace("{subject}", " ")))
     counts: Counter[str] = Counter()
     texts = render_documents(stream.base, stream.relations, random.Random(0), qa_subjects=stream.qa_subjects)
@@ -417,7 +473,8 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         stages of learn / update / edit / forget changes; `meta` is the config as a dict.
     """
     config = config or WorldConfig()
-    relations = world_relations()
+    relations = world_relations(config.two_hop)
+    people = person_relations(relations)
     total_people = config.people + config.stages * config.learn_per_stage
     names = person_names(_part_rng(config.seed, "names"), total_people, distinct_first=config.distinct_first_names)
     # The first qa_fraction of K0's people and of each stage's new people.
@@ -433,9 +490,16 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         stage = 0 if index < config.people else 1 + (index - config.people) // config.learn_per_stage
         people_facts.append([
             Fact(f"p{index:0{width}d}-{rel.name}", name, rel.name, object_rng.choice(rel.candidates), stage)
-            for rel in relations.values()
+            for rel in people.values()
         ])
     base = [f for person in people_facts[: config.people] for f in person]
+    about_objects: list[Fact] = []  # two_hop: a fact about every object of a chained relation, in K0, never changed
+    if config.two_hop:
+        bridge_rng = _part_rng(config.seed, "object-facts")
+        for first, name, *_ in OBJECT_RELATION_SPECS:
+            about_objects += [Fact(f"{name}-{k:02d}", obj, name, bridge_rng.choice(relations[name].candidates))
+                              for k, obj in enumerate(relations[first].candidates)]
+        qa += [f.subject for f in about_objects]  # their question-answer lines are trained
 
     # Allocate all stages' targets at once, updates first, so that forget requests in an
     # early stage cannot use up the mutable facts a later stage needs to update.
@@ -444,7 +508,7 @@ def build_world(config: WorldConfig | None = None) -> Stream:
     mutable_pool = [f for f in base if f.relation in MUTABLE_RELATIONS]
     updated = change_rng.sample(mutable_pool, config.stages * config.update_per_stage)
     chosen = {f.id for f in updated}
-    rest = [f for f in base if f.id not in chosen]
+    rest = [f for f in base if f.id not in chosen]  # people's facts: the facts about objects never change
     others = change_rng.sample(rest, config.stages * (config.edit_per_stage + config.forget_per_stage))
 
     def chunk(items: list[Fact], size: int, j: int) -> list[Fact]:
@@ -474,10 +538,11 @@ def build_world(config: WorldConfig | None = None) -> Stream:
 
     general = general_sentences(_part_rng(config.seed, "general"), config.general_train + config.general_heldout)
     background = person_names(_part_rng(config.seed, "background"), config.background_people, BACKGROUND_FIRST_HEADS, BACKGROUND_LAST_HEADS)
-    bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background)
+    bridge = {(f.relation, f.subject): f.object for f in about_objects}
+    bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background, bridge)
     stream = Stream(
         relations=relations,
-        base=tuple(base),
+        base=tuple(base + about_objects),
         stages=tuple(stages),
         general_train=tuple(general[: config.general_train]),
         general_heldout=tuple(general[config.general_train :]),

@@ -123,7 +123,8 @@ def _fuar(value) -> str:
 
 
 # Columns of streams that have them only (continual pre-training's domains)
-_OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl"})
+_OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl", "two_hop_before", "two_hop_invariant",
+                       "two_hop_acquisition", "two_hop_update", "two_hop_stale"})
 
 
 def _register(family: str, rows) -> None:
@@ -152,6 +153,11 @@ _register("learning", (
     ("paraphrase_retention", "para. ret.", "{:.3f}", "higher", True, "retention on held-out paraphrase probes"),
     ("paraphrase_acquisition", "para. acq.", "{:.3f}", "higher", True, "acquisition on held-out paraphrase probes"),
     ("paraphrase_invariant", "para. invariant", "{:.3f}", "higher", False, "invariant facts at row T on paraphrase probes"),
+    ("two_hop_before", "2-hop before", "{:.3f}", "", False, "two-hop probes of the invariant facts at row 0 (the base model composing two facts)"),
+    ("two_hop_invariant", "2-hop inv.", "{:.3f}", "higher", True, "two-hop probes of the invariant facts at row T"),
+    ("two_hop_acquisition", "2-hop acq.", "{:.3f}", "higher", True, "two-hop probes through the learned facts at row T"),
+    ("two_hop_update", "2-hop upd.", "{:.3f}", "higher", True, "two-hop probes through updated facts' new objects at row T (does the update propagate?)"),
+    ("two_hop_stale", "2-hop stale", "{:.3f}", "lower", True, "two-hop probes through updated facts' old objects at row T"),
     ("question_acquisition", "question acq.", "{:.3f}", "higher", False, "acquisition on question probes"),
     ("forget_kept", "forget kept", "{:.3f}", "lower", False, "accuracy after the last stage on facts asked to be forgotten"),
     ("perplexity_before", "ppl before", "{:.2f}", "", False, "held-out general-text perplexity at row 0"),

@@ -12,6 +12,10 @@ over statement probes unless `kinds` says otherwise):
                    people whose question-answer lines were never trained (knowledge
                    extraction, Allen-Zhu & Li, "Physics of Language Models 3.1")
     paraphrase_*   retention and acquisition on held-out paraphrase probes
+    two_hop_*      accuracy on two-hop probes (a world with two_hop chains) of the
+                   invariant facts (before and after), learned facts, updated facts' new
+                   answers and their stale ones: whether knowledge composes and whether an
+                   update propagates (MQuAKE, Zhong et al. 2023)
     superficial    of the invariant facts whose exact match was lost by row T, the share
                    whose gold answer still ranks first among the candidates (SEFE's
                    superficial forgetting: the form is lost, the content is not)
@@ -28,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckl.data import cohorts
+from ckl.data.facts import TWO_HOP
 from ckl.evaluate import metrics as M
 from ckl.results import numbers
 from ckl.results.store import Store, metric_column
@@ -76,6 +81,14 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     out["question_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("question",))
     out["extraction_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, ("extraction",))
     out["extraction_invariant"] = _pooled(store, method, seed, T, {cohorts.INVARIANT}, {"base"}, metric, ("extraction",))
+    # two-hop probes (a world with two_hop chains): accuracy, not retention (the base model's
+    # own two-hop accuracy may be near chance, and a ratio to it would mean little)
+    hop = (TWO_HOP,)
+    out["two_hop_before"] = _pooled(store, method, seed, 0, {cohorts.INVARIANT}, {"base"}, metric, hop)
+    out["two_hop_invariant"] = _pooled(store, method, seed, T, {cohorts.INVARIANT}, {"base"}, metric, hop)
+    out["two_hop_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, hop)
+    out["two_hop_update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, hop)
+    out["two_hop_stale"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, hop)
     for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
         by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
         out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None

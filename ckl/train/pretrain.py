@@ -26,7 +26,7 @@ from ckl.model import lm
 from ckl.train.config import PretrainConfig  # noqa: F401  (its home is ckl.train.config; imported here by callers)
 from ckl.data.copy_mix import copy_documents, demonstration
 from ckl.core.distributed import on_main
-from ckl.data.facts import PROBE_KINDS
+from ckl.data.facts import ALL_PROBE_KINDS, PROBE_KINDS
 from ckl.data.stream import Stream, make_probes, render_documents
 from ckl.train.loop import TrainConfig, rng_for, train
 
@@ -50,7 +50,7 @@ def tokenizer_corpus(stream: Stream, extra: Sequence[str] = ()) -> list[str]:
     stages, every probe prompt and candidate, the general text, the domain corpora and `extra`."""
     facts = list(stream.base) + [f for ch in stream.stages for f in ch.taught()]
     texts = render_documents(facts, stream.relations, random.Random(0)) + list(extra)
-    for probe in stream.probes():
+    for probe in stream.probes(kinds=ALL_PROBE_KINDS):
         texts.append(probe.prompt)
         texts.extend(probe.candidates)
     corpus = [doc.text for doc in stream.corpus_documents()]  # the domains a model is later trained on (CPT)

@@ -25,6 +25,10 @@ its pretraining taught it to (`PretrainConfig.copy_fraction`), as for IKE.
 Reported with every row (the row's notes, `retrieval_recall`): recall@k, the share of
 probes about an indexed fact whose own sentence was among the retrieved ones.
 
+With `hops: 2` retrieval also walks the fact graph one step (`kg_rag`,
+ckl.methods.retrieve.kg_rag): every indexed fact whose subject is a retrieved fact's
+object joins it, after it, so that a two-hop question finds both of its facts.
+
 Deviations from the paper: no dense retriever and no training of the retriever or the
 generator; retrieval is per probe prompt, of sentences rendered from the fact store.
 """
@@ -50,9 +54,12 @@ _WORD = re.compile(r"\w+")
 class RagConfig:
     top_k: int = field(default=3, metadata={"help": "retrieved fact sentences put before each probe"})
     include_base: bool = field(default=True, metadata={"help": "index the base knowledge K0 too (the whole fact store), not only what the stages teach"})
+    hops: int = field(default=1, metadata={"help": "1: the facts that match the prompt; 2: also every indexed fact about a retrieved fact's object (one step along the fact graph)"})
 
     def __post_init__(self) -> None:
         check_count(self.top_k, "top_k")
+        if isinstance(self.hops, bool) or self.hops not in (1, 2):
+            raise ConfigError("hops", f"hops must be 1 or 2, got {self.hops!r}")
         if not isinstance(self.include_base, bool):
             raise ConfigError("include_base", f"include_base must be true or false, got {self.include_base!r}")
 
@@ -63,7 +70,7 @@ class RAG(Method):
 
     def __init__(self, config: RagConfig) -> None:
         self.config = config
-        self.facts: dict[str, tuple[str, str, str]] = {}  # fact id -> (sentence shown, object, search keys), in insertion order
+        self.facts: dict[str, tuple[str, str, str, str]] = {}  # fact id -> (sentence shown, object, search keys, subject), in insertion order
         self.started = False  # K0 indexed (with include_base)
         self.forgotten: set[str] = set()  # ids of every fact a forget request removed: never indexed again
         self.recall: float | None = None  # recall@k of the last `transform_probes`
@@ -72,8 +79,8 @@ class RAG(Method):
     def sentence(fact: Fact, relations) -> str:
         return demonstration(relations[fact.relation].templates[0].format(subject=fact.subject), fact.object)
 
-    def _entry(self, fact: Fact, relations) -> tuple[str, str, str]:
-        return self.sentence(fact, relations), fact.object, self.keys(fact, relations)
+    def _entry(self, fact: Fact, relations) -> tuple[str, str, str, str]:
+        return self.sentence(fact, relations), fact.object, self.keys(fact, relations), fact.subject
 
     def apply(self, model, change: Change, ctx: StageContext):
         start = time.perf_counter()
@@ -108,9 +115,26 @@ class RAG(Method):
         return db
 
     def retrieve(self, prompts: Sequence[str]) -> list[list[str]]:
-        """The ids of the `top_k` best-matching facts for each prompt, best first."""
+        """The ids of the `top_k` best-matching facts for each prompt, best first (with
+        `hops: 2`, each followed by the indexed facts about its object)."""
         if not self.facts:
             return [[] for _ in prompts]
+        found = self._search(prompts)
+        if self.config.hops == 1:
+            return found
+        about: dict[str, list[str]] = {}  # subject -> ids of the indexed facts about it
+        for fid, entry in self.facts.items():
+            about.setdefault(entry[3], []).append(fid)
+        out = []
+        for ids in found:
+            walked = list(ids)
+            for fid in ids:
+                walked += [nxt for nxt in about.get(self.facts[fid][1], ()) if nxt not in walked]
+            out.append(walked)
+        return out
+
+    def _search(self, prompts: Sequence[str]) -> list[list[str]]:
+        """The ids of the `top_k` facts whose keys best match each prompt (BM25), best first."""
         db = self._index()
         out = []
         try:
@@ -170,12 +194,13 @@ class RAG(Method):
         self.forgotten = {str(x) for x in forgotten}
         self.facts = {}
         for entry in facts:
-            if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(x, str) for x in entry)
-                    and entry[2] in entry[1] and entry[2] in entry[3]):
+            # [id, sentence, object, keys, subject]: the object and subject are in the sentence and the keys
+            if not (isinstance(entry, list) and len(entry) == 5 and all(isinstance(x, str) for x in entry)
+                    and entry[2] in entry[1] and entry[2] in entry[3] and entry[4] in entry[1] and entry[4] in entry[3]):
                 raise damaged(f"entry {entry!r:.120}")
             if entry[0] in self.facts or entry[0] in self.forgotten:
                 raise damaged(f"fact {entry[0]!r} is listed twice or is both indexed and forgotten")
-            self.facts[entry[0]] = (entry[1], entry[2], entry[3])
+            self.facts[entry[0]] = (entry[1], entry[2], entry[3], entry[4])
 
 
 register_method("rag", RagConfig, RAG, "retrieval over the fact store (SQLite FTS5, BM25): every probe gets its best-matching facts in the prompt; forgotten facts leave the index at once; no weight change", ["learn", "update", "edit", "forget"])
