@@ -47,7 +47,18 @@ def pack(tokenizer, docs: Sequence[str], block_size: int) -> tuple[torch.Tensor,
         input_ids[i, : len(b)] = torch.tensor(b, dtype=torch.long)
         mask[i, : len(b)] = 1
     labels = input_ids.masked_fill(mask == 0, IGNORE)
+    read_only = input_only_ids(tokenizer)
+    if read_only:
+        labels = labels.masked_fill(torch.isin(input_ids, torch.tensor(read_only, dtype=torch.long)), IGNORE)
     return input_ids, mask, labels
+
+
+def input_only_ids(tokenizer) -> list[int]:
+    """Ids of the special tokens a method added to be read, never predicted (memory
+    tokens, soft prompts: ckl.methods.retrieve.cmt): every added special token but the
+    end-of-sequence, beginning, padding and unknown tokens. They are never a target."""
+    own = {getattr(tokenizer, f"{k}_token_id", None) for k in ("eos", "bos", "pad", "unk")}
+    return sorted(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special and i not in own)
 
 
 def shard_batches(n: int, batch_size: int, rank: int, world: int, generator: torch.Generator) -> list[torch.Tensor]:
