@@ -45,7 +45,7 @@ from ckl.model.layers import parameter_depths
 @dataclass
 class RecallConfig:
     # 0.2: on the tiny test model a stage moves the blocks' representations of K0 to cosine
-    # ~0.91, 0.82, 0.75 (first to last), giving lambdas 0.39, 0.29, 0.21; at 0.05 they are
+    # ~0.91, 0.82, 0.74 (first to last), giving lambdas 0.39, 0.29, 0.21; at 0.05 they are
     # 0.14, 0.03, 0.01 and almost nothing of the stage is kept (tests/methods/merge/test_recall.py)
     temperature: float = field(default=0.2, metadata={"help": "softmax temperature over the two models' similarities: lower gives the start model more of a block whose representation moved"})
     samples: int = field(default=32, metadata={"help": "documents of known facts whose hidden states are compared"})
