@@ -104,6 +104,12 @@ class Method:
         keeps beside the weights (adapters, a hooked memory) re-attached."""
         return model
 
+    def use_tokenizer(self, tokenizer) -> None:
+        """The tokenizer of a model loaded from a checkpoint (after `restore`), for a method
+        that reads probes with the model itself in `transform_probes` (l2p's query);
+        `apply` gets it in its StageContext. Nothing by default."""
+        return None
+
     def transform_probes(self, probes: Sequence[Probe]) -> Sequence[Probe]:
         """The probes as the method's model is asked them. In-context methods (IKE) put
         demonstrations in the prompt; ids stay. The default asks them as they are."""

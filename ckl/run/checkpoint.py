@@ -186,6 +186,7 @@ def load(ckpt: Path, method) -> tuple[Any, Any, dict]:
     model, tokenizer = lm.load(ckpt)
     method.load_state_dict(join_state(state["method"], ckpt / TENSORS))
     model = method.restore(model)
+    method.use_tokenizer(tokenizer)
     return model, tokenizer, state
 
 

@@ -34,7 +34,8 @@ from ckl.core.checks import check_count, check_number
 from ckl.data.stream import Change, render_documents
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
 from ckl.model.lm import count_parameters
-from ckl.methods.scope.attached import attach, attached, host_model, load_module_state, module_state
+from ckl.methods.scope._tokens import MemoryBank, bank_of
+from ckl.methods.scope.attached import attach, host_model, load_module_state, module_state
 from ckl.train.loop import TrainConfig, rng_for, train
 
 NAME = "cmt_memory"  # the attached module's name on the host model
@@ -56,46 +57,6 @@ class CmtConfig:
         check_number(self.keep, "keep", low=0)
 
 
-class MemoryBank(torch.nn.Module):
-    """The memory tokens' embeddings, one parameter per stage, and the token ids they
-    stand for (ascending: the tokenizer gives added tokens increasing ids). Attached to
-    the host model; its hooks swap the memory embeddings in for the memory ids."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.banks = torch.nn.ParameterList()
-        self.register_buffer("ids", torch.zeros(0, dtype=torch.long))
-        self.dim = dim
-        self._ids: torch.Tensor | None = None  # the input ids of the forward pass under way
-
-    def add(self, ids: list[int], init: torch.Tensor) -> None:
-        self.banks.append(torch.nn.Parameter(init.clone()))
-        self.ids = torch.cat([self.ids, torch.tensor(ids, dtype=torch.long, device=self.ids.device)])
-
-    def before(self, module, args):
-        """Forward pre-hook of the input embedding: memory ids become a valid id (0)."""
-        ids = args[0]
-        self._ids = ids
-        if not len(self.ids):
-            return None
-        hit = torch.isin(ids, self.ids)
-        return (ids.masked_fill(hit, 0), *args[1:]) if hit.any() else None
-
-    def after(self, module, args, output):
-        """Forward hook of the input embedding: the memory embeddings where memory ids were."""
-        ids, self._ids = self._ids, None
-        if ids is None or not len(self.ids):
-            return output
-        hit = torch.isin(ids, self.ids)
-        if not hit.any():
-            return output
-        table = torch.cat(list(self.banks))  # (M, dim), in id order
-        rows = torch.searchsorted(self.ids, ids[hit])
-        out = output.clone()
-        out[hit] = table[rows].to(out.dtype)
-        return out
-
-
 class Cmt(Method):
     name = "cmt"
     kinds = frozenset({"learn", "update", "edit"})
@@ -110,13 +71,7 @@ class Cmt(Method):
         return "".join(t for stage in self.stages for t in stage)
 
     def _bank(self, model) -> MemoryBank:
-        bank = attached(model, NAME)
-        if bank is None:
-            weight = host_model(model).get_input_embeddings().weight
-            bank = MemoryBank(weight.shape[1]).to(weight.device)
-            attach(model, NAME, bank, lambda host: (host.get_input_embeddings().register_forward_pre_hook(bank.before),
-                                                     host.get_input_embeddings().register_forward_hook(bank.after)))
-        return bank
+        return bank_of(model, NAME)
 
     def apply(self, model, change: Change, ctx: StageContext):
         start = time.perf_counter()
@@ -173,10 +128,11 @@ class Cmt(Method):
 
     def state_dict(self) -> dict:
         if self.bank is None:
-            return self.saved or {"stages": []}
-        return {"stages": self.stages, **{f"w.{k}": v for k, v in module_state(self.bank).items()}}
+            return {"cmt": self.saved or {"stages": []}}
+        return {"cmt": {"stages": self.stages, **{f"w.{k}": v for k, v in module_state(self.bank).items()}}}
 
     def load_state_dict(self, state: dict) -> None:
+        state = state.get("cmt", {})
         stages = state.get("stages", [])
         if not isinstance(stages, list) or not all(isinstance(s, list) and all(isinstance(t, str) for t in s) for s in stages):
             raise ValueError("cmt: the saved memory is damaged (its stage list has the wrong types); discard the checkpoint and run again")

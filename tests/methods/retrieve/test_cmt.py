@@ -65,7 +65,7 @@ def test_the_memory_survives_a_checkpoint_and_the_saved_model_is_the_plain_base(
     want = score_probes(model, tokenizer, method.transform_probes(probes))
     assert (got.em == want.em).all() and got.logprob == pytest.approx(want.logprob, abs=1e-5)
     damaged = method.state_dict()
-    damaged["w.banks.0"] = damaged["w.banks.0"][:3]
+    damaged["cmt"]["w.banks.0"] = damaged["cmt"]["w.banks.0"][:3]
     broken = build_method("cmt", {"cmt": OPTIONS})
     broken.load_state_dict(damaged)
     with pytest.raises(ValueError, match="damaged"):
