@@ -36,7 +36,7 @@ def test_memory_tokens_teach_the_frozen_model_and_leave_every_weight_bit_identic
     frozen = lm.load(tiny_model_dir)[0]
     new = make_probes(list(tiny_stream.stages[0].learn), tiny_stream.relations, "stage1", 1, "learn", ("statement",), 10)
     asked = method.transform_probes(new)
-    assert all(p.prompt.startswith("<cmt1.0>") and p.prompt.endswith(q.prompt) for p, q in zip(asked, new))
+    assert all(p.prompt.startswith("<cmt0.0>") and p.prompt.endswith(q.prompt) for p, q in zip(asked, new))
     before, after = score_probes(frozen, tokenizer, new).logprob.mean(), score_probes(model, tokenizer, asked).logprob.mean()
     # measured (one thread): the gold answer's log-probability -8.68 frozen, -6.03 through the
     # memory (exact match stays low: a frozen three-layer model reads little from 16 tokens)
@@ -45,8 +45,8 @@ def test_memory_tokens_teach_the_frozen_model_and_leave_every_weight_bit_identic
 
 def test_memory_tokens_are_read_but_never_a_training_target(memorised):
     _, _, tokenizer, _, _ = memorised
-    memory = tokenizer.convert_tokens_to_ids(["<cmt1.0>", "<cmt1.1>"])
-    ids, mask, labels = pack(tokenizer, ["<cmt1.0><cmt1.1> a fact.", "another fact."], 64)
+    memory = tokenizer.convert_tokens_to_ids(["<cmt0.0>", "<cmt0.1>"])
+    ids, mask, labels = pack(tokenizer, ["<cmt0.0><cmt0.1> a fact.", "another fact."], 64)
     assert set(memory) <= set(ids[mask == 1].tolist())
     assert not set(memory) & set(labels[labels != IGNORE].tolist())
     assert tokenizer.eos_token_id in labels.tolist()[0]  # the end of a document stays a target
