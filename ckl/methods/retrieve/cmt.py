@@ -19,7 +19,7 @@ never predicts a memory token and the saved model directory stays the plain base
 
 Each epoch also trains, with the memory in front, `keep` known (base) facts per new one:
 the memory is read before every prompt, so it must leave what the model knows as it was
-(without them, on the tiny test world, K0 statements fall from 0.95 to 0.11 behind the
+(without them, on a tiny two-hop test world at 100 epochs and lr 0.03, K0 statements fall from 0.95 to 0.11 behind the
 memory; with them 0.74).
 
 Deviations from MAC: no amortization network that encodes a document into tokens in one
