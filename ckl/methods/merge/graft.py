@@ -41,17 +41,26 @@ class GraftConfig:
             raise ConfigError("bits", f"bits must be 0 (no quantisation) or an integer in [2, 16], got {self.bits!r}")
 
 
+def round_symmetric(x: torch.Tensor, bits: int, per_row: bool = True) -> torch.Tensor:
+    """`x` on a symmetric `bits`-bit grid (2^(bits-1) - 1 steps each side of 0) scaled to the
+    absmax of each row (`per_row`; a vector is one row) or of the whole tensor. The one
+    quantiser of `graft` and `qpacknet`."""
+    if not x.numel():
+        return x
+    rows = x.reshape(1, -1) if x.dim() == 1 or not per_row else x
+    levels = 2 ** (bits - 1) - 1
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / levels
+    return (torch.round(rows / scale).clamp(-levels, levels) * scale).reshape(x.shape)
+
+
 def quantise(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     """`x` rounded to `bits`-bit integers with one absmax scale per row (a vector is one
     row), and the bytes that form takes (values, plus a float16 scale per row); bits 0
     returns `x` and its float32 bytes."""
     if bits == 0:
         return x, x.numel() * 4
-    rows = x.reshape(1, -1) if x.dim() == 1 else x
-    levels = 2 ** (bits - 1) - 1
-    scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / levels
-    q = torch.round(rows / scale).clamp(-levels, levels) * scale
-    return q.reshape(x.shape), (x.numel() * bits + 7) // 8 + rows.shape[0] * 2
+    rows = 1 if x.dim() == 1 else x.shape[0]
+    return round_symmetric(x, bits), (x.numel() * bits + 7) // 8 + rows * 2
 
 
 def compress(delta: torch.Tensor, rank: int, bits: int) -> tuple[torch.Tensor, int, float]:

@@ -30,6 +30,7 @@ import torch
 
 from ckl.core.checks import ConfigError, check_number
 from ckl.methods.base import StageContext, register_part
+from ckl.methods.merge.graft import round_symmetric
 from ckl.methods.penalty.l2 import base_parameters
 from ckl.methods.scope._masks import MaskedUpdates
 from ckl.methods.scope.ssu import block_matrices
@@ -44,15 +45,6 @@ class QPacknetConfig:
         check_number(self.keep, "keep", low=0, high=1, low_open=True)
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (self.bits == 0 or 2 <= self.bits <= 16):
             raise ConfigError("bits", f"bits must be 0 (full precision) or an integer in [2, 16], got {self.bits!r}")
-
-
-def round_to_grid(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """`x` on a symmetric `bits`-bit grid scaled to its absmax (bits 0: `x`)."""
-    if bits == 0 or not x.numel():
-        return x
-    levels = 2 ** (bits - 1) - 1
-    scale = x.abs().max().clamp(min=1e-12) / levels
-    return torch.round(x / scale).clamp(-levels, levels) * scale
 
 
 class QPacknet(MaskedUpdates):
@@ -89,7 +81,8 @@ class QPacknet(MaskedUpdates):
                     ranked = torch.where(free, delta.abs(), torch.full_like(delta, -1.0)).flatten()
                     keep.view(-1)[torch.topk(ranked, k).indices] = True
                 kept = torch.where(keep, delta, torch.zeros_like(delta))
-                kept = torch.where(keep, round_to_grid(kept, self.config.bits), kept)
+                if self.config.bits:
+                    kept = torch.where(keep, round_symmetric(kept, self.config.bits, per_row=False), kept)
                 p.copy_((theta_start.float() + kept).to(p.dtype).to(p.device))
                 self.claimed[name] |= keep
         self.start = {}
