@@ -8,8 +8,10 @@ directory stays the plain base model) and one key per prompt. An input's query i
 frozen model's last hidden state averaged over the input's tokens (the paper's
 [CLS] feature of a frozen pretrained encoder); the `top` prompts whose keys are most
 cosine-similar to it are put in front of the input, in pool order. Training: each
-epoch, every document of the stage's facts is matched and gets its prompts in front, the
-prompts' embeddings train by next-token loss on the document (the model frozen), and
+epoch, every fact of the stage is one statement (a template drawn at random) and, where
+its subject's questions are trained, one question-answer line; each is matched by its
+prompt (the text before the answer, what a probe of it shows) and gets its prompts in
+front, the prompts' embeddings train by next-token loss on it (the model frozen), and
 each selected key is pulled toward its documents' queries (the paper's surrogate loss
 1 - cos(q, k), one normalised gradient step of `key_lr` per epoch). Evaluation: every
 probe is matched the same way and asked with its prompts in front.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ckl.core.checks import ConfigError, check_count, check_number
-from ckl.data.stream import Change, render_documents
+from ckl.data.stream import QUESTION_FORMAT, Change, asks
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
 from ckl.methods.scope._tokens import MemoryBank, bank_of
 from ckl.methods.scope.attached import attach, host_model, load_module_state, module_state
@@ -57,6 +59,20 @@ class L2pConfig:
             raise ConfigError("top", f"top ({self.top}) must not exceed pool ({self.pool})")
         check_number(self.lr, "lr", low=0, low_open=True)
         check_number(self.key_lr, "key_lr", low=0)
+
+
+def sentences(facts, relations, qa_subjects, rng) -> list[tuple[str, str]]:
+    """This epoch's training sentences of `facts` as (prompt, answer): a statement with a
+    template drawn at random, and a question-answer line where the subject's questions are
+    trained. Matched by their prompt, as a probe is matched by its own: the document's
+    query must be the query its probes will have."""
+    out = []
+    for f in facts:
+        rel = relations[f.relation]
+        out.append((rng.choice(rel.templates).format(subject=f.subject), f.object))
+        if rel.questions and asks(f.subject, qa_subjects):
+            out.append((QUESTION_FORMAT.format(question=rng.choice(rel.questions).format(subject=f.subject)), f.object))
+    return out
 
 
 @torch.no_grad()
@@ -124,12 +140,12 @@ class L2p(Method):
 
             def documents(epoch: int) -> list[str]:
                 rng = rng_for(ctx.seed, "docs", ctx.stage, epoch)
-                docs = render_documents(facts, ctx.relations, rng, qa_subjects=ctx.qa_subjects)
-                q = queries(model, ctx.tokenizer, docs)
+                pairs = sentences(facts, ctx.relations, ctx.qa_subjects, rng)
+                q = queries(model, ctx.tokenizer, [prompt for prompt, _ in pairs])
                 chosen = self.select(q)
                 self._pull_keys(q, chosen)
                 self.usage = torch.bincount(chosen.flatten(), minlength=self.config.pool).tolist()
-                return [self._prefix(c) + " " + d for c, d in zip(chosen, docs)]
+                return [f"{self._prefix(c)} {prompt} {answer}." for c, (prompt, answer) in zip(chosen, pairs)]
 
             config = TrainConfig(epochs=self.config.epochs, lr=self.config.lr, batch_size=self.config.batch_size,
                                  block_size=128 + self.config.top * self.config.length)
