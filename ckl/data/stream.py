@@ -30,8 +30,8 @@ from ckl.data import cohorts
 from ckl.data.facts import (
     MAX_STAGE,
     PROBE_KINDS,
-    TWO_HOP,
     STAGE_KINDS,
+    TWO_HOP,
     ChangeRecord,
     CorpusDocument,
     Fact,
