@@ -115,7 +115,8 @@ def _forgetting_table(methods: list[MethodReport]) -> str:
     for m in methods:
         s = m.summary
         rows.append([
-            m.label, format_fuar(s["fuar"]) + (f" ({s['fuar_no_gain_seeds']} seed(s) no gain)" if s["fuar_no_gain_seeds"] and s["fuar"] is not None else ""),
+            m.label, (format_fuar(s["fuar"]) if s.get("fuar_defined", True) else "- (nothing to gain)")
+            + (f" ({s['fuar_no_gain_seeds']} seed(s) no gain)" if s["fuar_no_gain_seeds"] and s["fuar"] is not None else ""),
             _num(s["bwt"], "{:+.3f}"), _num(s["forgetting"]), _num(s["fwt"], "{:+.3f}"), _num(s["plasticity"]), _num(s["acc"]),
             f"{_num(s['invariant_before'])} → {_num(s['invariant_after'])}", _num(s["stale"]), _num(s["forget_kept"]),
         ])

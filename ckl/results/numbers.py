@@ -52,6 +52,7 @@ class Number:
     help: str = ""
     compute: Callable[[SeedView], float | None] | None = field(default=None, compare=False)
     optional: bool = False  # a table column only when some method measured it (e.g. domain numbers of CPT streams)
+    defined_by: str = ""  # a summary flag: a table column only when some entry has it true (FUAR: the stream had facts to gain)
 
     def format(self, value) -> str:
         """The value as its table shows it ("-" when not measured)."""
@@ -95,9 +96,12 @@ def columns(family: str) -> list[Number]:
 
 
 def shown(cols: list[Number], entries) -> list[Number]:
-    """`cols` less the optional ones no entry (a method's summary) measured."""
+    """`cols` less the optional ones no entry (a method's summary) measured, and those whose
+    `defined_by` flag no entry has (FUAR on a stream with nothing to gain, whose "no gain"
+    would read as a result)."""
     entries = list(entries)
-    return [n for n in cols if not n.optional or any(e.get(n.key) is not None for e in entries)]
+    return [n for n in cols if (not n.optional or any(e.get(n.key) is not None for e in entries))
+            and not (n.defined_by and entries and not any(e.get(n.defined_by, True) for e in entries))]
 
 
 def keys(family: str) -> tuple[str, ...]:
@@ -127,9 +131,13 @@ _OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl", "two_ho
                        "two_hop_acquisition", "two_hop_update", "two_hop_stale"})
 
 
+_DEFINED_BY = {"fuar": "fuar_defined"}  # FUAR exists only on a stream with facts to gain
+
+
 def _register(family: str, rows) -> None:
     for key, label, fmt, better, table, help in rows:
-        register_number(Number(key, label, family, fmt, better, table, family == "update", help, optional=key in _OPTIONAL))
+        register_number(Number(key, label, family, fmt, better, table, family == "update", help, optional=key in _OPTIONAL,
+                               defined_by=_DEFINED_BY.get(key, "") if family == "learning" else ""))
 
 
 # key, label, format, better, in the key table, help

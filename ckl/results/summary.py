@@ -107,6 +107,9 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
             nl_before=nl[0] if None not in nl else None, nl_after=nl[1] if None not in nl else None,
         ))
     out["fuar"] = M.fuar_stages(gains)
+    # a stream with nothing to gain (continual pre-training on corpora alone) has no FUAR at
+    # all, which is not the "no gain" of a method that learned nothing it was taught
+    out["fuar_defined"] = any(g.ul_before is not None or g.nl_before is not None for g in gains)
     ppl = [i["perplexity"] for i in infos]
     out["perplexity_before"], out["perplexity_after"] = ppl[0], ppl[-1]
     if ppl[0] and ppl[-1]:
@@ -142,7 +145,8 @@ def summarize(store: Store, metric: str | None = None, kinds=("statement",)) -> 
         entry: dict[str, Any] = {"seeds": [s["seed"] for s in done], "incomplete_seeds": [s["seed"] for s in seeds if not s["complete"]]}
         for key in numbers.keys("learning"):
             entry[key], entry[f"{key}_std"] = numbers.mean_std(s.get(key) for s in done)
-        entry["fuar_no_gain_seeds"] = sum(1 for s in done if s.get("fuar") is None)
+        entry["fuar_no_gain_seeds"] = sum(1 for s in done if s.get("fuar") is None and s.get("fuar_defined", True))
+        entry["fuar_defined"] = any(s.get("fuar_defined", True) for s in done)
         entry["not_applied"] = done[0]["not_applied"] if done else {}
         entry["per_seed"] = seeds
         out[method] = entry

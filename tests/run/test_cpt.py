@@ -78,11 +78,13 @@ def test_the_table_shows_domain_columns_only_for_runs_that_have_domains(cpt_run,
     shown = CliRunner().invoke(app, ["show", str(cpt_run), "--markdown"])
     assert shown.exit_code == 0, shown.output
     assert "dom. gain" in shown.output and "dom. fgt" in shown.output and "dom. ppl" in shown.output
+    # a stream with no facts to gain has no FUAR, and no "no gain" that would read as a result
+    assert "FUAR" not in shown.output.split("Unlearning")[0] and "no gain" not in shown.output
 
     from ckl.report.table import markdown_table
 
-    plain = {"m": {"seeds": [0], "retention": 0.5}}
-    assert "dom. gain" not in markdown_table(plain)
+    plain = {"m": {"seeds": [0], "retention": 0.5, "fuar": None}}
+    assert "dom. gain" not in markdown_table(plain) and "FUAR" in markdown_table(plain)
 
 
 def test_a_method_that_cannot_train_on_a_corpus_is_refused_unless_it_may_skip_it(cpt, tmp_path):
