@@ -79,6 +79,45 @@ def bank_of(model, name: str) -> MemoryBank:
     return bank
 
 
+def vocabulary_rows(weight: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """The embeddings of `n` vocabulary tokens drawn at random (Lester et al.'s initialisation of soft prompts)."""
+    rows = torch.randint(0, weight.shape[0], (n,), generator=generator)
+    return weight[rows.to(weight.device)].float()
+
+
+def add_tokens(model, tokenizer, name: str, names: list[str], init: torch.Tensor) -> MemoryBank:
+    """`names` as new input-only tokens of `tokenizer` (special tokens: ckl.train.batching.pack
+    never makes them targets) whose embeddings `init` become one new parameter of the bank
+    attached to `model` under `name`."""
+    tokenizer.add_tokens(names, special_tokens=True)
+    bank = bank_of(model, name)
+    bank.add(tokenizer.convert_tokens_to_ids(names), init)
+    attach(model, name, bank, lambda host: None)  # the new parameter joins the keys left out of save_pretrained
+    return bank
+
+
+def reattach(model, name: str, sizes: list[int], tensors: dict[str, torch.Tensor], who: str) -> MemoryBank:
+    """A bank of parameters of `sizes` rows loaded from `tensors` (`module_state` output)
+    attached to a model loaded from a checkpoint, the model frozen.
+
+    Raises:
+        ValueError: the tensors do not fit (a damaged checkpoint), naming `who`.
+    """
+    weight = host_model(model).get_input_embeddings().weight
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bank = bank_of(model, name)
+    for rows in sizes:
+        bank.banks.append(torch.nn.Parameter(torch.zeros(rows, weight.shape[1], device=weight.device), requires_grad=False))
+    bank.ids = torch.zeros(sum(sizes), dtype=torch.long, device=weight.device)
+    try:
+        load_module_state(bank, tensors)
+    except RuntimeError as err:
+        raise ValueError(f"{who}: the saved tokens are damaged ({err}); discard the checkpoint and run again") from None
+    attach(model, name, bank, lambda host: None)
+    return bank
+
+
 @dataclass
 class PromptTokensConfig:
     tokens: int = field(default=16, metadata={"help": "input-only tokens in a bank (a stage's memory or prompt)"})
@@ -117,9 +156,8 @@ class PromptTokens(Method):
         return True
 
     def init_bank(self, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A new bank's embeddings: those of vocabulary tokens drawn at random (Lester et al.'s initialisation)."""
-        rows = torch.randint(0, weight.shape[0], (self.config.tokens,), generator=generator)
-        return weight[rows.to(weight.device)].float()
+        """A new bank's embeddings: those of vocabulary tokens drawn at random."""
+        return vocabulary_rows(weight, self.config.tokens, generator)
 
     def shown(self) -> list[int]:
         """The banks put in front of inputs, in order."""
@@ -151,11 +189,9 @@ class PromptTokens(Method):
                 p.requires_grad_(False)
             if self.grows(change.stage) or not self.banks:
                 names = [f"<{self.name}{len(self.banks)}.{k}>" for k in range(self.config.tokens)]
-                ctx.tokenizer.add_tokens(names, special_tokens=True)  # input-only: ckl.train.batching.pack never makes them targets
                 weight = host_model(model).get_input_embeddings().weight.detach()
                 generator = torch.Generator().manual_seed(rng_for(ctx.seed, self.name, ctx.stage).randrange(2**31))
-                self.bank.add(ctx.tokenizer.convert_tokens_to_ids(names), self.init_bank(weight, generator))
-                attach(model, self.module_name, self.bank, lambda host: None)  # the new parameter joins the keys left out of save_pretrained
+                add_tokens(model, ctx.tokenizer, self.module_name, names, self.init_bank(weight, generator))
                 self.banks.append(names)
             trained = self.bank.banks[self.trained_bank()]
             trained.requires_grad_(True)
@@ -216,17 +252,6 @@ class PromptTokens(Method):
             self.saved = None
             return model
         tensors = {k[2:]: v for k, v in self.saved.items() if k.startswith("w.")}
-        weight = host_model(model).get_input_embeddings().weight
-        for p in model.parameters():
-            p.requires_grad_(False)
-        bank = bank_of(model, self.module_name)
-        for _ in self.banks:
-            bank.banks.append(torch.nn.Parameter(torch.zeros(self.config.tokens, weight.shape[1], device=weight.device), requires_grad=False))
-        bank.ids = torch.zeros(len(self.banks) * self.config.tokens, dtype=torch.long, device=weight.device)
-        try:
-            load_module_state(bank, tensors)
-        except RuntimeError as err:
-            raise ValueError(f"{self.name}: the saved tokens are damaged ({err}); discard the checkpoint and run again") from None
-        attach(model, self.module_name, bank, lambda host: None)
-        self.bank, self.saved = bank, None
+        self.bank = reattach(model, self.module_name, [self.config.tokens] * len(self.banks), tensors, self.name)
+        self.saved = None
         return model

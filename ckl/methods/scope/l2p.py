@@ -27,15 +27,15 @@ keeps a reference to it (the weights never change, so it is the model of every r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ckl.core.checks import ConfigError, check_count, check_number
 from ckl.data.stream import QUESTION_FORMAT, Change, asks
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
-from ckl.methods.scope._tokens import MemoryBank, bank_of
-from ckl.methods.scope.attached import attach, host_model, load_module_state, module_state
+from ckl.methods.scope._tokens import MemoryBank, add_tokens, reattach, vocabulary_rows
+from ckl.methods.scope.attached import host_model, module_state
 from ckl.model.lm import count_parameters
 from ckl.train.loop import TrainConfig, rng_for, train
 
@@ -117,13 +117,9 @@ class L2p(Method):
         c = self.config
         self.tokens = [[f"<l2p{i}.{j}>" for j in range(c.length)] for i in range(c.pool)]
         names = [t for prompt in self.tokens for t in prompt]
-        tokenizer.add_tokens(names, special_tokens=True)
         weight = host_model(model).get_input_embeddings().weight.detach()
         generator = torch.Generator().manual_seed(seed)
-        rows = torch.randint(0, weight.shape[0], (len(names),), generator=generator)
-        self.bank = bank_of(model, NAME)
-        self.bank.add(tokenizer.convert_tokens_to_ids(names), weight[rows.to(weight.device)].float())
-        attach(model, NAME, self.bank, lambda host: None)
+        self.bank = add_tokens(model, tokenizer, NAME, names, vocabulary_rows(weight, len(names), generator))
         self.keys = torch.nn.functional.normalize(torch.randn(c.pool, weight.shape[1], generator=generator), dim=-1)
 
     def apply(self, model, change: Change, ctx: StageContext):
@@ -168,8 +164,6 @@ class L2p(Method):
         """Every probe with its chosen prompts in front (matched by its own prompt's query)."""
         if self.bank is None or not probes:
             return list(probes)
-        from dataclasses import replace
-
         chosen = self.select(queries(self.model, self.tokenizer, [p.prompt for p in probes]))
         return [replace(p, prompt=f"{self._prefix(c)} {p.prompt}") for p, c in zip(probes, chosen)]
 
@@ -203,19 +197,9 @@ class L2p(Method):
         if not self.saved:
             return model
         state, self.saved = self.saved, None
-        weight = host_model(model).get_input_embeddings().weight
-        for p in model.parameters():
-            p.requires_grad_(False)
         self.tokens, self.keys = state["tokens"], state["keys"].clone()
-        bank = bank_of(model, NAME)
-        bank.banks.append(torch.nn.Parameter(torch.zeros(self.config.pool * self.config.length, weight.shape[1], device=weight.device), requires_grad=False))
-        bank.ids = torch.zeros(self.config.pool * self.config.length, dtype=torch.long, device=weight.device)
-        try:
-            load_module_state(bank, {k[2:]: v for k, v in state.items() if k.startswith("w.")})
-        except RuntimeError as err:
-            raise ValueError(f"l2p: the saved pool is damaged ({err}); discard the checkpoint and run again") from None
-        attach(model, NAME, bank, lambda host: None)
-        self.bank, self.model = bank, model
+        tensors = {k[2:]: v for k, v in state.items() if k.startswith("w.")}
+        self.bank, self.model = reattach(model, NAME, [self.config.pool * self.config.length], tensors, self.name), model
         return model
 
 
