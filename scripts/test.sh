@@ -8,4 +8,6 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
     || echo "note: could not install chromium; tests/report/test_browser.py will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest -q --durations=25 tests "$@"
+# One worker per core, one thread each (tests/conftest.py), whole modules at a time so that
+# a module's fixtures are built once; the longest tests start first.
+exec .venv/bin/python -m pytest -q --durations=25 -n auto --dist loadscope --no-loadscope-reorder tests "$@"

@@ -9,6 +9,17 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs one pytest-xdist worker per core: each computes with one thread
+    # (more would oversubscribe the cores), and so do the processes a test starts.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    # and without the 80 x 24 terminal xdist gives its workers: ckl's piped output is as
+    # wide as in a plain pytest run, so a long tmp path does not wrap a message a test reads
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+    import torch
+
+    torch.set_num_threads(1)
 
 # A tiny world reads each probe word only a few times per epoch; the probe-word check
 # (WorldConfig.min_probe_word_count) is for worlds of the default size. The tiny world and
@@ -51,3 +62,10 @@ def tiny_model(tiny_model_dir):
     from ckl.model import lm
 
     return lm.load(tiny_model_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `heavy` (a minute or more at one thread) run first: scripts/test.sh
+    hands whole modules to its workers as they free up, and a long module handed out last
+    would keep one core busy while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: the rest keep their order

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ckl.results.store import Store
@@ -76,6 +77,7 @@ def _results(run_dir: Path):
     return outcomes, summary
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 def test_a_run_killed_at_random_points_resumes_to_identical_results(tmp_path):
     config = _experiment(tmp_path / "crash.yaml")
     start = time.perf_counter()

@@ -17,6 +17,7 @@ def ckl(*args, cwd=None):
     return subprocess.run([*CKL, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 def test_world_pretrain_run_show_end_to_end(tmp_path):
     r = ckl("world", "--out", tmp_path / "w", "--people", 12, "--learn", 4, "--update", 4, "--forget", 2, "--seed", 1,
             "--background-people", 6, "--min-probe-word-count", 0)
@@ -163,16 +164,17 @@ def test_version_prints_the_package_version():
     assert r.returncode == 0 and r.stdout.strip() == f"ckl {__version__}"
 
 
-def test_world_two_hop_writes_facts_about_objects_and_the_chains_to_ask_through_them(tmp_path):
+def test_world_two_hop_and_dated_write_the_chains_and_dates_to_ask_through(tmp_path):
     r = ckl("world", "--out", tmp_path / "w", "--people", 12, "--learn", 4, "--update", 4, "--forget", 2,
-            "--background-people", 6, "--min-probe-word-count", 0, "--two-hop")
+            "--background-people", 6, "--min-probe-word-count", 0, "--two-hop", "--dated")
     assert r.returncode == 0, r.stderr
     from ckl.data.facts import ALL_PROBE_KINDS
     from ckl.data.stream import Stream
 
     stream = Stream.load(tmp_path / "w")
     assert {"headquarters", "campus"} <= set(stream.relations) and stream.relations["employer"].two_hop
-    assert any(p.kind == "two_hop" for p in stream.probes(kinds=ALL_PROBE_KINDS))
+    assert stream.relations["employer"].dated and not stream.relations["birth_city"].dated
+    assert {"two_hop", "as_of"} <= {p.kind for p in stream.probes(kinds=ALL_PROBE_KINDS)}
 
 
 def test_world_and_pretrain_refuse_a_non_empty_output_directory(tmp_path):

@@ -76,6 +76,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 def test_two_processes_match_one(tmp_path, tiny_stream, tiny_model_dir):
     stream_dir = tmp_path / "stream"
     tiny_stream.save(stream_dir)

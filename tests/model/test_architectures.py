@@ -92,6 +92,7 @@ def _stage_context(stream, tokenizer, accelerator, directory):
 SAME_MODULES_AS = {"mistral": "llama", "qwen2": "llama", "gemma": "llama"}
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 def test_every_method_and_part_applies_a_stage(arch, tiny_stream, accelerator):
     name, directory, model, tokenizer = arch
     if name in SAME_MODULES_AS:

@@ -45,6 +45,7 @@ def cpt_run(tmp_path_factory, cpt):
     return run_dir
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 def test_every_row_scores_every_domains_held_out_text(cpt_run):
     with Store(cpt_run / "results.sqlite") as store:
         for method in ("naive", "replay"):

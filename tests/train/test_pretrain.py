@@ -36,6 +36,7 @@ def test_refusals_give_the_tokenizer_the_words_of_the_idk_answers(tiny_stream, a
     assert usable[False] == 0 and usable[True] == len(sentences)
 
 
+@pytest.mark.heavy  # started first (tests/conftest.py)
 @pytest.mark.timeout(1200)  # a real pretraining run: 92 s at two threads on a quiet machine, far more beside other jobs
 def test_the_default_recipe_teaches_knowledge_not_sentences(accelerator):
     """The issue's K0 targets, with the default pretraining recipe and model on a smaller
