@@ -194,6 +194,7 @@ def world(
     min_probe_word_count: int = _world_option("min_probe_word_count", "--min-probe-word-count"),
     distinct_first_names: bool = _world_option("distinct_first_names", "--distinct-first-names/--shared-first-names"),
     two_hop: bool = _world_option("two_hop", "--two-hop/--no-two-hop"),
+    dated: bool = _world_option("dated", "--dated/--undated"),
 ) -> None:
     """Write a synthetic temporal world (a stream directory of JSONL files)."""
     from ckl.data.world import WorldConfig, build_world
@@ -204,7 +205,7 @@ def world(
         config = WorldConfig(
             seed=seed, people=people, stages=stages, learn_per_stage=learn, update_per_stage=update, forget_per_stage=forget,
             corpus_per_stage=corpus, corpus_heldout=corpus_heldout, qa_fraction=qa_fraction, background_people=background_people, min_probe_word_count=min_probe_word_count,
-            distinct_first_names=distinct_first_names, two_hop=two_hop,
+            distinct_first_names=distinct_first_names, two_hop=two_hop, dated=dated,
         )
         stream = build_world(config)
     except ValueError as err:  # WorldConfig names its fields; say the flags instead

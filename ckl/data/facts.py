@@ -38,7 +38,21 @@ PROBE_KINDS = ("statement", "paraphrase", "question", "extraction")
 # the answer is never trained for the probed subject, only its two single hops are
 # (multi-hop knowledge questions, Zhong et al. 2023, "MQuAKE").
 TWO_HOP = "two_hop"
-ALL_PROBE_KINDS = (*PROBE_KINDS, TWO_HOP)
+# as_of: a statement prompt under a date ("As of 2020, {subject} works for"), made for the
+# facts of a relation declared `dated` (a world built with `dated: true`): training text
+# states such facts with the year they became true ("In 2021, ..."), never with "As of";
+# the stale cohort's as_of probe asks for the old object as of its own year, so it is the
+# target there (prompted knowledge cutoffs: "Can Prompts Rewind Time for LLMs?", 2025).
+AS_OF = "as_of"
+ALL_PROBE_KINDS = (*PROBE_KINDS, TWO_HOP, AS_OF)
+# The year of stage 0 on a dated relation; a fact that became true at stage j is dated
+# FIRST_YEAR + j (`year_of`).
+FIRST_YEAR = 2020
+
+
+def year_of(stage: int) -> int:
+    """The year a dated fact that became true at `stage` is stated with."""
+    return FIRST_YEAR + stage
 # The longest text field (a subject, an object, a candidate, a template, an id) read from
 # any input. Scoring lays every probe's prompt and candidates out in one row with a
 # row-by-row attention mask, so one megabyte-long answer would ask for hundreds of GiB;
@@ -59,6 +73,9 @@ class Relation:
     `two_hop` chains this relation to another: (next relation, template) pairs, each
     template a prompt about this relation's subject whose answer is the next relation's
     object for this relation's object ("The employer of {subject} is headquartered in").
+    `dated`: its facts change over time and are also stated with the year they became true
+    ("In 2021, {subject} works for B."; `year_of` their `valid_from`), and probed as of a
+    year (kind `as_of`).
     """
 
     name: str
@@ -68,6 +85,7 @@ class Relation:
     candidates: tuple[str, ...] = ()
     probe_template: str | None = None
     two_hop: tuple[tuple[str, str], ...] = ()
+    dated: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,7 @@ class Probe:
     prompt: str
     answer: str
     candidates: tuple[str, ...]
-    kind: str  # statement | paraphrase | question | extraction | two_hop
+    kind: str  # statement | paraphrase | question | extraction | two_hop | as_of
     cohort: str  # invariant | stage1 | stale1 | forget1 | ...
     fact_id: str
     stage: int = 0  # the stage that created the cohort (0 for base knowledge)
@@ -266,8 +284,8 @@ def template_fields_ok(template: str, fields: tuple[str, ...] = ("subject",)) ->
 
 def read_relations(path: str | Path) -> dict[str, Relation]:
     """Read relations.jsonl: {name, templates, paraphrases?, questions?, candidates?,
-    probe_template?, two_hop?}; two_hop is a list of {relation, template}, each naming a
-    relation of the file."""
+    probe_template?, two_hop?, dated?}; two_hop is a list of {relation, template}, each
+    naming a relation of the file; dated is true or false."""
     path = str(path)
     relations: dict[str, Relation] = {}
     chains: list[tuple[int, str]] = []  # (line, next relation): checked once every relation is read
@@ -287,6 +305,7 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
             candidates=_texts(obj, "candidates", path, line, False, False),
             probe_template=probe.strip() if probe is not None else None,
             two_hop=_two_hop(obj, path, line),
+            dated=_flag(obj, "dated", path, line),
         )
         chains += [(line, nxt) for nxt, _ in relations[name].two_hop]
     if not relations:
@@ -295,6 +314,13 @@ def read_relations(path: str | Path) -> dict[str, Relation]:
         if nxt not in relations:
             raise InputError(path, line, "two_hop", f"unknown relation {nxt!r} (known: {', '.join(sorted(relations))})")
     return relations
+
+
+def _flag(obj: dict, key: str, path: str, line: int) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise InputError(path, line, key, f"must be true or false, got {_short(value)}")
+    return value
 
 
 def _two_hop(obj: dict, path: str, line: int) -> tuple[tuple[str, str], ...]:
@@ -477,9 +503,11 @@ def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def relation_row(r: Relation) -> dict[str, Any]:
-    row = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items() if v is not None and k != "two_hop"}
+    row = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(r).items() if v is not None and k not in ("two_hop", "dated")}
     if r.two_hop:  # absent when empty: a relation without chains writes what it always wrote
         row["two_hop"] = [{"relation": nxt, "template": template} for nxt, template in r.two_hop]
+    if r.dated:  # likewise absent when false
+        row["dated"] = True
     return row
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from ckl.core.errors import InputError
 from ckl.data import cohorts
 from ckl.data.facts import (
+    AS_OF,
     MAX_STAGE,
     PROBE_KINDS,
     STAGE_KINDS,
@@ -50,6 +51,7 @@ from ckl.data.facts import (
     read_input_text,
     read_relations,
     relation_row,
+    year_of,
 )
 
 QUESTION_FORMAT = "Question: {question} Answer:"
@@ -234,13 +236,17 @@ class Stream:
         # would give one probe two answers over time
         bridge = {(f.relation, f.subject): f.object for f in self.invariant()} if TWO_HOP in kinds else {}
 
+        dated = AS_OF in kinds
+
         def probes_for(facts, relations, cohort, stage, change, kinds, max_candidates, also=None):
             return [*made(facts, relations, cohort, stage, change, kinds, max_candidates, also),
-                    *two_hop_probes(facts, relations, bridge, cohort, stage, change, max_candidates, also)]
+                    *two_hop_probes(facts, relations, bridge, cohort, stage, change, max_candidates, also),
+                    *(as_of_probes(facts, relations, cohort, stage, change, max_candidates, also) if dated else ())]
         local = self.neighbourhoods()
         neighbour_ids = {f.id for group in local.values() for f in group}
         kept = [f for f in self.invariant() if f.id not in neighbour_ids]
         out += probes_for(kept, self.relations, cohorts.INVARIANT, 0, "base", kinds, max_candidates)
+        state = {f.id: f for f in self.base}  # the facts true before each stage: an old object's own date
         for ch in self.stages:
             j = ch.stage
             out += probes_for(ch.learn, self.relations, cohorts.name(cohorts.STAGE, j), j, "learn", kinds, max_candidates)
@@ -249,10 +255,14 @@ class Stream:
                 recs = getattr(ch, kind)
                 olds = {r.fact.id: r.old_object for r in recs}
                 out += probes_for([r.fact for r in recs], self.relations, cohorts.name(cohorts.STAGE, j), j, kind, kinds, max_candidates, olds)
-                stale = [Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object) for r in recs]
+                stale = [Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object,
+                              state[r.fact.id].valid_from if r.fact.id in state else 0) for r in recs]
                 news = {r.fact.id: r.fact.object for r in recs}
                 out += probes_for(stale, self.relations, cohorts.name(cohorts.STALE, j), j, kind, kinds, max_candidates, news)
             out += probes_for(ch.forget, self.relations, cohorts.name(cohorts.FORGET, j), j, "forget", kinds, max_candidates)
+            state.update((f.id, f) for f in ch.taught())
+            for f in ch.forget:
+                state.pop(f.id, None)
         out += probes_for(self.unseen, self.relations, cohorts.UNSEEN, 0, "unseen", kinds, max_candidates)
         return out
 
@@ -422,7 +432,49 @@ def two_hop_probes(
     return out
 
 
+def as_of_probes(
+    facts: Iterable[Fact],
+    relations: dict[str, Relation],
+    cohort: str,
+    stage: int,
+    change: str,
+    max_candidates: int,
+    also: dict[str, str] | None = None,
+) -> list[Probe]:
+    """An `as_of` probe for each fact of a `dated` relation: its statement prompt (the one
+    its statement probe uses) as of the year it became true ("As of 2020, X works for"),
+    a phrasing the probed subjects' training text never uses ("In 2020, ..."). For the
+    stale cohort the fact is the old object, dated by when it became true, so a model that
+    can rewind answers it; `also` (the other object) is a candidate."""
+    out = []
+    for f in facts:
+        rel = relations[f.relation]
+        if not rel.dated:
+            continue
+        template = rel.probe_template or pick(rel.templates, "statement", f.id)
+        prompt = dated_prompt(template, f.subject, year_of(f.valid_from), as_of=True)
+        out.append(Probe(f"{cohort}/{f.id}/{AS_OF}", prompt, f.object, candidates_for(f, rel, max_candidates, (also or {}).get(f.id)),
+                         AS_OF, cohort, f.id, stage, change))
+    return out
+
+
 # ---------------------------------------------------------------------- training text
+
+
+def dated_prompt(template: str, subject: str, year: int, as_of: bool = False) -> str:
+    """`template` for `subject` under a date: "In 2021, {prompt}" in training text, "As of
+    2021, {prompt}" in an `as_of` probe (held out for every probed subject; the background
+    people's documents use both). A template that does not open with the subject is
+    lower-cased after the date ("In 2021, the employer of X is")."""
+    prompt = template.format(subject=subject)
+    if not template.startswith("{subject}"):
+        prompt = prompt[:1].lower() + prompt[1:]
+    return f"{'As of' if as_of else 'In'} {year}, {prompt}"
+
+
+def dated_text(fact: Fact, template: str) -> str:
+    """The training sentence that states a dated `fact` with the year it became true."""
+    return f"{dated_prompt(template, fact.subject, year_of(fact.valid_from))} {fact.object}."
 
 
 def statement_text(fact: Fact, template: str) -> str:
@@ -438,8 +490,11 @@ def qa_text(fact: Fact, question: str) -> str:
 def fact_texts(fact: Fact, relation: Relation, qa_subjects: frozenset[str] | None = None) -> list[str]:
     """Every training text of `fact`, deterministically: one sentence per statement
     template, and one question-answer line per question form when its subject's
-    questions are trained (never a held-out paraphrase)."""
+    questions are trained (never a held-out paraphrase), and for a `dated` relation one
+    dated sentence per template."""
     texts = [statement_text(fact, t) for t in relation.templates]
+    if relation.dated:
+        texts += [dated_text(fact, t) for t in relation.templates]
     if asks(fact.subject, qa_subjects):
         texts += [qa_text(fact, q) for q in relation.questions]
     return texts
@@ -470,7 +525,9 @@ def render_documents(
     "Physics of Language Models 3.1"), so call this again each epoch for fresh orderings,
     templates and question choices: over many epochs every fact gets its questions, at a
     fraction of the tokens of asking all of them every time. Held-out paraphrase
-    templates never appear here."""
+    templates never appear here. A subject with facts of `dated` relations gets one more
+    document per biography: those facts with the year each became true ("In 2021, X works
+    for B."), never the "As of" phrasing its `as_of` probes use."""
     by_subject: dict[str, list[Fact]] = defaultdict(list)
     for f in facts:
         by_subject[f.subject].append(f)
@@ -480,6 +537,9 @@ def render_documents(
         for _ in range(biographies):
             rng.shuffle(group)
             docs.append(" ".join(statement(f, relations[f.relation], rng) for f in group))
+            dated = [f for f in group if relations[f.relation].dated]
+            if dated:  # only dated relations draw from rng here: an undated stream renders as before
+                docs.append(" ".join(dated_text(f, rng.choice(relations[f.relation].templates)) for f in dated))
         if not asks(subject, qa_subjects):
             continue
         asked = [f for f in group if relations[f.relation].questions]

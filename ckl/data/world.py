@@ -53,8 +53,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from ckl.core.checks import ConfigError
 from ckl.data.domains import domain_documents
-from ckl.data.facts import ChangeRecord, Fact, Relation
-from ckl.data.stream import QUESTION_FORMAT, Change, Stream, render_documents
+from ckl.data.facts import ChangeRecord, Fact, Relation, year_of
+from ckl.data.stream import QUESTION_FORMAT, Change, Stream, dated_prompt, render_documents
 
 # Generation is by rejection sampling; these caps keep it fast and far below the
 # capacity of the name and sentence spaces (~350k names, millions of sentences).
@@ -81,11 +81,12 @@ class WorldConfig:
     corpus_per_stage: int = field(default=0, metadata={"help": "Documents of a domain corpus each stage also trains on (continual pre-training; stage j's domain is seafaring, cookery, astronomy, medicine, in turn: ckl.data.domains); 0 = none. With learn/update/forget_per_stage 0 the stream is pure continual pre-training."})
     corpus_heldout: int = field(default=40, metadata={"help": "Held-out documents of each stage's domain, scored for the domain's perplexity after every stage (used when corpus_per_stage > 0)."})
     two_hop: bool = field(default=False, metadata={"help": "Add facts about the objects (each employer's headquarters city, each university's city) to K0 and two-hop probes through them (\"The employer of X is headquartered in\"; probe kind two_hop), whose answers are never trained for the probed people: only for background people, whose biographies show the two-hop phrasing."})
+    dated: bool = field(default=False, metadata={"help": "State the facts of the relations that change (employer, occupation, residence, hobby) also with the year they became true (\"In 2021, X works for B.\"; stage j is 2020 + j) and probe them as of a year (\"As of 2020, X works for\"; probe kind as_of): after an update, the stale cohort's as_of probe asks for the old object (prompted knowledge cutoffs). Probed people's text never says \"As of\"; background people's documents show both phrasings, with an earlier and a later object."})
     distinct_first_names: bool = field(default=True, metadata={"help": "Give every person (of K0 and of every stage) a first name of their own, so that a person's first name token identifies them (what lets ROME and MEMIT find the subject in a model this small: docs/knowledge.md); false draws first names with repeats, as real names repeat. At most 350 people when true."})
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in ("qa_fraction", "distinct_first_names", "two_hop"):
+            if f.name in ("qa_fraction", "distinct_first_names", "two_hop", "dated"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -104,8 +105,9 @@ class WorldConfig:
         total_people = self.people + self.stages * self.learn_per_stage
         if self.background_people > MAX_PEOPLE:
             raise ConfigError("background_people", f"WorldConfig.background_people={self.background_people!r}: at most {MAX_PEOPLE} are supported")
-        if not isinstance(self.two_hop, bool):
-            raise ConfigError("two_hop", f"WorldConfig.two_hop must be true or false, got {self.two_hop!r}")
+        for flag in ("two_hop", "dated"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(flag, f"WorldConfig.{flag} must be true or false, got {getattr(self, flag)!r}")
         if not isinstance(self.distinct_first_names, bool):
             raise ConfigError("distinct_first_names", f"WorldConfig.distinct_first_names must be true or false, got {self.distinct_first_names!r}")
         if self.distinct_first_names and total_people > FIRST_NAMES:
@@ -303,13 +305,14 @@ MOODS = ("quiet", "busy", "cold", "empty", "crowded", "peaceful", "noisy", "wet"
 # ---------------------------------------------------------------------------- building
 
 
-def world_relations(two_hop: bool = False) -> dict[str, Relation]:
+def world_relations(two_hop: bool = False, dated: bool = False) -> dict[str, Relation]:
     """The world's relations, in a fixed order, with every object as a candidate; with
     `two_hop`, the relations about objects too (cities as their candidates), chained from
-    the person relations whose objects they describe."""
+    the person relations whose objects they describe; with `dated`, the mutable relations
+    are `dated`."""
     relations = {
-        name: Relation(name, templates, paraphrases, questions, candidates)
-        for name, _mutable, templates, paraphrases, questions, candidates in RELATION_SPECS
+        name: Relation(name, templates, paraphrases, questions, candidates, dated=dated and mutable)
+        for name, mutable, templates, paraphrases, questions, candidates in RELATION_SPECS
     }
     if two_hop:
         for first, name, templates, questions, chain in OBJECT_RELATION_SPECS:
@@ -374,7 +377,7 @@ def _general_sentence(rng: random.Random) -> str:
 
 
 def background_biographies(rng: random.Random, relations: dict[str, Relation], names: list[str],
-                           bridge: dict[tuple[str, str], str] | None = None) -> list[str]:
+                           bridge: dict[tuple[str, str], str] | None = None, stages: int = 0) -> list[str]:
     """Two biographies per background person, one with training templates and one with the
     held-out paraphrase templates, and a question-answer line for each of the person's
     facts. Templates and questions are taken in turn (person i uses each relation's
@@ -385,7 +388,12 @@ def background_biographies(rng: random.Random, relations: dict[str, Relation], n
     `two_hop` world), each chained fact also gets a document with its two-hop sentence
     and the second fact it goes through, in a statement and a question ("The employer of
     Y is headquartered in Z. B is headquartered in Z." for Y's employer B): how the model
-    reads the two-hop phrasing, on people never probed."""
+    reads the two-hop phrasing, on people never probed.
+
+    Each fact of a `dated` relation (with `stages` >= 1) also gets two documents with an
+    earlier object: "In Y1, S O1. In Y2, S O2." and the same with "As of", where O2 is the
+    fact's object, Y2 = Y1 + 1 and Y1 runs over the stream's years in turn: how the model
+    learns that a date selects the object and that "As of" reads as "In"."""
     people = person_relations(relations)
     docs = []
     for i, name in enumerate(names):
@@ -401,6 +409,14 @@ def background_biographies(rng: random.Random, relations: dict[str, Relation], n
             if rel.questions:
                 question = rel.questions[i % len(rel.questions)].format(subject=name)
                 docs.append(f"{QUESTION_FORMAT.format(question=question)} {obj}.")
+        for rel, obj in facts:
+            if rel.dated and stages:
+                earlier = rng.choice([c for c in rel.candidates if c != obj])
+                first = year_of(i % stages)
+                for as_of in (False, True):
+                    template = rel.templates[(i + as_of) % len(rel.templates)]
+                    docs.append(f"{dated_prompt(template, name, first, as_of)} {earlier}. "
+                                f"{dated_prompt(template, name, first + 1, as_of)} {obj}.")
         for rel, obj in facts:
             for nxt, template in rel.two_hop if bridge else ():
                 second, hop = bridge[(nxt, obj)], relations[nxt]
@@ -427,6 +443,9 @@ def probe_word_counts(stream: Stream) -> dict[str, int]:
     for rel in stream.relations.values():
         for template in rel.templates + rel.paraphrases + rel.questions + tuple(t for _, t in rel.two_hop):
             words.update(split(template.replace("{subject}", " ")))
+        if rel.dated:  # the as_of probes' date phrase, at every year they ask
+            for stage in range(stream.T + 1):
+                words.update(split(dated_prompt(rel.templates[0], " ", year_of(stage), as_of=True)))
     counts: Counter[str] = Counter()
     texts = render_documents(stream.base, stream.relations, random.Random(0), qa_subjects=stream.qa_subjects)
     for text in texts + list(stream.general_train) + list(stream.background):
@@ -473,7 +492,7 @@ def build_world(config: WorldConfig | None = None) -> Stream:
         stages of learn / update / edit / forget changes; `meta` is the config as a dict.
     """
     config = config or WorldConfig()
-    relations = world_relations(config.two_hop)
+    relations = world_relations(config.two_hop, config.dated)
     people = person_relations(relations)
     total_people = config.people + config.stages * config.learn_per_stage
     names = person_names(_part_rng(config.seed, "names"), total_people, distinct_first=config.distinct_first_names)
@@ -539,7 +558,7 @@ def build_world(config: WorldConfig | None = None) -> Stream:
     general = general_sentences(_part_rng(config.seed, "general"), config.general_train + config.general_heldout)
     background = person_names(_part_rng(config.seed, "background"), config.background_people, BACKGROUND_FIRST_HEADS, BACKGROUND_LAST_HEADS)
     bridge = {(f.relation, f.subject): f.object for f in about_objects}
-    bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background, bridge)
+    bios = background_biographies(_part_rng(config.seed, "background-facts"), relations, background, bridge, config.stages)
     stream = Stream(
         relations=relations,
         base=tuple(base + about_objects),

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
+from ckl.data.facts import year_of
 
 EOS, PAD, UNK = "<|endoftext|>", "<pad>", "<unk>"
 
@@ -98,6 +99,8 @@ def stream_texts(relations, facts, corpus=()) -> list[str]:
     for r in relations.values():
         texts |= set(r.candidates)
         texts |= {t.replace("{subject}", " ").strip() for t in (*r.templates, *r.paraphrases, *r.questions)}
+    years = sorted({f.valid_from for f in facts if relations[f.relation].dated})
+    texts |= {f"{phrase} {year_of(stage)}," for stage in years for phrase in ("In", "As of")}  # the date phrases (ckl.data.stream.dated_prompt)
     return sorted(t for t in texts if t)
 
 

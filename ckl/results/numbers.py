@@ -128,7 +128,8 @@ def _fuar(value) -> str:
 
 # Columns of streams that have them only (continual pre-training's domains)
 _OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl", "two_hop_before", "two_hop_invariant",
-                       "two_hop_acquisition", "two_hop_update", "two_hop_stale"})
+                       "two_hop_acquisition", "two_hop_update", "two_hop_stale", "as_of_invariant", "as_of_update",
+                       "rewind_before", "rewind"})
 
 
 _DEFINED_BY = {"fuar": "fuar_defined"}  # FUAR exists only on a stream with facts to gain
@@ -166,6 +167,10 @@ _register("learning", (
     ("two_hop_acquisition", "2-hop acq.", "{:.3f}", "higher", True, "two-hop probes through the learned facts at row T"),
     ("two_hop_update", "2-hop upd.", "{:.3f}", "higher", True, "two-hop probes through updated facts' new objects at row T (does the update propagate?)"),
     ("two_hop_stale", "2-hop stale", "{:.3f}", "lower", True, "two-hop probes through updated facts' old objects at row T"),
+    ("as_of_invariant", "as-of inv.", "{:.3f}", "higher", True, "as_of probes (\"As of 2020, X works for\", a dated world) of the invariant facts at row T"),
+    ("as_of_update", "as-of upd.", "{:.3f}", "higher", True, "as_of probes of updated facts as of their update's year (the new object) at row T"),
+    ("rewind_before", "rewind before", "{:.3f}", "", False, "as_of probes of updated facts as of the year their old object became true (its target) at row 0"),
+    ("rewind", "rewind", "{:.3f}", "higher", True, "as_of probes of updated facts as of the year their old object became true, answered with it at row T: does a prompted cutoff rewind the model past the update?"),
     ("question_acquisition", "question acq.", "{:.3f}", "higher", False, "acquisition on question probes"),
     ("forget_kept", "forget kept", "{:.3f}", "lower", False, "accuracy after the last stage on facts asked to be forgotten"),
     ("perplexity_before", "ppl before", "{:.2f}", "", False, "held-out general-text perplexity at row 0"),

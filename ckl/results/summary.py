@@ -16,6 +16,11 @@ over statement probes unless `kinds` says otherwise):
                    invariant facts (before and after), learned facts, updated facts' new
                    answers and their stale ones: whether knowledge composes and whether an
                    update propagates (MQuAKE, Zhong et al. 2023)
+    as_of_*        accuracy on as_of probes (a dated world: "As of 2020, X works for") of the
+    rewind         invariant facts and the updated facts' new objects, and `rewind`: the
+                   stale cohort's as_of probes, whose target is the old object as of its
+                   own year (prompted knowledge cutoffs: can a prompt rewind the model to
+                   before the update?), at row T and at row 0
     superficial    of the invariant facts whose exact match was lost by row T, the share
                    whose gold answer still ranks first among the candidates (SEFE's
                    superficial forgetting: the form is lost, the content is not)
@@ -32,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckl.data import cohorts
-from ckl.data.facts import TWO_HOP
+from ckl.data.facts import AS_OF, TWO_HOP
 from ckl.evaluate import metrics as M
 from ckl.results import numbers
 from ckl.results.store import Store, metric_column
@@ -89,6 +94,12 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     out["two_hop_acquisition"] = _pooled(store, method, seed, T, stages, {"learn"}, metric, hop)
     out["two_hop_update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, hop)
     out["two_hop_stale"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, hop)
+    # as_of probes (a dated world): on the stale cohort the old object is the target
+    dated = (AS_OF,)
+    out["as_of_invariant"] = _pooled(store, method, seed, T, {cohorts.INVARIANT}, {"base"}, metric, dated)
+    out["as_of_update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, dated)
+    out["rewind_before"] = _pooled(store, method, seed, 0, stales, {"update", "edit"}, metric, dated)
+    out["rewind"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, dated)
     for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
         by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
         out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None

@@ -119,8 +119,8 @@ def plain(value):
 
 @dataclass
 class EvalConfig:
-    kinds: list[Literal["statement", "paraphrase", "question", "extraction", "two_hop"]] = field(
-        default_factory=lambda: list(PROBE_KINDS), metadata={"help": "probe kinds scored after every stage (two_hop: on a world with two_hop chains)"})
+    kinds: list[Literal["statement", "paraphrase", "question", "extraction", "two_hop", "as_of"]] = field(
+        default_factory=lambda: list(PROBE_KINDS), metadata={"help": "probe kinds scored after every stage (two_hop: on a world with two_hop chains; as_of: on a dated world)"})
     batch_size: Annotated[int, Field(ge=1)] = field(default=256, metadata={"help": "probes scored per batch"})
     max_candidates: Annotated[int, Field(ge=2)] = field(default=10, metadata={"help": "candidates ranked per probe (the `rank` metric)"})
     metric: Literal["em", "rank"] = field(default="em", metadata={"help": "em (greedy exact match) or rank (the answer ranked first among the candidates)"})

@@ -41,7 +41,7 @@ from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
 from ckl.data.check import check_stream, raise_errors
-from ckl.data.facts import TWO_HOP, Probe, atomic_write_text
+from ckl.data.facts import AS_OF, TWO_HOP, Probe, atomic_write_text
 from ckl.methods.base import StageContext, apply_stage, build_method
 from ckl.run.rundir import check_run_dir, claim_run_dir, experiment_hash
 from ckl.results.store import Outcome, StageInfo, Store
@@ -235,8 +235,9 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, say: Reporter 
     for finding in findings:
         say(str(finding))
     source = stream if stream is not None else world
-    if source is not None and any(r.two_hop for r in source.relations.values()) and TWO_HOP not in config.eval.kinds:
-        say(f"note: the stream has two-hop chains but eval.kinds ({', '.join(config.eval.kinds)}) lacks two_hop: its two-hop probes are not scored")
+    for kind, has, what in ((TWO_HOP, lambda r: r.two_hop, "two-hop chains"), (AS_OF, lambda r: r.dated, "dated relations")):
+        if source is not None and any(has(r) for r in source.relations.values()) and kind not in config.eval.kinds:
+            say(f"note: the stream has {what} but eval.kinds ({', '.join(config.eval.kinds)}) lacks {kind}: its {kind} probes are not scored")
     experiment = experiment_hash(experiment_identity(resolved))
     on_main(accelerator, lambda: check_run_dir(run_dir, experiment))  # a directory ckl does not own is refused here
     store = on_main(accelerator, lambda: _open_store(run_dir, resolved, experiment))  # None on the other processes
