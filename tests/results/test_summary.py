@@ -74,3 +74,32 @@ def test_superficial_forgetting_is_lost_form_with_the_content_still_ranked_first
             s.record_row("m", 0, row, [Outcome(p.id, bool(e), bool(r), -1.0, "X") for p, (e, r) in zip(probes, marks)], StageInfo())
         assert summarize_seed(s, "m", 0)["superficial"] == pytest.approx(2 / 3)  # b, c of the forgotten b, c, d
         assert summarize_seed(s, "m", 0, metric="rank")["superficial"] is None
+
+
+def test_as_of_probes_give_the_rewind_numbers_and_leave_the_plain_stale_number_alone(tmp_path):
+    """On a dated world the stale cohort's as_of probe has the old object as its target: a
+    model that still answers it as of its year rewinds (`rewind`, higher is better), while
+    the same old object asked plainly stays `stale` (lower is better)."""
+    from ckl.results import numbers
+
+    probes = PROBES + [
+        Probe("inv/a/as_of", "As of 2020, A lives in", "X", ("X", "Y"), "as_of", "invariant", "a", 0, "base"),
+        Probe("s1/d/as_of", "As of 2021, D lives in", "Y", ("X", "Y"), "as_of", "stage1", "d", 1, "update"),
+        Probe("st1/d/as_of", "As of 2020, D lives in", "X", ("X", "Y"), "as_of", "stale1", "d", 1, "update"),
+    ]
+    # row 0: the base model knows A's and D's 2020 objects; row 2: D's update learned
+    # (plainly and as of 2021), its old object still given as of 2020 but no longer plainly
+    em = {0: EM[0] + (1, 0, 1), 1: EM[1] + (1, 1, 1), 2: (0, 0, 1, 1, 0, 1) + (1, 1, 1)}
+    with Store(tmp_path / "r.sqlite") as s:
+        s.set_meta("T", 2)
+        s.add_probes(probes)
+        for row, marks in em.items():
+            s.record_row("m", 0, row, [Outcome(p.id, bool(e), bool(e), -1.0, p.answer) for p, e in zip(probes, marks)], StageInfo())
+        out = summarize_seed(s, "m", 0)
+    assert (out["update"], out["stale"]) == (1.0, 0.0)  # the plain prompts: updated, not stale
+    assert (out["as_of_invariant"], out["as_of_update"], out["rewind_before"], out["rewind"]) == (1.0, 1.0, 1.0, 1.0)
+    assert out["matrix"][2][0] == 0.0  # a and b no longer stated: inv/a's as_of probe never enters the statement matrix
+    shown = {n.key for n in numbers.shown(numbers.columns("learning"), [out])}
+    assert {"as_of_invariant", "as_of_update", "rewind"} <= shown
+    undated = {n.key for n in numbers.shown(numbers.columns("learning"), [{"rewind": None, "as_of_update": None, "as_of_invariant": None}])}
+    assert not {"as_of_invariant", "as_of_update", "rewind"} & undated  # columns only where measured

@@ -85,7 +85,12 @@ def update_from_sums(moment: torch.Tensor, kk: torch.Tensor, kr: torch.Tensor, w
     """The same Delta from the sums K^T K (in, in) and K^T R (in, out) alone: what
     several parties' keys and residuals add up to (CollabEdit's merge)."""
     system = weight * moment.double().to(kk.device) + kk.double()  # (in, in), symmetric
-    return torch.linalg.solve(system, kr.double()).T.float()  # solve(A, K^T R)^T = R^T K A^-1
+    try:
+        return torch.linalg.solve(system, kr.double()).T.float()  # solve(A, K^T R)^T = R^T K A^-1
+    except torch.linalg.LinAlgError:
+        # A key unit never active on any text or edit prompt (a ReLU unit dead everywhere)
+        # leaves a zero row and column: the minimum-norm solution leaves its column unchanged.
+        return (torch.linalg.pinv(system, hermitian=True) @ kr.double()).T.float()
 
 
 class Memit(Method):

@@ -54,3 +54,26 @@ def test_memit_config_validates_layers():
         MemitConfig(layers=[1, 1])
     with pytest.raises(ValueError, match="covariance_weight"):
         MemitConfig(covariance_weight=0)
+
+
+def test_a_key_unit_never_active_leaves_its_column_unchanged_instead_of_failing():
+    """A ReLU unit dead on every text gives the key moment and K^T K a zero row and column
+    (measured: OPT's tiny test model at one thread): the update is the minimum-norm one,
+    zero in that column and the exact solution on the other units."""
+    import torch
+
+    from ckl.methods.edit.memit import least_squares_update
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(12, 6, generator=g)
+    keys[:, 2] = 0.0  # unit 2 is never active
+    sample = torch.randn(40, 6, generator=g)
+    sample[:, 2] = 0.0
+    moment = sample.T @ sample / 40
+    residual = torch.randn(12, 4, generator=g)
+    delta = least_squares_update(moment, keys, residual, 1.0)
+    assert torch.isfinite(delta).all()
+    torch.testing.assert_close(delta[:, 2], torch.zeros(4), atol=1e-6, rtol=0)
+    live = [0, 1, 3, 4, 5]
+    expected = least_squares_update(moment[live][:, live], keys[:, live], residual, 1.0)
+    torch.testing.assert_close(delta[:, live], expected, atol=1e-5, rtol=1e-5)
