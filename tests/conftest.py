@@ -51,9 +51,22 @@ def tiny_model_dir(tmp_path_factory, tiny_stream, accelerator):
     in tests/train/test_pretrain.py)."""
     from ckl.train.pretrain import PretrainConfig, pretrain
 
-    out = tmp_path_factory.mktemp("model") / "base"
-    _, _, result = pretrain(tiny_stream, PretrainConfig(**TINY_PRETRAIN), accelerator, out)
-    out.joinpath("pretrain_result.txt").write_text(f"{result.accuracy} {result.epochs}")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp("model") / "base"
+        _, _, result = pretrain(tiny_stream, PretrainConfig(**TINY_PRETRAIN), accelerator, out)
+        out.joinpath("pretrain_result.txt").write_text(f"{result.accuracy} {result.epochs}")
+        return out
+    # Under pytest-xdist the workers share one copy (the pattern xdist documents): the first
+    # to need it pretrains it (one thread, as every worker computes: the same model), the
+    # others wait for it instead of spending ~25 s each on the same pretraining.
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / "tiny_model" / "base"
+    out.parent.mkdir(exist_ok=True)
+    with FileLock(str(out.parent / "lock")):
+        if not (out / "pretrain_result.txt").exists():
+            _, _, result = pretrain(tiny_stream, PretrainConfig(**TINY_PRETRAIN), accelerator, out)
+            out.joinpath("pretrain_result.txt").write_text(f"{result.accuracy} {result.epochs}")
     return out
 
 

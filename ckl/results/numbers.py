@@ -129,7 +129,7 @@ def _fuar(value) -> str:
 # Columns of streams that have them only (continual pre-training's domains)
 _OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl", "two_hop_before", "two_hop_invariant",
                        "two_hop_acquisition", "two_hop_update", "two_hop_stale", "as_of_invariant", "as_of_update",
-                       "rewind_before", "rewind"})
+                       "rewind_before", "rewind", "rewind_updated"})
 
 
 _DEFINED_BY = {"fuar": "fuar_defined"}  # FUAR exists only on a stream with facts to gain
@@ -171,6 +171,7 @@ _register("learning", (
     ("as_of_update", "as-of upd.", "{:.3f}", "higher", True, "as_of probes of updated facts as of their update's year (the new object) at row T"),
     ("rewind_before", "rewind before", "{:.3f}", "", False, "as_of probes of updated facts as of the year their old object became true (its target) at row 0"),
     ("rewind", "rewind", "{:.3f}", "higher", True, "as_of probes of updated facts as of the year their old object became true, answered with it at row T: does a prompted cutoff rewind the model past the update?"),
+    ("rewind_updated", "upd. + rewind", "{:.3f}", "higher", True, "updated facts that give at row T both their new object (asked plainly) and their old one (asked as of its year): a rewind that is not an update left unapplied"),
     ("question_acquisition", "question acq.", "{:.3f}", "higher", False, "acquisition on question probes"),
     ("forget_kept", "forget kept", "{:.3f}", "lower", False, "accuracy after the last stage on facts asked to be forgotten"),
     ("perplexity_before", "ppl before", "{:.2f}", "", False, "held-out general-text perplexity at row 0"),

@@ -20,7 +20,9 @@ over statement probes unless `kinds` says otherwise):
     rewind         invariant facts and the updated facts' new objects, and `rewind`: the
                    stale cohort's as_of probes, whose target is the old object as of its
                    own year (prompted knowledge cutoffs: can a prompt rewind the model to
-                   before the update?), at row T and at row 0
+                   before the update?), at row T and at row 0; rewind_updated: the
+                   updated facts answered both ways at row T (the new object plainly,
+                   the old one as of its year), so an update left unapplied is no rewind
     superficial    of the invariant facts whose exact match was lost by row T, the share
                    whose gold answer still ranks first among the candidates (SEFE's
                    superficial forgetting: the form is lost, the content is not)
@@ -50,6 +52,24 @@ def _pooled(store: Store, method: str, seed: int, row: int, groups: set[str], ch
         return None
     key = metric_column(metric)
     return sum(o[key] for o in rows) / len(rows)
+
+
+def _rewind_updated(store: Store, method: str, seed: int, T: int, stages: set[str], stales: set[str], metric: str, kinds) -> float | None:
+    """Of the updated facts with an as_of probe, the share that at row T give their new
+    object (every probe of `kinds`) and their old one as of its year (the stale cohort's
+    as_of probe): a rewind that is not the update left unapplied. None without as_of probes."""
+    key = metric_column(metric)
+    old = {o["fact_id"]: bool(o[key]) for c in stales for o in store.outcomes(method, seed, T, cohort=c)
+           if o["kind"] == AS_OF and o["change"] in ("update", "edit")}
+    if not old:
+        return None
+    new: dict[str, bool] = {}
+    for c in stages:
+        for o in store.outcomes(method, seed, T, cohort=c):
+            if o["fact_id"] in old and o["kind"] in kinds and o["change"] in ("update", "edit"):
+                new[o["fact_id"]] = new.get(o["fact_id"], True) and bool(o[key])
+    both = [old[f] and new[f] for f in old if f in new]
+    return sum(both) / len(both) if both else None
 
 
 def _superficial(store: Store, method: str, seed: int, T: int, metric: str, kinds) -> float | None:
@@ -100,6 +120,7 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     out["as_of_update"] = _pooled(store, method, seed, T, stages, {"update", "edit"}, metric, dated)
     out["rewind_before"] = _pooled(store, method, seed, 0, stales, {"update", "edit"}, metric, dated)
     out["rewind"] = _pooled(store, method, seed, T, stales, {"update", "edit"}, metric, dated)
+    out["rewind_updated"] = _rewind_updated(store, method, seed, T, stages, stales, metric, kinds)
     for kind in ("extraction", "paraphrase"):  # retention of base knowledge asked another way
         by_kind = store.accuracy(method, seed, metric=metric, kinds=(kind,))
         out[f"{kind}_retention"] = M.retention(M.cohort_matrix(by_kind, T)) if len(by_kind) == T + 1 else None

@@ -98,8 +98,27 @@ def test_as_of_probes_give_the_rewind_numbers_and_leave_the_plain_stale_number_a
         out = summarize_seed(s, "m", 0)
     assert (out["update"], out["stale"]) == (1.0, 0.0)  # the plain prompts: updated, not stale
     assert (out["as_of_invariant"], out["as_of_update"], out["rewind_before"], out["rewind"]) == (1.0, 1.0, 1.0, 1.0)
+    assert out["rewind_updated"] == 1.0  # d: the new object plainly and the old one as of 2020
     assert out["matrix"][2][0] == 0.0  # a and b no longer stated: inv/a's as_of probe never enters the statement matrix
     shown = {n.key for n in numbers.shown(numbers.columns("learning"), [out])}
-    assert {"as_of_invariant", "as_of_update", "rewind"} <= shown
+    assert {"as_of_invariant", "as_of_update", "rewind", "rewind_updated"} <= shown
     undated = {n.key for n in numbers.shown(numbers.columns("learning"), [{"rewind": None, "as_of_update": None, "as_of_invariant": None}])}
     assert not {"as_of_invariant", "as_of_update", "rewind"} & undated  # columns only where measured
+
+
+def test_an_update_left_unapplied_is_no_rewind(tmp_path):
+    """A method that never applied the update still gives the old object as of 2020
+    (`rewind`), but not together with the new one (`rewind_updated`)."""
+    probes = [
+        Probe("inv/a", "A lives in", "X", ("X", "Y"), "statement", "invariant", "a", 0, "base"),
+        Probe("s1/d", "D lives in", "Y", ("X", "Y"), "statement", "stage1", "d", 1, "update"),
+        Probe("st1/d", "D lives in", "X", ("X", "Y"), "statement", "stale1", "d", 1, "update"),
+        Probe("st1/d/as_of", "As of 2020, D lives in", "X", ("X", "Y"), "as_of", "stale1", "d", 1, "update"),
+    ]
+    with Store(tmp_path / "r.sqlite") as s:
+        s.set_meta("T", 1)
+        s.add_probes(probes)
+        for row in (0, 1):  # never updated: the old object everywhere
+            s.record_row("m", 0, row, [Outcome(p.id, e, e, -1.0, p.answer) for p, e in zip(probes, (True, False, True, True))], StageInfo())
+        out = summarize_seed(s, "m", 0)
+    assert (out["update"], out["stale"], out["rewind"], out["rewind_updated"]) == (0.0, 1.0, 1.0, 0.0)
