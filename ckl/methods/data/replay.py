@@ -23,6 +23,14 @@ Which held facts an epoch replays is the `policy` option: a uniform sample (`res
 the default), spread evenly over relations or cohorts (`balanced`), spaced repetition
 (`spaced`) or a fixed budget of the least confident facts (`budget`); see
 `ckl.methods.data._policies`.
+
+`history` (dated worlds): an update makes the old version false now but not false then;
+"In 2020, X works for A." stays true after stage 1 teaches "In 2021, X works for B.". With
+`history`, every superseded version of a dated fact is replayed each epoch as its dated
+sentence only (never the plain one, which the update made stale), from the stage of the
+update on: the rehearsal that lets a model answer "As of 2020, X works for" after the
+update (docs/methods.md, prompted knowledge cutoffs). Off, replay never re-teaches an old
+object in any form, as before.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.data._policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, influence_scores, least_confident, most_influential, recall
-from ckl.data.stream import Change
+from ckl.data.stream import Change, dated_text
 from ckl.train.loop import rng_for
 
 
@@ -49,6 +57,7 @@ class ReplayConfig:
     rescore_every: int = field(default=1, metadata={"help": "budget, influence: epochs between two scorings of the buffer"})
     text_fraction: float = field(default=0.0, metadata={"help": "share of general pretraining sentences among each epoch's fact statements plus those sentences, in [0, 1) (mix-review)"})
     corpus_buffer: int = field(default=500, metadata={"help": "most earlier corpus documents held (continual pre-training streams; reservoir sampling)"})
+    history: bool = field(default=False, metadata={"help": "dated relations (a dated world): an updated fact's superseded version stays true as history and is replayed every epoch as its dated sentence only ('In 2020, X works for A.'), from the stage that updates it on"})
 
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 <= self.fraction < 1:
@@ -57,6 +66,8 @@ class ReplayConfig:
             raise ConfigError("text_fraction", f"text_fraction must be in [0, 1), got {self.text_fraction!r}")
         if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) or self.buffer_size < 1:
             raise ConfigError("buffer_size", f"buffer_size must be a positive integer, got {self.buffer_size!r}")
+        if type(self.history) is not bool:
+            raise ConfigError("history", f"history must be true or false, got {self.history!r}")
         if self.policy not in POLICIES:
             raise ConfigError("policy", f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.balance_by not in ("relation", "cohort"):
@@ -105,6 +116,7 @@ class Replay(Part):
         self.epoch_facts = 0  # facts trained this epoch (the stage's and the replayed), for text_fraction
         self.documents = ReservoirBuffer(config.corpus_buffer)  # earlier stages' corpus documents
         self.epoch_documents: list[str] = []  # the held documents this epoch replays
+        self.history: list[Fact] = []  # history: superseded versions of dated facts (valid_until set)
 
     def _ensure(self, ctx: StageContext) -> ReservoirBuffer:
         if self.buffer is None:
@@ -128,12 +140,32 @@ class Replay(Part):
         """General pretraining sentences (mix-review, He et al. 2021): facts alone keep the
         facts but let the model's general language drift (held-out perplexity)."""
         replayed, self.epoch_documents = self.epoch_documents, []
+        if self.config.history:
+            replayed += [dated_text(f, rng.choice(ctx.relations[f.relation].templates)) for f in self._history(ctx)]
         share = self.config.text_fraction
         if not share or not ctx.general_text:
             return replayed
         wanted = round(share / (1 - share) * self.epoch_facts)
         pool = list(ctx.general_text)
         return replayed + ([pool[i] for i in rng.choices(range(len(pool)), k=wanted)] if wanted > len(pool) else rng.sample(pool, wanted))
+
+    def _history(self, ctx: StageContext) -> list[Fact]:
+        """Earlier stages' superseded dated facts and those this stage's updates supersede."""
+        return self.history + self._superseded(ctx.change, ctx) if ctx.change else list(self.history)
+
+    def _superseded(self, change: Change, ctx: StageContext) -> list[Fact]:
+        """The versions `change`'s updates of dated facts replace, each true from its own
+        `valid_from` until the update's stage (an edit corrects a fact: it has no past)."""
+        held = {f.id: f for f in self._ensure(ctx).facts}  # the versions true before `change`
+        base = {f.id: f for f in ctx.base}  # for a fact the buffer dropped (else its year is stage 0's)
+        out = []
+        for record in change.update:
+            if not ctx.relations[record.fact.relation].dated or record.old_object is None:
+                continue
+            before = held.get(record.fact.id) or base.get(record.fact.id)
+            since = before.valid_from if before is not None and before.object == record.old_object else 0
+            out.append(Fact(record.fact.id, record.fact.subject, record.fact.relation, record.old_object, since, record.stage))
+        return out
 
     def _replayed(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         buffer = self._ensure(ctx)
@@ -179,6 +211,8 @@ class Replay(Part):
     def observe(self, model, change: Change, ctx: StageContext) -> None:
         buffer = self._ensure(ctx)
         rng = rng_for(ctx.seed, "reservoir", change.stage)
+        if self.config.history:
+            self.history += self._superseded(change, ctx)
         for record in list(change.update) + list(change.edit):
             buffer.replace(record.fact)
         for fact in change.forget:
@@ -198,6 +232,8 @@ class Replay(Part):
         if self.buffer is None:
             return {}
         state = {"facts": [fact_row(f) for f in self.buffer.facts], "seen": self.buffer.seen}
+        if self.history:
+            state["history"] = [fact_row(f) for f in self.history]
         if self.documents.seen:
             state.update(corpus=list(self.documents.facts), corpus_seen=self.documents.seen)
         if self.config.policy == "spaced":
@@ -208,10 +244,12 @@ class Replay(Part):
         if not state:
             self.buffer = None
             self.documents = ReservoirBuffer(self.config.corpus_buffer)
+            self.history = []
             return
         self.buffer = ReservoirBuffer(self.config.buffer_size)
         self.buffer.facts = [Fact(**row) for row in state["facts"]]
         self.buffer.seen = state["seen"]
+        self.history = [Fact(**row) for row in state.get("history", [])]
         self.documents = ReservoirBuffer(self.config.corpus_buffer)
         self.documents.facts, self.documents.seen = list(state.get("corpus", [])), int(state.get("corpus_seen", 0))
         self.schedule.load(state.get("schedule", {}))

@@ -107,3 +107,35 @@ def test_replaying_general_text_keeps_heldout_perplexity_lower_than_fact_replay_
 def test_replay_config_rejects_a_text_fraction_of_one():
     with pytest.raises(ValueError, match="text_fraction"):
         build_method("replay", {"replay": {"text_fraction": 1.0}})
+
+
+def test_history_replays_each_superseded_dated_fact_as_its_dated_sentence_only():
+    """`history` on a dated world: from the stage that updates a fact on, its old version is
+    replayed each epoch as "In 2020, X works for A." and never as the plain (stale)
+    sentence; a later stage keeps replaying it, and it survives a checkpoint."""
+    from ckl.data.facts import year_of
+    from ckl.data.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(seed=2, dated=True, people=40, stages=2, learn_per_stage=6, update_per_stage=16,
+                                    forget_per_stage=4, general_train=50, general_heldout=20, background_people=30,
+                                    min_probe_word_count=0))
+    first, second = world.stages
+
+    def ctx(change):
+        return StageContext(world.relations, world.base, change.stage, 0, None, None, change=change)
+
+    part = Replay(ReplayConfig(history=True))
+    docs = part.extra_documents(ctx(first), random.Random(0))
+    assert len(docs) == len(first.update) == 16
+    for record, doc in zip(first.update, docs):
+        assert doc.startswith(f"In {year_of(0)}, ") and record.fact.subject in doc and doc.endswith(f" {record.old_object}.")
+    part.observe(None, first, ctx(first))
+    assert [(f.object, f.valid_from, f.valid_until) for f in part.history] == [(r.old_object, 0, 1) for r in first.update]
+    later = part.extra_documents(ctx(second), random.Random(0))
+    assert len(later) == 32 and set(docs) <= {d for d in later}  # stage 1's history, and stage 2's updates' old versions
+    clone = Replay(ReplayConfig(history=True))
+    clone.load_state_dict(part.state_dict())
+    assert clone.history == part.history
+    assert Replay(ReplayConfig()).extra_documents(ctx(first), random.Random(0)) == []  # off by default: no old object in any form
+    with pytest.raises(ValueError, match="history"):
+        build_method("replay", {"replay": {"history": "yes"}})
