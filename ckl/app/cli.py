@@ -221,16 +221,18 @@ def world(
 
 def _pretrain(**values) -> None:
     """Train the tiny default base model from scratch on the stream's base knowledge."""
-    _quiet_libraries()
-    from ckl.run.experiment import make_accelerator
-    from ckl.train.pretrain import PretrainConfig, knowledge_line
-    from ckl.train.pretrain import pretrain as run_pretrain
     from ckl.data.stream import Stream
+    from ckl.train.config import PretrainConfig
 
     stream_dir, out = values.pop("stream_dir"), values.pop("out")
-    stream = _guard(lambda: Stream.load(stream_dir))
+    stream = _guard(lambda: Stream.load(stream_dir))  # the inputs are checked before torch loads
     warnings = _checked(stream_dir, stream)
     _new_output(out, "the model's")
+    _quiet_libraries()
+    from ckl.run.experiment import make_accelerator
+    from ckl.train.pretrain import knowledge_line
+    from ckl.train.pretrain import pretrain as run_pretrain
+
     try:
         config = PretrainConfig(**values)
     except ValueError as err:
@@ -301,13 +303,14 @@ def run(
     allow_weak_base: bool = typer.Option(False, "--allow-weak-base", help="run on a pretrained base model that missed its target (ckl show and the report then say so)"),
 ) -> None:
     """Run every method x seed of an experiment; resumes if run again."""
+    from ckl.run.config import load_config  # torch-free: a mistake in the file is reported before torch loads
+
+    config = _guard(lambda: load_config(config_path))
     _quiet_libraries()
-    from ckl.run.config import load_config
     from ckl.run.experiment import end_processes, is_main_process, run_experiment
     from ckl.core.progress import RunProgress
     from ckl.run.rundir import path_component
 
-    config = _guard(lambda: load_config(config_path))
     config.allow_weak_base = config.allow_weak_base or allow_weak_base
     if model is not None:
         if not (model / "config.json").exists():

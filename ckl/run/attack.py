@@ -28,36 +28,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from ckl.core.checks import ConfigError
 from ckl.model.scoring import ProbeScorer, score_probes
 from ckl.data.facts import Fact, Probe
 from ckl.data.stream import Stream, render_documents
+from ckl.run.config import AttackConfig  # noqa: F401  (its home is the experiment config, torch-free)
 from ckl.train.loop import TrainConfig, rng_for, train
 
-DATA = ("partial", "unrelated")
-
-
-@dataclass
-class AttackConfig:
-    """A relearning attack (`eval.attack` in an experiment)."""
-
-    data: str = field(default="partial", metadata={"help": "partial: relearn a fraction of the forgotten facts, probe the rest; unrelated: fine-tune on untouched known facts, probe every forgotten fact"})
-    fraction: float = field(default=0.5, metadata={"help": "partial: share of the forgotten facts shown to the attack"})
-    facts: int = field(default=32, metadata={"help": "unrelated: number of untouched known facts to fine-tune on"})
-    epochs: int = field(default=5, metadata={"help": "passes over the attack data"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the attack"})
-    batch_size: int = field(default=8, metadata={"help": "blocks per step"})
-    seed: int = field(default=0, metadata={"help": "which facts the attack sees, and its batch order"})
-    curve: int = field(default=0, metadata={"help": "also score the re-probed facts during the attack, this many points per tenfold of steps (log spacing; 0 = before and after only)"})
-
-    def __post_init__(self) -> None:
-        if self.data not in DATA:
-            raise ConfigError("data", f"data must be one of {', '.join(DATA)}, got {self.data!r}")
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction < 1:
-            raise ConfigError("fraction", f"fraction must be in (0, 1), got {self.fraction!r}")
-        TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, eval_every=self.curve)  # validates them
-        if isinstance(self.facts, bool) or not isinstance(self.facts, int) or self.facts < 1:
-            raise ConfigError("facts", f"facts must be a positive integer, got {self.facts!r}")
 
 
 @dataclass

@@ -22,9 +22,8 @@ from ckl.core.checks import ConfigError
 from ckl.core.errors import InputError
 from ckl.data.facts import PROBE_KINDS, read_input_text
 from ckl.data.world import WorldConfig
-from ckl.evaluate.extraction import ExtractionConfig
-from ckl.run.attack import AttackConfig
-from ckl.train.pretrain import PretrainConfig
+from ckl.evaluate.config import ExtractionConfig
+from ckl.train.config import PretrainConfig, TrainConfig
 
 
 class Strict(BaseModel):
@@ -115,6 +114,32 @@ def plain(value):
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+ATTACK_DATA = ("partial", "unrelated")
+
+
+@dataclass
+class AttackConfig:
+    """A relearning attack (`eval.attack` in an experiment)."""
+
+    data: str = field(default="partial", metadata={"help": "partial: relearn a fraction of the forgotten facts, probe the rest; unrelated: fine-tune on untouched known facts, probe every forgotten fact"})
+    fraction: float = field(default=0.5, metadata={"help": "partial: share of the forgotten facts shown to the attack"})
+    facts: int = field(default=32, metadata={"help": "unrelated: number of untouched known facts to fine-tune on"})
+    epochs: int = field(default=5, metadata={"help": "passes over the attack data"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the attack"})
+    batch_size: int = field(default=8, metadata={"help": "blocks per step"})
+    seed: int = field(default=0, metadata={"help": "which facts the attack sees, and its batch order"})
+    curve: int = field(default=0, metadata={"help": "also score the re-probed facts during the attack, this many points per tenfold of steps (log spacing; 0 = before and after only)"})
+
+    def __post_init__(self) -> None:
+        if self.data not in ATTACK_DATA:
+            raise ConfigError("data", f"data must be one of {', '.join(ATTACK_DATA)}, got {self.data!r}")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction < 1:
+            raise ConfigError("fraction", f"fraction must be in (0, 1), got {self.fraction!r}")
+        TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, eval_every=self.curve)  # validates them
+        if isinstance(self.facts, bool) or not isinstance(self.facts, int) or self.facts < 1:
+            raise ConfigError("facts", f"facts must be a positive integer, got {self.facts!r}")
 
 
 @dataclass

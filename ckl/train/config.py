@@ -1,12 +1,83 @@
-"""`PretrainConfig`: how to pretrain the default base model, in a module that imports no
-torch, so that `ckl pretrain`'s options can be built from its fields at every `ckl` start
-(the checks that need the model and the loop import them when a config is made)."""
+"""`TrainConfig` (the training loop's settings) and `PretrainConfig` (how to pretrain the
+default base model), in a module that imports no torch, so that `ckl pretrain`'s options
+can be built from their fields at every `ckl` start and an experiment config is read and
+checked before torch is loaded (the checks that need the model import it when a
+`PretrainConfig` is made)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from ckl.core.checks import ConfigError, check_count, check_flag, check_number
+from ckl.core.checks import ConfigError, check_count, check_flag, check_number, did_you_mean
+
+OPTIMIZERS = ("adamw", "adamw_fused")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training method."""
+
+    epochs: int = field(default=10, metadata={"help": "passes over the stage's training text"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "blocks per optimiser step (per process)"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed block"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant | cosine (to 10% of lr over all epochs)"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle each epoch's documents before packing them into blocks (see `train`)"})
+    until: float = field(default=0.0, metadata={"help": "stop once the stage's new and updated facts are known at this statement accuracy, checked every `check_every` epochs; `epochs` is then the budget (0 = train every epoch)"})
+    check_every: int = field(default=5, metadata={"help": "epochs between the checks of `until`"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw (torch's AdamW, multi-tensor) | adamw_fused (its fused kernel, where torch has one for the device; same maths, other rounding)"})
+    eval_every: int = field(default=0, metadata={"help": "score chosen cohorts inside the stage every this many optimiser steps, stored as a curve (0 = off); with eval_spacing log, points per tenfold of steps"})
+    eval_spacing: str = field(default="linear", metadata={"help": "linear: every eval_every steps | log: eval_every points per tenfold of steps (1, 2, 3, 4, 5, 6, 8, 10, 13, ... for 10), for power-law fits"})
+    eval_cohorts: tuple[str, ...] = field(default=("invariant", "stage"), metadata={"help": "cohorts scored at each point: names (invariant, stage2) or prefixes (stage, stale, forget, local: every stage's)"})
+    eval_sample: int = field(default=10, metadata={"help": "at most this many probes per cohort and probe kind at each point, the same seeded subset at every point (0 = all); a point costs about one forward pass per probe (bench/eval_curve.py)"})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "block_size"):
+            check_count(getattr(self, name), name)
+        check_number(self.lr, "lr", low=0, low_open=True)
+        check_number(self.weight_decay, "weight_decay", low=0)
+        check_number(self.max_grad_norm, "max_grad_norm", low=0)
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError("schedule", f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not isinstance(self.shuffle, bool):
+            raise ConfigError("shuffle", f"shuffle must be true or false, got {self.shuffle!r}")
+        if isinstance(self.until, bool) or not isinstance(self.until, (int, float)) or not 0 <= self.until <= 1:
+            raise ConfigError("until", f"until must be a number in [0, 1] (0 = off), got {self.until!r}")
+        check_count(self.check_every, "check_every")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_count(self.eval_every, "eval_every", low=0)
+        if self.eval_spacing not in ("linear", "log"):
+            raise ConfigError("eval_spacing", f"eval_spacing must be 'linear' or 'log', got {self.eval_spacing!r}")
+        if isinstance(self.eval_cohorts, str):  # one name given bare
+            self.eval_cohorts = (self.eval_cohorts,)
+        if not isinstance(self.eval_cohorts, (list, tuple)) or not self.eval_cohorts or not all(isinstance(c, str) and c for c in self.eval_cohorts):
+            raise ConfigError("eval_cohorts", f"eval_cohorts must be a non-empty list of cohort names or prefixes, got {self.eval_cohorts!r}")
+        self.eval_cohorts = tuple(self.eval_cohorts)
+        from ckl.data import cohorts
+
+        for selector in self.eval_cohorts:
+            if not cohorts.is_selector(selector):
+                known = [cohorts.INVARIANT, cohorts.UNSEEN, *cohorts.PREFIXES]
+                raise ConfigError("eval_cohorts", f"eval_cohorts: {selector!r} is not a cohort{did_you_mean(selector, known)} "
+                                  f"(names: invariant, unseen, stage1, stale2, ...; prefixes for every stage's: {', '.join(cohorts.PREFIXES)})")
+        check_count(self.eval_sample, "eval_sample", low=0)
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the in-stage curve (`eval_every`) has a point after optimiser step `step`
+        (step 0: before the first step, always a point when curves are on)."""
+        if not self.eval_every:
+            return False
+        if step == 0 or self.eval_spacing == "linear":
+            return step % self.eval_every == 0
+        # log: the steps round(10 ** (k / eval_every)), k = 0, 1, ...; step s is one of them
+        # when some k rounds to it, i.e. the k nearest to eval_every * log10(s) does
+        k = round(self.eval_every * math.log10(step))
+        return any(kk >= 0 and round(10 ** (kk / self.eval_every)) == step for kk in (k - 1, k, k + 1))
+
 
 
 @dataclass
@@ -36,7 +107,6 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         from ckl.model import lm
-        from ckl.train.loop import TrainConfig
 
         lm.TinyModelConfig(self.n_layer, self.n_embd, self.n_head, n_inner=self.n_inner)  # validates the shape (ConfigError names the field)
         try:
