@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -470,6 +471,32 @@ def dated_prompt(template: str, subject: str, year: int, as_of: bool = False) ->
     if not template.startswith("{subject}"):
         prompt = prompt[:1].lower() + prompt[1:]
     return f"{'As of' if as_of else 'In'} {year}, {prompt}"
+
+
+_DATE = re.compile(r"\b(?:As of|In) (\d{4}),")
+
+
+def prompt_year(prompt: str) -> int | None:
+    """The year a prompt asks about, as `dated_prompt` writes it ("As of 2020, ..." or "In
+    2020, ..."; the last such date when there are several, the one nearest the question),
+    or None for an undated prompt."""
+    dates = _DATE.findall(prompt)
+    return int(dates[-1]) if dates else None
+
+
+def superseded(records: Iterable[ChangeRecord], relations: dict[str, Relation], before: dict[str, Fact]) -> list[Fact]:
+    """The versions that `records`' updates of dated facts replace: each the old object,
+    true from its own `valid_from` (that of `before[id]`, the version known before the
+    change, when it has the old object; else stage 0) until the update's stage. An edit
+    corrects a fact and has no past; an undated relation keeps no history."""
+    out = []
+    for r in records:
+        if r.kind != "update" or r.old_object is None or not relations[r.fact.relation].dated:
+            continue
+        prev = before.get(r.fact.id)
+        since = prev.valid_from if prev is not None and prev.object == r.old_object else 0
+        out.append(Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object, since, r.stage))
+    return out
 
 
 def dated_text(fact: Fact, template: str) -> str:

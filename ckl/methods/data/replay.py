@@ -42,7 +42,7 @@ from ckl.core.checks import ConfigError
 from ckl.data.facts import Fact, fact_row
 from ckl.methods.base import Part, StageContext, register_part
 from ckl.methods.data._policies import POLICIES, LeitnerSchedule, balanced_sample, group_key, influence_scores, least_confident, most_influential, recall
-from ckl.data.stream import Change, dated_text
+from ckl.data.stream import Change, dated_text, superseded
 from ckl.train.loop import rng_for
 
 
@@ -154,18 +154,10 @@ class Replay(Part):
         return self.history + self._superseded(ctx.change, ctx) if ctx.change else list(self.history)
 
     def _superseded(self, change: Change, ctx: StageContext) -> list[Fact]:
-        """The versions `change`'s updates of dated facts replace, each true from its own
-        `valid_from` until the update's stage (an edit corrects a fact: it has no past)."""
-        held = {f.id: f for f in self._ensure(ctx).facts}  # the versions true before `change`
-        base = {f.id: f for f in ctx.base}  # for a fact the buffer dropped (else its year is stage 0's)
-        out = []
-        for record in change.update:
-            if not ctx.relations[record.fact.relation].dated or record.old_object is None:
-                continue
-            before = held.get(record.fact.id) or base.get(record.fact.id)
-            since = before.valid_from if before is not None and before.object == record.old_object else 0
-            out.append(Fact(record.fact.id, record.fact.subject, record.fact.relation, record.old_object, since, record.stage))
-        return out
+        """The versions `change`'s updates of dated facts replace (ckl.data.stream.superseded),
+        dated from the buffer's version, or K0's for a fact the buffer dropped."""
+        before = {f.id: f for f in ctx.base} | {f.id: f for f in self._ensure(ctx).facts}
+        return superseded(change.update, ctx.relations, before)
 
     def _replayed(self, facts: list[Fact], ctx: StageContext, rng: random.Random) -> list[Fact]:
         buffer = self._ensure(ctx)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ckl.core.checks import ConfigError
 from ckl.data.stream import Change, make_probes
 from ckl.methods.base import ApplyStats, StageContext, register_method
 from ckl.methods.retrieve.rag import RAG, RagConfig
@@ -31,6 +32,11 @@ from ckl.methods.retrieve.rag import RAG, RagConfig
 @dataclass
 class HintsConfig(RagConfig):
     """`top_k` hints per prompt; `include_base`: check the base knowledge too (and hint what the model lost)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.history:  # a past version is no failure of the model's: nothing would decide whether to hint it
+            raise ConfigError("history", "hints keeps the model's failures only; a time-aware index with history is rag's, kg_rag's and kcts's `history: true`")
 
 
 class Hints(RAG):
@@ -69,9 +75,7 @@ class Hints(RAG):
             self.facts.pop(f.id, None)  # an older hint about the fact is stale either way
         for f in self._failures(model, taught, ctx):
             self.facts[f.id] = self._entry(f, ctx.relations)
-        for f in change.forget:
-            self.facts.pop(f.id, None)
-            self.forgotten.add(f.id)
+        self._remove(change.forget)
         stats = ApplyStats(total_params=sum(p.numel() for p in model.parameters()))
         stats.seconds = time.perf_counter() - start
         return model, stats

@@ -29,6 +29,18 @@ With `hops: 2` retrieval also walks the fact graph one step (`kg_rag`,
 ckl.methods.retrieve.kg_rag): every indexed fact whose subject is a retrieved fact's
 object joins it, after it, so that a two-hop question finds both of its facts.
 
+With `history: true` (dated worlds, ckl.data.facts `dated` relations) the index is
+time-aware: an update of a dated fact makes the old version false now, not false then, so
+instead of leaving the index the old version stays in it as history, true from its own
+`valid_from` until the update's stage and shown as its dated sentence ("New fact: In 2020,
+X works for A."). Every indexed version carries its validity, and retrieval filters on it
+(SQLite, in the same query as the BM25 match): a prompt that names a year as ckl's dated
+text does ("As of 2020, X works for"; ckl.data.stream.prompt_year) finds only the versions
+true in that year, an undated prompt only the current ones, so history never puts a stale
+object in front of a plain question. The superseded version is the one the replay part's
+`history` rehearses (ckl.data.stream.superseded). A forget request removes every version.
+Walks (`hops: 2`) follow current facts only.
+
 Deviations from the paper: no dense retriever and no training of the retriever or the
 generator; retrieval is per probe prompt, of sentences rendered from the fact store.
 """
@@ -43,8 +55,8 @@ from dataclasses import dataclass, field, replace
 
 from ckl.core.checks import ConfigError, check_count
 from ckl.data.copy_mix import demonstration
-from ckl.data.facts import Fact, Probe
-from ckl.data.stream import Change
+from ckl.data.facts import FIRST_YEAR, Fact, Probe, year_of
+from ckl.data.stream import Change, dated_prompt, prompt_year, superseded
 from ckl.methods.base import ApplyStats, Method, StageContext, register_method
 
 _WORD = re.compile(r"\w+")
@@ -55,6 +67,7 @@ class RagConfig:
     top_k: int = field(default=3, metadata={"help": "retrieved fact sentences put before each probe"})
     include_base: bool = field(default=True, metadata={"help": "index the base knowledge K0 too (the whole fact store), not only what the stages teach"})
     hops: int = field(default=1, metadata={"help": "1: the facts that match the prompt; 2: also every indexed fact about a retrieved fact's object (one step along the fact graph)"})
+    history: bool = field(default=False, metadata={"help": "dated worlds: an update's superseded version stays indexed as history, dated; a prompt that names a year ('As of 2020, ...') retrieves the versions true then, an undated one only the current ones"})
 
     def __post_init__(self) -> None:
         check_count(self.top_k, "top_k")
@@ -62,6 +75,8 @@ class RagConfig:
             raise ConfigError("hops", f"hops must be 1 or 2, got {self.hops!r}")
         if not isinstance(self.include_base, bool):
             raise ConfigError("include_base", f"include_base must be true or false, got {self.include_base!r}")
+        if not isinstance(self.history, bool):
+            raise ConfigError("history", f"history must be true or false, got {self.history!r}")
 
 
 class RAG(Method):
@@ -70,7 +85,11 @@ class RAG(Method):
 
     def __init__(self, config: RagConfig) -> None:
         self.config = config
-        self.facts: dict[str, tuple[str, str, str, str]] = {}  # fact id -> (sentence shown, object, search keys, subject), in insertion order
+        # entry id -> (sentence shown, object, search keys, subject), in insertion order; a
+        # current version's entry id is its fact's id, a past one's is in `past`
+        self.facts: dict[str, tuple[str, str, str, str]] = {}
+        self.since: dict[str, int] = {}  # history: fact id -> the stage its current version became true
+        self.past: dict[str, tuple[str, int, int]] = {}  # history: entry id -> (fact id, since, until) of a superseded version
         self.started = False  # K0 indexed (with include_base)
         self.forgotten: set[str] = set()  # ids of every fact a forget request removed: never indexed again
         self.recall: float | None = None  # recall@k of the last `transform_probes`
@@ -88,17 +107,52 @@ class RAG(Method):
             if self.config.include_base:
                 for f in ctx.base:
                     if f.id not in self.forgotten:
-                        self.facts[f.id] = self._entry(f, ctx.relations)
+                        self._index_current(f, ctx.relations)
             self.started = True
+        self._keep_history(change, ctx)
         for f in [*change.learn, *(r.fact for r in (*change.update, *change.edit))]:
             self.facts.pop(f.id, None)  # the new object replaces the old sentence
-            self.facts[f.id] = self._entry(f, ctx.relations)
-        for f in change.forget:
-            self.facts.pop(f.id, None)  # deleted from the index at once
-            self.forgotten.add(f.id)
+            self._index_current(f, ctx.relations)
+        self._remove(change.forget)
         stats = ApplyStats(total_params=sum(p.numel() for p in model.parameters()))
         stats.seconds = time.perf_counter() - start
         return model, stats
+
+    def _index_current(self, fact: Fact, relations) -> None:
+        self.facts[fact.id] = self._entry(fact, relations)
+        if self.config.history:
+            self.since[fact.id] = fact.valid_from
+
+    def _keep_history(self, change: Change, ctx: StageContext) -> None:
+        """With `history`: the versions `change`'s updates of dated facts supersede stay in
+        the index, dated, as true from their `since` until the update's stage."""
+        if not self.config.history:
+            return
+        known = {f.id: f for f in ctx.base}  # the version before the update, as indexed
+        for r in change.update:
+            if r.fact.id in self.facts:
+                entry = self.facts[r.fact.id]
+                known[r.fact.id] = Fact(r.fact.id, entry[3], r.fact.relation, entry[1], self.since.get(r.fact.id, 0))
+        for old in superseded(change.update, ctx.relations, known):
+            rel = ctx.relations[old.relation]
+            entry_id = f"{old.id}@{old.valid_until}"
+            shown = demonstration(dated_prompt(rel.templates[0], old.subject, year_of(old.valid_from)), old.object)
+            self.facts[entry_id] = (shown, old.object, self.keys(old, ctx.relations), old.subject)
+            self.past[entry_id] = (old.id, old.valid_from, old.valid_until)
+
+    def _remove(self, facts: Sequence[Fact]) -> None:
+        """Deletion from the index, at once: every version of each fact, now and for good."""
+        gone = {f.id for f in facts}
+        for entry_id in [e for e, (fid, _, _) in self.past.items() if fid in gone]:
+            del self.past[entry_id], self.facts[entry_id]
+        for fid in gone:
+            self.facts.pop(fid, None)
+            self.since.pop(fid, None)
+        self.forgotten |= gone
+
+    def fact_of(self, entry_id: str) -> str:
+        """The fact an index entry states (a past version's entry has an id of its own)."""
+        return self.past[entry_id][0] if entry_id in self.past else entry_id
 
     @staticmethod
     def keys(fact: Fact, relations) -> str:
@@ -109,9 +163,11 @@ class RAG(Method):
 
     def _index(self) -> sqlite3.Connection:
         db = sqlite3.connect(":memory:")
-        db.execute("CREATE VIRTUAL TABLE facts USING fts5(keys, fact_id UNINDEXED)")
-        db.executemany("INSERT INTO facts (rowid, keys, fact_id) VALUES (?, ?, ?)",
-                       [(i + 1, self.facts[fid][2], fid) for i, fid in enumerate(self.facts)])
+        # every entry with the stages it is true in: [since, until), until NULL for a current one
+        db.execute("CREATE VIRTUAL TABLE facts USING fts5(keys, fact_id UNINDEXED, since UNINDEXED, until UNINDEXED)")
+        db.executemany("INSERT INTO facts (rowid, keys, fact_id, since, until) VALUES (?, ?, ?, ?, ?)",
+                       [(i + 1, self.facts[fid][2], fid, *(self.past[fid][1:] if fid in self.past else (self.since.get(fid, 0), None)))
+                        for i, fid in enumerate(self.facts)])
         return db
 
     def retrieve(self, prompts: Sequence[str]) -> list[list[str]]:
@@ -122,9 +178,10 @@ class RAG(Method):
         found = self._search(prompts)
         if self.config.hops == 1:
             return found
-        about: dict[str, list[str]] = {}  # subject -> ids of the indexed facts about it
+        about: dict[str, list[str]] = {}  # subject -> ids of the current indexed facts about it
         for fid, entry in self.facts.items():
-            about.setdefault(entry[3], []).append(fid)
+            if fid not in self.past:
+                about.setdefault(entry[3], []).append(fid)
         out = []
         for ids in found:
             walked = list(ids)
@@ -134,7 +191,9 @@ class RAG(Method):
         return out
 
     def _search(self, prompts: Sequence[str]) -> list[list[str]]:
-        """The ids of the `top_k` facts whose keys best match each prompt (BM25), best first."""
+        """The ids of the `top_k` entries whose keys best match each prompt (BM25), best
+        first; with `history`, of the versions true in the year the prompt names, or of the
+        current ones when it names none."""
         db = self._index()
         out = []
         try:
@@ -144,8 +203,15 @@ class RAG(Method):
                     out.append([])
                     continue
                 query = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
-                rows = db.execute("SELECT fact_id FROM facts WHERE facts MATCH ? ORDER BY bm25(facts), rowid LIMIT ?",
-                                  (query, self.config.top_k)).fetchall()
+                when, args = "", ()
+                if self.config.history:
+                    year = prompt_year(prompt)
+                    if year is None:
+                        when = " AND until IS NULL"
+                    else:
+                        when, args = " AND since <= ? AND (until IS NULL OR until > ?)", (year - FIRST_YEAR,) * 2
+                rows = db.execute(f"SELECT fact_id FROM facts WHERE facts MATCH ?{when} ORDER BY bm25(facts), rowid LIMIT ?",
+                                  (query, *args, self.config.top_k)).fetchall()
                 out.append([r[0] for r in rows])
         finally:
             db.close()
@@ -162,7 +228,7 @@ class RAG(Method):
         for probe, ids in zip(probes, found):
             if probe.fact_id in self.facts and probe.change != "forget":
                 asked += 1
-                hits += probe.fact_id in ids
+                hits += any(self.fact_of(i) == probe.fact_id for i in ids)
             out.append(self.ask(probe, ids))
         self.recall = hits / asked if asked else None
         return out
@@ -180,7 +246,10 @@ class RAG(Method):
         return [self.name]  # the knowledge is in the index
 
     def state_dict(self) -> dict:
-        return {"rag": {"started": self.started, "facts": [[fid, *entry] for fid, entry in self.facts.items()], "forgotten": sorted(self.forgotten)}}
+        state = {"started": self.started, "facts": [[fid, *entry] for fid, entry in self.facts.items()], "forgotten": sorted(self.forgotten)}
+        if self.config.history:
+            state |= {"since": dict(self.since), "past": [[e, *v] for e, v in self.past.items()]}
+        return {"rag": state}
 
     def load_state_dict(self, state: dict) -> None:
         state = state.get("rag", {})
@@ -201,6 +270,23 @@ class RAG(Method):
             if entry[0] in self.facts or entry[0] in self.forgotten:
                 raise damaged(f"fact {entry[0]!r} is listed twice or is both indexed and forgotten")
             self.facts[entry[0]] = (entry[1], entry[2], entry[3], entry[4])
+        since, past = state.get("since", {}), state.get("past", [])
+        is_stage = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0  # noqa: E731
+        if not isinstance(since, dict) or not all(isinstance(k, str) and is_stage(v) for k, v in since.items()):
+            raise damaged("the stages of the current versions are not a mapping of fact ids to stages")
+        if not isinstance(past, list):
+            raise damaged("the past versions are not a list")
+        self.since, self.past = dict(since), {}
+        for entry in past:
+            # [entry id, fact id, since, until]: a superseded version, indexed, of a fact not forgotten
+            if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(x, str) for x in entry[:2])
+                    and is_stage(entry[2]) and is_stage(entry[3]) and entry[2] < entry[3]
+                    and entry[0] in self.facts and entry[0] != entry[1] and entry[1] not in self.forgotten
+                    and entry[0] not in self.past):
+                raise damaged(f"past version {entry!r:.120}")
+            self.past[entry[0]] = (entry[1], entry[2], entry[3])
+        if (self.past or self.since) and not self.config.history:
+            raise damaged("it keeps history, but this run's configuration has history off")
 
 
 register_method("rag", RagConfig, RAG, "retrieval over the fact store (SQLite FTS5, BM25): every probe gets its best-matching facts in the prompt; forgotten facts leave the index at once; no weight change", ["learn", "update", "edit", "forget"])

@@ -91,3 +91,27 @@ def test_kcts_keeps_rags_index_through_a_checkpoint(tiny_stream, tiny_model_dir,
 def test_bad_options_name_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         build_method("kcts", {"kcts": bad})
+
+
+def test_with_history_a_prompt_dated_before_an_update_is_guided_to_the_old_object():
+    """kcts keeps RAG's time-aware index: asked "As of 2020, X works for" after the update,
+    its decoding is guided to the object X worked for in 2020; asked plainly, to today's."""
+    from ckl.data.facts import AS_OF
+    from ckl.data.world import WorldConfig, build_world
+    from ckl.methods.base import StageContext
+
+    world = build_world(WorldConfig(seed=2, dated=True, people=40, stages=1, learn_per_stage=6, update_per_stage=16,
+                                    forget_per_stage=4, general_train=50, general_heldout=20, background_people=30,
+                                    min_probe_word_count=0))
+    method = build_method("kcts", {"kcts": {"top_k": 3, "history": True, "hard": True}})
+    (change,) = world.stages
+    method.apply(torch.nn.Linear(1, 1), change, StageContext(world.relations, world.base, 1, 0, None, None, change=change))
+    probes = [p for p in world.probes(("statement", AS_OF)) if p.change == "update"]
+    rewind = [p for p in probes if p.cohort.startswith("stale") and p.kind == AS_OF]
+    plain = [p for p in probes if p.cohort.startswith("stage") and p.kind == "statement"]
+    assert len(rewind) == len(plain) == 16
+    assert all(p.answer in q.meta[SUPPORT] for p, q in zip(rewind, method.transform_probes(rewind)))
+    new = {r.fact.id: r.fact.object for r in change.update}
+    old = {r.fact.id: r.old_object for r in change.update}
+    guided = method.transform_probes(plain)
+    assert all(new[p.fact_id] in q.meta[SUPPORT] and old[p.fact_id] not in q.meta[SUPPORT] for p, q in zip(plain, guided))

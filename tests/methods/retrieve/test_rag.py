@@ -89,3 +89,101 @@ def test_rag_runs_as_a_method_and_stores_its_recall_with_each_row(tmp_path, tiny
         infos = store.stage_infos("rag", 0)
         assert "retrieval_recall" not in infos[0]["notes"] and infos[1]["notes"]["retrieval_recall"] >= 0.9
         assert [i["trainable_params"] for i in infos] == [0, 0, 0]
+
+
+# ---------------------------------------------------------------- history (dated worlds)
+
+
+@pytest.fixture(scope="module")
+def dated_world():
+    from ckl.data.world import WorldConfig, build_world
+
+    return build_world(WorldConfig(seed=2, dated=True, people=40, stages=2, learn_per_stage=6, update_per_stage=16,
+                                   forget_per_stage=4, general_train=50, general_heldout=20, background_people=30,
+                                   min_probe_word_count=0))
+
+
+def _run_stages(options, world, stages):
+    from ckl.methods.base import StageContext
+
+    method = build_method("rag", {"rag": {"top_k": 1, **options}})
+    for change in stages:
+        method.apply(torch.nn.Linear(1, 1), change, StageContext(world.relations, world.base, change.stage, 0, None, None, change=change))
+    return method
+
+
+def _retrieved_objects(method, probes):
+    return [[method.facts[i][1] for i in ids] for ids in method.retrieve([p.prompt for p in probes])]
+
+
+def test_with_history_a_prompt_dated_before_an_update_retrieves_the_version_true_then(dated_world):
+    """The stale cohort's as_of probe ("As of 2020, X works for", answer: the old object)
+    finds the old version with `history` and never without; whatever a dated prompt
+    retrieves was true in its year; an undated probe of the fact, and the update's own
+    as_of probe ("As of 2021"), find the current version."""
+    from ckl.data.facts import AS_OF, FIRST_YEAR
+    from ckl.data.stream import prompt_year
+
+    probes = [p for p in dated_world.probes(("statement", "question", AS_OF)) if p.cohort.startswith(("stale", "stage"))
+              and p.change == "update"]
+    stale_as_of = [p for p in probes if p.cohort.startswith("stale") and p.kind == AS_OF]
+    now_as_of = [p for p in probes if p.cohort.startswith("stage") and p.kind == AS_OF]
+    undated = [p for p in probes if p.kind != AS_OF]
+    assert len(stale_as_of) == len(now_as_of) == 32 and len(undated) >= 64  # 2 stages x 16 updates; statements of both cohorts, some questions
+    final = {r.fact.id: r.fact.object for ch in dated_world.stages for r in ch.update}  # no fact is updated twice here
+    with_history = _run_stages({"history": True, "top_k": 3}, dated_world, dated_world.stages)
+    without = _run_stages({"top_k": 3}, dated_world, dated_world.stages)
+    assert len(with_history.past) == 32 and all(e in with_history.facts for e in with_history.past)
+
+    def own(method, probes):  # the objects of each probe's own fact's retrieved versions
+        return [[method.facts[i][1] for i in ids if method.fact_of(i) == p.fact_id]
+                for p, ids in zip(probes, method.retrieve([p.prompt for p in probes]))]
+
+    assert own(with_history, stale_as_of) == [[p.answer] for p in stale_as_of]  # recall@3 1.0, the old version only
+    assert own(without, stale_as_of) == [[final[p.fact_id]] for p in stale_as_of]
+    for p, ids in zip(stale_as_of + now_as_of, with_history.retrieve([p.prompt for p in stale_as_of + now_as_of])):
+        stage = prompt_year(p.prompt) - FIRST_YEAR
+        for i in ids:  # every retrieved version was true in the year asked
+            since, until = with_history.past[i][1:] if i in with_history.past else (with_history.since[i], None)
+            assert since <= stage and (until is None or stage < until), (p.prompt, i)
+    for method in (with_history, without):
+        assert own(method, now_as_of) == [[p.answer] for p in now_as_of]
+        # an undated question never gets a past version in front of it
+        assert all(objs == [final[p.fact_id]] for p, objs in zip(undated, own(method, undated)) if objs)
+        assert not any(i in with_history.past for ids in method.retrieve([p.prompt for p in undated]) for i in ids)
+    with_history.transform_probes(stale_as_of)
+    assert with_history.recall == 1.0  # the old version counts as the probe's own fact
+
+
+def test_history_survives_a_checkpoint_and_a_forget_request_removes_every_version(dated_world):
+    from ckl.data.facts import AS_OF
+    from ckl.data.stream import Change
+
+    method = _run_stages({"history": True}, dated_world, dated_world.stages)
+    again = build_method("rag", {"rag": {"top_k": 1, "history": True}})
+    again.load_state_dict(method.state_dict())
+    assert (again.facts, again.past, again.since) == (method.facts, method.past, method.since)
+
+    record = dated_world.stages[0].update[0]
+    gone = Change(stage=3, forget=(record.fact,))
+    from ckl.methods.base import StageContext
+
+    again.apply(torch.nn.Linear(1, 1), gone, StageContext(dated_world.relations, dated_world.base, 3, 0, None, None, change=gone))
+    assert not any(again.fact_of(e) == record.fact.id for e in again.facts)
+    asked = [p for p in dated_world.probes(("statement", AS_OF)) if p.fact_id == record.fact.id]
+    assert asked and all(record.fact.id not in map(again.fact_of, ids) for ids in again.retrieve([p.prompt for p in asked]))
+
+    for damage in ({"past": [["x@1", "x", 0, 1]]},  # a past version the index does not hold
+                   {"past": [[next(iter(method.past)), record.fact.id, 1, 1]]},  # true for no stage
+                   {"since": {"x": -1}}):
+        state = method.state_dict()
+        state["rag"] |= damage
+        with pytest.raises(ValueError, match="damaged"):
+            build_method("rag", {"rag": {"history": True}}).load_state_dict(state)
+
+
+def test_history_is_checked_and_hints_refuse_it():
+    with pytest.raises(ValueError, match="history"):
+        build_method("rag", {"rag": {"history": "yes"}})
+    with pytest.raises(ValueError, match="history"):
+        build_method("hints", {"hints": {"history": True}})
