@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +22,7 @@ from ckl.evaluate.config import ExtractionConfig  # noqa: F401  (its home is ckl
 from ckl.evaluate import unlearning as U
 from ckl.data.facts import Probe
 from ckl.evaluate.metrics import mean
-from ckl.model.scoring import perplexity_from_nll
+from ckl.model.scoring import bias_logits, perplexity_from_nll, supported_next
 
 
 def encode_probes(tokenizer, probes: Sequence[Probe]) -> list[tuple[list[int], list[int]]]:
@@ -74,14 +75,50 @@ def _cache_kwarg(model, result) -> dict:
     return {"past_key_values": result.past_key_values}
 
 
+Guide = tuple[Sequence[Sequence[int]], float, bool]  # (supported token sequences, weight, hard)
+
+
+def _next_token(logits: torch.Tensor, steps: list[torch.Tensor], guides: Sequence[Guide | None] | None, stop: torch.Tensor | None) -> torch.Tensor:
+    """The greedy token of each row (B, V) -> (B,), with the rows' guides applied given the
+    tokens `steps` generated so far."""
+    if not guides or not any(guides):
+        return logits.argmax(-1)
+    so_far = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in guides]
+    rows, toks, bias, stop_rows, stop_bias, hard_rows = [], [], [], [], [], []
+    for r, guide in enumerate(guides):
+        if guide is None:
+            continue
+        seqs, weight, hard = guide
+        nxt, complete = supported_next(so_far[r], seqs)
+        rows += [r] * len(nxt)
+        toks += nxt
+        bias += [weight] * len(nxt)
+        if complete and stop is not None:
+            stop_rows.append(r), stop_bias.append(weight)
+        if hard and (nxt or complete):
+            hard_rows.append(r)
+    logits = logits.float().clone()
+    bias_logits(logits, np.asarray(rows, dtype=np.int64), np.asarray(toks, dtype=np.int64), np.asarray(bias, dtype=np.float64),
+                np.asarray(stop_rows, dtype=np.int64), np.asarray(stop_bias, dtype=np.float64), np.asarray(hard_rows, dtype=np.int64),
+                stop if stop is not None else torch.zeros(logits.shape[1], dtype=torch.bool))
+    return logits.argmax(-1)
+
+
 @torch.inference_mode()
-def greedy_continuations(model, prefixes: Sequence[Sequence[int]], max_new: int | Sequence[int], batch_size: int = 128, pad: int = 0) -> list[list[int]]:
+def greedy_continuations(model, prefixes: Sequence[Sequence[int]], max_new: int | Sequence[int], batch_size: int = 128, pad: int = 0,
+                         guides: Sequence[Guide | None] | None = None, stop: torch.Tensor | None = None) -> list[list[int]]:
     """Greedy decoding of `max_new` tokens (one number, or one per prefix) after each
     prefix, many prefixes per batch.
 
     Prefixes are left-padded with explicit position ids, so each row decodes exactly as
     it would alone; one KV-cached step per new token for the whole batch. No stop token
     ends a row early (callers cut the continuation where they need).
+
+    `guides` (one per prefix, None for an unguided one): knowledge-weighted decoding as the
+    scorer applies it (ckl.model.scoring, "Knowledge-weighted decoding"): at each step a
+    token that continues one of the guide's token sequences, given what the row generated
+    so far, gains its weight (and every `stop` token where a sequence is complete); with
+    its `hard` flag every other token of such a step is ruled out.
     """
     model.eval()
     device = _device(model)
@@ -100,8 +137,9 @@ def greedy_continuations(model, prefixes: Sequence[Sequence[int]], max_new: int 
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, L)
+        rows_guides = [guides[i] for i in chunk] if guides is not None else None
         result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        nxt = result.logits[:, -1].argmax(-1)  # (B,)
+        nxt = _next_token(result.logits[:, -1], [], rows_guides, stop)  # (B,)
         steps = [nxt]
         last = positions[:, -1]
         for _ in range(steps_needed - 1):
@@ -109,7 +147,7 @@ def greedy_continuations(model, prefixes: Sequence[Sequence[int]], max_new: int 
             last = last + 1
             result = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None],
                            use_cache=True, **_cache_kwarg(model, result))
-            nxt = result.logits[:, -1].argmax(-1)
+            nxt = _next_token(result.logits[:, -1], steps, rows_guides, stop)
             steps.append(nxt)
         generated = torch.stack(steps, dim=1).cpu()  # (B, steps_needed)
         for r, i in enumerate(chunk):

@@ -105,6 +105,11 @@ __all__ = [
     "reference_exact_match",
     "stop_token_mask",
     "normalise_answer",
+    "bias_logits",
+    "supported_next",
+    "SUPPORT",
+    "SUPPORT_WEIGHT",
+    "SUPPORT_HARD",
 ]
 
 
@@ -498,28 +503,49 @@ def _apply_support(logits: torch.Tensor, plans: Sequence[_Plan], out_row: list[n
         stop_rows.append(s), stop_bias.append(np.full(len(s), pl.bias))
         if pl.hard:
             hard_rows += [r, s]
-    if not rows:
+    if rows:
+        bias_logits(logits, np.concatenate(rows), np.concatenate(toks), np.concatenate(bias), np.concatenate(stop_rows),
+                    np.concatenate(stop_bias), np.concatenate(hard_rows) if hard_rows else np.zeros(0, dtype=np.int64), stop)
+
+
+def bias_logits(logits: torch.Tensor, rows: np.ndarray, toks: np.ndarray, bias: np.ndarray, stop_rows: np.ndarray,
+                stop_bias: np.ndarray, hard_rows: np.ndarray, stop: torch.Tensor) -> None:
+    """Knowledge-weighted decoding's one scatter, in place on `logits` (R, V): token
+    `toks[i]` of row `rows[i]` gains `bias[i]`; every stop token of row `stop_rows[i]`
+    gains `stop_bias[i]`; in the `hard_rows` every token not so supported is ruled out.
+    Shared by the scorer's teacher-forced pass and free greedy generation
+    (ckl.evaluate.extraction.greedy_continuations), so both decode the same way."""
+    if not len(rows) and not len(stop_rows):
         return
     device = logits.device
-    all_rows = np.concatenate(rows + stop_rows)
+    all_rows = np.concatenate([rows, stop_rows]).astype(np.int64)
     used = np.unique(all_rows)  # (U,) the logits rows that have a supported token; only they are touched
-    local = lambda r: torch.from_numpy(np.searchsorted(used, r)).to(device)  # noqa: E731  row -> its index in `used`
-    r_u, s_u = local(np.concatenate(rows)), local(np.concatenate(stop_rows))
-    t_t = torch.from_numpy(np.concatenate(toks)).to(device)
-    stop_ids = stop.nonzero().flatten()  # (S,)
+    local = lambda r: torch.from_numpy(np.searchsorted(used, np.asarray(r, dtype=np.int64))).to(device)  # noqa: E731  row -> its index in `used`
+    r_u, s_u = local(rows), local(stop_rows)
+    t_t = torch.from_numpy(np.asarray(toks, dtype=np.int64)).to(device)
+    stop_ids = stop.to(device).nonzero().flatten()  # (S,)
     allowed = torch.zeros((len(used), logits.shape[1]), dtype=torch.bool, device=device)  # (U, V)
     allowed[r_u, t_t] = True
     allowed[s_u[:, None], stop_ids[None, :]] = True
     bonus = torch.zeros(len(used), dtype=logits.dtype, device=device)  # (U,) per row: its probe's bias
-    bonus[r_u] = torch.from_numpy(np.concatenate(bias)).to(device, logits.dtype)
-    bonus[s_u] = torch.from_numpy(np.concatenate(stop_bias)).to(device, logits.dtype)
+    bonus[r_u] = torch.from_numpy(np.asarray(bias, dtype=np.float64)).to(device, logits.dtype)
+    bonus[s_u] = torch.from_numpy(np.asarray(stop_bias, dtype=np.float64)).to(device, logits.dtype)
     used_t = torch.from_numpy(used).to(device)
     block = logits[used_t] + allowed * bonus[:, None]  # (U, V)
-    if hard_rows:
+    if len(hard_rows):
         hard = torch.zeros(len(used), dtype=torch.bool, device=device)
-        hard[local(np.concatenate(hard_rows))] = True
+        hard[local(hard_rows)] = True
         block = block.masked_fill(hard[:, None] & ~allowed, torch.finfo(logits.dtype).min)
     logits[used_t] = block
+
+
+def supported_next(so_far: Sequence[int], supported: Sequence[Sequence[int]]) -> tuple[list[int], bool]:
+    """After the answer tokens `so_far`, the next tokens that continue a `supported` token
+    sequence, and whether one is complete (its stop tokens are supported): the rule the
+    scorer's trie applies (`_support`), for one decoding step."""
+    k = len(so_far)
+    nxt = sorted({s[k] for s in supported if len(s) > k and list(s[:k]) == list(so_far)})
+    return nxt, any(list(s) == list(so_far) for s in supported)
 
 
 _TREE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

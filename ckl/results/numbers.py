@@ -129,7 +129,8 @@ def _fuar(value) -> str:
 # Columns of streams that have them only (continual pre-training's domains)
 _OPTIONAL = frozenset({"domain_gain", "domain_forgetting", "domain_ppl", "two_hop_before", "two_hop_invariant",
                        "two_hop_acquisition", "two_hop_update", "two_hop_stale", "as_of_invariant", "as_of_update",
-                       "rewind_before", "rewind", "rewind_updated"})
+                       "rewind_before", "rewind", "rewind_updated", "hallucinated_before", "hallucinated", "no_object",
+                       "forget_hallucinated"})
 
 
 _DEFINED_BY = {"fuar": "fuar_defined"}  # FUAR exists only on a stream with facts to gain
@@ -172,6 +173,10 @@ _register("learning", (
     ("rewind_before", "rewind before", "{:.3f}", "", False, "as_of probes of updated facts as of the year their old object became true (its target) at row 0"),
     ("rewind", "rewind", "{:.3f}", "higher", True, "as_of probes of updated facts as of the year their old object became true, answered with it at row T: does a prompted cutoff rewind the model past the update?"),
     ("rewind_updated", "upd. + rewind", "{:.3f}", "higher", True, "updated facts that give at row T both their new object (asked plainly) and their old one (asked as of its year): a rewind that is not an update left unapplied"),
+    ("hallucinated_before", "halluc. before", "{:.3f}", "", False, "eval.answers: free greedy answers at row 0 that name another object of the world than the fact's (true-now probes)"),
+    ("hallucinated", "halluc.", "{:.3f}", "lower", True, "eval.answers: free greedy answers at row T that name another object of the world than the fact's object or a former one (KCTS's hallucinated content), over the probes whose answer is true now"),
+    ("no_object", "no object", "{:.3f}", "", True, "eval.answers: free greedy answers at row T that name no object of the world (true-now probes)"),
+    ("forget_hallucinated", "forget halluc.", "{:.3f}", "", False, "eval.answers: answers at row T to the forgotten facts that name another object of the world (a replacement, not a refusal)"),
     ("question_acquisition", "question acq.", "{:.3f}", "higher", False, "acquisition on question probes"),
     ("forget_kept", "forget kept", "{:.3f}", "lower", False, "accuracy after the last stage on facts asked to be forgotten"),
     ("perplexity_before", "ppl before", "{:.2f}", "", False, "held-out general-text perplexity at row 0"),

@@ -23,6 +23,12 @@ over statement probes unless `kinds` says otherwise):
                    before the update?), at row T and at row 0; rewind_updated: the
                    updated facts answered both ways at row T (the new object plainly,
                    the old one as of its year), so an update left unapplied is no rewind
+    hallucinated   with eval.answers: of the free greedy answers at row T to the probes
+                   whose answer is true now, the share naming another object of the
+                   world (neither the fact's object nor a former one: KCTS's hallucinated
+                   content); no_object, the share naming none; hallucinated_before at row
+                   0; forget_hallucinated, of the forgotten facts' answers
+                   (ckl.evaluate.answers)
     superficial    of the invariant facts whose exact match was lost by row T, the share
                    whose gold answer still ranks first among the candidates (SEFE's
                    superficial forgetting: the form is lost, the content is not)
@@ -150,6 +156,12 @@ def summarize_seed(store: Store, method: str, seed: int, metric: str = "em", kin
     domains = [(i["notes"] or {}).get("domain_nll") or {} for i in infos]  # continual pre-training streams only
     if any(domains):
         out["domain_gain"], out["domain_forgetting"], out["domain_ppl"] = M.domain_gain(domains), M.domain_forgetting(domains), M.domain_perplexity(domains)
+    # what the answers were (eval.answers, ckl.evaluate.answers): rows 0 and T only
+    said = [((i["notes"] or {}).get("answers") or {}) for i in (infos[0], infos[-1])]
+    out["hallucinated_before"] = said[0].get("known", {}).get("other_object")
+    out["hallucinated"] = said[1].get("known", {}).get("other_object")
+    out["no_object"] = said[1].get("known", {}).get("no_object")
+    out["forget_hallucinated"] = said[1].get("forget", {}).get("other_object")
     out["trainable_params"] = max(i["trainable_params"] for i in infos)
     out["seconds"] = sum(i["seconds"] for i in infos)
     out["tokens_seen"] = sum(i["tokens_seen"] for i in infos)

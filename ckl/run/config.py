@@ -154,6 +154,10 @@ class EvalConfig:
     # attack on each method's final model (ckl.run.attack.AttackConfig).
     unlearning: ExtractionConfig | None = field(default=None, metadata={"help": "text-target unlearning metrics ({} for the defaults)"})
     attack: AttackConfig | None = field(default=None, metadata={"help": "a relearning attack on each method's final model"})
+    # What the wrong answers were (ckl.evaluate.answers): each probe's free greedy answer at
+    # rows 0 and T classified as correct, stale, another object of the world (hallucinated)
+    # or no object, in the row's notes.
+    answers: bool = field(default=False, metadata={"help": "classify every greedy answer at rows 0 and T: correct, stale, another object (hallucinated), no object"})
 
 
 @dataclass

@@ -39,6 +39,7 @@ from ckl.train.config import PretrainConfig
 from ckl.core.distributed import gather, is_main, on_main, precision, shard
 from ckl.core.environment import environment
 from ckl.core.errors import DivergenceError, InputError, WeakBaseError
+from ckl.evaluate import answers as answers_eval
 from ckl.model.scoring import known_fraction, negative_log_likelihood, perplexity_from_nll, score_probes
 from ckl.data.check import check_stream, raise_errors
 from ckl.data.facts import AS_OF, TWO_HOP, Probe, atomic_write_text
@@ -488,6 +489,8 @@ def _record(store, label, seed, row, model, tokenizer, probes, stream, config, i
     if config.eval.unlearning is not None and row in (0, stream.T):  # text-target metrics, first and last row, main process
         on_main(accelerator, lambda: info.notes.update(unlearning=unlearning_run.row_notes(
             model, tokenizer, probes, asdict(config.eval.unlearning), config.model or store.path.parent / "base_model")))
+    if config.eval.answers and row in (0, stream.T):  # what the answers were, first and last row, main process
+        on_main(accelerator, lambda: info.notes.update(answers=answers_eval.row_notes(model, tokenizer, probes, stream, config.eval.batch_size)))
     on_main(accelerator, lambda: store.record_row(label, seed, row, outcomes, info))
 
 
