@@ -488,14 +488,16 @@ def superseded(records: Iterable[ChangeRecord], relations: dict[str, Relation], 
     """The versions that `records`' updates of dated facts replace: each the old object,
     true from its own `valid_from` (that of `before[id]`, the version known before the
     change, when it has the old object; else stage 0) until the update's stage. An edit
-    corrects a fact and has no past; an undated relation keeps no history."""
+    corrects a fact and has no past; an undated relation keeps no history; nor does a
+    version that `before` dates at or after the update (true for no stage)."""
     out = []
     for r in records:
         if r.kind != "update" or r.old_object is None or not relations[r.fact.relation].dated:
             continue
         prev = before.get(r.fact.id)
         since = prev.valid_from if prev is not None and prev.object == r.old_object else 0
-        out.append(Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object, since, r.stage))
+        if since < r.stage:  # a version dated at or after its own update was never true: no past
+            out.append(Fact(r.fact.id, r.fact.subject, r.fact.relation, r.old_object, since, r.stage))
     return out
 
 

@@ -17,9 +17,12 @@ The answer is decoded greedily from the probe as the method asks it (a retrieval
 prompt, a KCTS method's guide: `ckl.model.scoring` SUPPORT, applied at every step exactly
 as the scorer applies it), for as many tokens as the world's longest object and one more,
 cut at the first stop token as the scorer's exact match is (`stop_token_mask`; leading
-whitespace-only tokens open the answer), and compared after `normalise_answer`; "correct"
-is therefore the scorer's greedy exact match (tests/evaluate/test_answers.py checks they
-agree probe by probe). The entities are every relation's candidate objects and every
+whitespace-only tokens open the answer; `answer_text`, the reference exact match's own
+reading), and compared after `normalise_answer`; "correct" is therefore the scorer's greedy
+exact match wherever its fast path and reference agree (tests/evaluate/test_answers.py
+checks they agree probe by probe; they differ only on an answer that contains a stop
+token, "St. Ives", which the synthetic world has none of). A two-hop probe's stale answer
+is the one through the first hop's former object. The entities are every relation's candidate objects and every
 object of the stream's facts, old ones included.
 
 Groups: `known`, the probes whose answer is true at the end (the invariant facts, the
@@ -33,10 +36,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ckl.data import cohorts
-from ckl.data.facts import Probe
+from ckl.data.facts import TWO_HOP, Probe
 from ckl.data.stream import Stream
 from ckl.evaluate.extraction import greedy_continuations
-from ckl.model.scoring import SUPPORT, SUPPORT_HARD, SUPPORT_WEIGHT, normalise_answer, stop_token_mask
+from ckl.model.scoring import SUPPORT, SUPPORT_HARD, SUPPORT_WEIGHT, answer_text, normalise_answer, stop_token_mask, vocab_size
 
 LABELS = ("correct", "stale", "other_object", "no_object")
 GROUPS = ("known", "forget")
@@ -53,14 +56,26 @@ def world_entities(stream: Stream) -> set[str]:
     return out
 
 
-def former_objects(stream: Stream) -> dict[str, set[str]]:
-    """Fact id -> the objects an update or edit of the stream replaced."""
-    out: dict[str, set[str]] = {}
+def former_objects(stream: Stream) -> dict[tuple[str, str | None], set[str]]:
+    """(fact id, None) -> the objects an update or edit of the stream replaced; (fact id,
+    next relation) -> the two-hop answers through them (the answer a two-hop probe gives
+    when it still goes through the old object: `two_hop_probes`' bridge)."""
+    bridge = {(f.relation, f.subject): f.object for f in stream.invariant()}
+    out: dict[tuple[str, str | None], set[str]] = {}
     for ch in stream.stages:
         for r in (*ch.update, *ch.edit):
-            if r.old_object:
-                out.setdefault(r.fact.id, set()).add(r.old_object)
+            if not r.old_object:
+                continue
+            out.setdefault((r.fact.id, None), set()).add(r.old_object)
+            for nxt, _ in stream.relations[r.fact.relation].two_hop:
+                if (nxt, r.old_object) in bridge:
+                    out.setdefault((r.fact.id, nxt), set()).add(bridge[(nxt, r.old_object)])
     return out
+
+
+def _former_key(probe: Probe) -> tuple[str, str | None]:
+    """A probe's key in `former_objects`: a two-hop probe's id ends with its next relation."""
+    return (probe.fact_id, probe.id.rsplit("/", 1)[1] if probe.kind == TWO_HOP else None)
 
 
 def group_of(probe: Probe) -> str | None:
@@ -73,7 +88,8 @@ def group_of(probe: Probe) -> str | None:
     return None
 
 
-def classify(model, tokenizer, probes: Sequence[Probe], entities: set[str], former: dict[str, set[str]], batch_size: int = 128) -> list[str]:
+def classify(model, tokenizer, probes: Sequence[Probe], entities: set[str], former: dict[tuple[str, str | None], set[str]],
+             batch_size: int = 128) -> list[str]:
     """One of LABELS per probe (see the module docstring), from one batched greedy decoding."""
     if not probes:
         return []
@@ -84,21 +100,16 @@ def classify(model, tokenizer, probes: Sequence[Probe], entities: set[str], form
     guides = [((tuple(ids[s] for s in p.meta[SUPPORT] if ids.get(s)), float(p.meta.get(SUPPORT_WEIGHT, 0.0)), bool(p.meta.get(SUPPORT_HARD, False)))
                if (p.meta or {}).get(SUPPORT) else None) for p in probes]
     longest = max(len(t) for t in encode([" " + e for e in sorted(entities | {p.answer for p in probes})]))
-    head = model.get_output_embeddings()
-    stop = stop_token_mask(tokenizer, int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size))
+    stop = stop_token_mask(tokenizer, vocab_size(model))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     gens = greedy_continuations(model, prompts, longest + 1, batch_size, pad, guides=guides if any(guides) else None, stop=stop)
     known = {normalise_answer(e) for e in entities}
     out = []
     for probe, gen in zip(probes, gens):
-        lead = 0  # whitespace-only tokens that open the answer (a byte-level BPE's bare space) are part of it
-        while lead < len(gen) and gen[lead] < len(stop) and not stop[gen[lead]] and tokenizer.decode([gen[lead]]).isspace():
-            lead += 1
-        cut = next((i for i in range(lead, len(gen)) if gen[i] >= len(stop) or stop[gen[i]]), len(gen))
-        text = normalise_answer(tokenizer.decode(gen[:cut], skip_special_tokens=True))
+        text = answer_text(tokenizer, gen, stop)
         if text == normalise_answer(probe.answer):
             out.append("correct")
-        elif text in {normalise_answer(o) for o in former.get(probe.fact_id, ())}:
+        elif text in {normalise_answer(o) for o in former.get(_former_key(probe), ())}:
             out.append("stale")
         elif text in known:
             out.append("other_object")

@@ -97,7 +97,7 @@ def _next_token(logits: torch.Tensor, steps: list[torch.Tensor], guides: Sequenc
             stop_rows.append(r), stop_bias.append(weight)
         if hard and (nxt or complete):
             hard_rows.append(r)
-    logits = logits.float().clone()
+    logits = logits.clone()  # biased in the model's dtype, as the scorer biases it
     bias_logits(logits, np.asarray(rows, dtype=np.int64), np.asarray(toks, dtype=np.int64), np.asarray(bias, dtype=np.float64),
                 np.asarray(stop_rows, dtype=np.int64), np.asarray(stop_bias, dtype=np.float64), np.asarray(hard_rows, dtype=np.int64),
                 stop if stop is not None else torch.zeros(logits.shape[1], dtype=torch.bool))

@@ -105,6 +105,7 @@ __all__ = [
     "reference_exact_match",
     "stop_token_mask",
     "normalise_answer",
+    "answer_text",
     "bias_logits",
     "supported_next",
     "SUPPORT",
@@ -138,6 +139,11 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
     param = next(model.parameters())
     return param.device, param.dtype
+
+
+def vocab_size(model) -> int:
+    """The number of logits the model gives per position."""
+    return _vocab_size(model)
 
 
 def _vocab_size(model) -> int:
@@ -761,15 +767,19 @@ def reference_exact_match(model, tokenizer, probe: Probe) -> bool:
         eos_token_id=tokenizer.eos_token_id,
     )
     continuation = out[0, len(prompt) :].tolist()
-    stop = stop_token_mask(tokenizer, _vocab_size(model))
+    return answer_text(tokenizer, continuation, stop_token_mask(tokenizer, _vocab_size(model))) == normalise_answer(probe.answer)
+
+
+def answer_text(tokenizer, continuation: Sequence[int], stop: torch.Tensor) -> str:
+    """The normalised answer a greedy `continuation` (token ids after the prompt) gives: cut
+    at the first stop token, as exact match reads it."""
     # whitespace-only tokens that open the continuation (a byte-level BPE's bare "Ġ" before an
     # unmerged word: " journalist" as " " "j" "our" ...) start the answer, they do not end it
     lead = 0
     while lead < len(continuation) and continuation[lead] != tokenizer.eos_token_id and tokenizer.decode([continuation[lead]]).isspace():
         lead += 1
     cut = next((i for i in range(lead, len(continuation)) if continuation[i] >= len(stop) or stop[continuation[i]]), len(continuation))
-    text = tokenizer.decode(continuation[:cut], skip_special_tokens=True)
-    return normalise_answer(text) == normalise_answer(probe.answer)
+    return normalise_answer(tokenizer.decode(list(continuation[:cut]), skip_special_tokens=True))
 
 
 @torch.inference_mode()

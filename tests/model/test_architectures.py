@@ -182,6 +182,11 @@ def test_batched_scoring_equals_one_probe_generate(arch, tiny_stream):
     assert fast.predicted == [s[3] for s in slow]
     torch.testing.assert_close(torch.tensor(fast.logprob, dtype=torch.float64), torch.tensor([s[2] for s in slow], dtype=torch.float64), atol=1e-3, rtol=1e-4)
     assert sum(s[0] for s in slow) >= 1, "exact match must be exercised on hits too"
+    # eval.answers reads the same greedy answers by free generation: "correct" is exact match
+    from ckl.evaluate.answers import classify, former_objects, world_entities
+
+    labels = classify(model, tokenizer, probes, world_entities(tiny_stream) | {p.answer for p in probes}, former_objects(tiny_stream))
+    assert [label == "correct" for label in labels] == [s[0] for s in slow]
 
 
 def test_a_tokenizer_that_cannot_encode_the_stream_stops_the_run_before_anything_is_written(tiny_stream, tmp_path):

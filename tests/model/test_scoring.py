@@ -338,3 +338,25 @@ def test_probe_without_prompt_tokens_is_rejected(word_model):
     model, tokenizer, _ = word_model
     with pytest.raises(ValueError, match="prompt"):
         score_probes(model, tokenizer, [Probe("x", " ", "Oakridge", CITIES, "statement", "invariant", "f")])
+
+
+def test_an_answer_opened_by_a_bare_space_token_is_read_whole():
+    """A byte-level BPE that has not merged " journalist" generates "Ġ" "jour" "nalist"
+    ".": the bare space, itself a stop token, opens the answer instead of ending it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ckl.model.scoring import answer_text, stop_token_mask
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["journal journalist jour nalist"] * 20, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    pieces = ["Ġ", *tokenizer.convert_ids_to_tokens(tokenizer("journalist", add_special_tokens=False)["input_ids"]), "."]
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    stop = stop_token_mask(tokenizer, len(tokenizer))
+    assert bool(stop[ids[0]]) and bool(stop[ids[-1]])  # both the bare space and the full stop are stop tokens
+    assert answer_text(tokenizer, ids, stop) == "journalist"
+    assert answer_text(tokenizer, [tokenizer.eos_token_id, *ids], stop) == ""  # end of text ends it

@@ -110,35 +110,47 @@ class RAG(Method):
                         self._index_current(f, ctx.relations)
             self.started = True
         self._keep_history(change, ctx)
+        corrected = {r.fact.id for r in change.edit}
         for f in [*change.learn, *(r.fact for r in (*change.update, *change.edit))]:
-            self.facts.pop(f.id, None)  # the new object replaces the old sentence
-            self._index_current(f, ctx.relations)
+            # an edit corrects a fact: the corrected object was true as long as the old one was
+            since = self.since.get(f.id, 0) if f.id in corrected and f.id in self.facts else f.valid_from
+            self._index_current(f, ctx.relations, since)
         self._remove(change.forget)
         stats = ApplyStats(total_params=sum(p.numel() for p in model.parameters()))
         stats.seconds = time.perf_counter() - start
         return model, stats
 
-    def _index_current(self, fact: Fact, relations) -> None:
+    def _index_current(self, fact: Fact, relations, since: int | None = None) -> None:
+        if fact.id in self.past:  # a fact id that a past version's entry id took: that entry moves aside
+            self._add_past(self.past.pop(fact.id), self.facts.pop(fact.id), taken=fact.id)
+        self.facts.pop(fact.id, None)  # the new object replaces the old sentence (and goes last)
         self.facts[fact.id] = self._entry(fact, relations)
         if self.config.history:
-            self.since[fact.id] = fact.valid_from
+            self.since[fact.id] = fact.valid_from if since is None else since
+
+    def _add_past(self, version: tuple[str, int, int], entry: tuple[str, str, str, str], taken: str | None = None) -> None:
+        """Index a superseded version under an id of its own: "<fact id>@<until>", with more
+        "@" while that is taken (fact ids are free text)."""
+        entry_id = f"{version[0]}@{version[2]}"
+        while entry_id in self.facts or entry_id == taken:
+            entry_id += "@"
+        self.facts[entry_id] = entry
+        self.past[entry_id] = version
 
     def _keep_history(self, change: Change, ctx: StageContext) -> None:
         """With `history`: the versions `change`'s updates of dated facts supersede stay in
         the index, dated, as true from their `since` until the update's stage."""
         if not self.config.history:
             return
-        known = {f.id: f for f in ctx.base}  # the version before the update, as indexed
-        for r in change.update:
-            if r.fact.id in self.facts:
-                entry = self.facts[r.fact.id]
-                known[r.fact.id] = Fact(r.fact.id, entry[3], r.fact.relation, entry[1], self.since.get(r.fact.id, 0))
-        for old in superseded(change.update, ctx.relations, known):
+        # the versions before the update, as indexed (a fact the index never held has no past
+        # in it either: with `include_base: false`, K0's)
+        known = {r.fact.id: Fact(r.fact.id, self.facts[r.fact.id][3], r.fact.relation, self.facts[r.fact.id][1], self.since.get(r.fact.id, 0))
+                 for r in change.update if r.fact.id in self.facts}
+        indexed = [r for r in change.update if r.fact.id in known]
+        for old in superseded(indexed, ctx.relations, known):
             rel = ctx.relations[old.relation]
-            entry_id = f"{old.id}@{old.valid_until}"
             shown = demonstration(dated_prompt(rel.templates[0], old.subject, year_of(old.valid_from)), old.object)
-            self.facts[entry_id] = (shown, old.object, self.keys(old, ctx.relations), old.subject)
-            self.past[entry_id] = (old.id, old.valid_from, old.valid_until)
+            self._add_past((old.id, old.valid_from, old.valid_until), (shown, old.object, self.keys(old, ctx.relations), old.subject))
 
     def _remove(self, facts: Sequence[Fact]) -> None:
         """Deletion from the index, at once: every version of each fact, now and for good."""
@@ -178,17 +190,33 @@ class RAG(Method):
         found = self._search(prompts)
         if self.config.hops == 1:
             return found
-        about: dict[str, list[str]] = {}  # subject -> ids of the current indexed facts about it
-        for fid, entry in self.facts.items():
-            if fid not in self.past:
-                about.setdefault(entry[3], []).append(fid)
+        walks: dict[int | None, dict[str, list[str]]] = {}  # stage asked about -> subject -> ids of the entries true then
         out = []
-        for ids in found:
+        for prompt, ids in zip(prompts, found):
+            stage = self._stage_asked(prompt)
+            if stage not in walks:
+                about: dict[str, list[str]] = {}
+                walks[stage] = about
+                for fid, entry in self.facts.items():
+                    if self._true_at(fid, stage):
+                        about.setdefault(entry[3], []).append(fid)
             walked = list(ids)
             for fid in ids:
-                walked += [nxt for nxt in about.get(self.facts[fid][1], ()) if nxt not in walked]
+                walked += [nxt for nxt in walks[stage].get(self.facts[fid][1], ()) if nxt not in walked]
             out.append(walked)
         return out
+
+    def _stage_asked(self, prompt: str) -> int | None:
+        """With `history`, the stage of the year `prompt` names (None: undated, or history off)."""
+        year = prompt_year(prompt) if self.config.history else None
+        return None if year is None else year - FIRST_YEAR
+
+    def _true_at(self, entry_id: str, stage: int | None) -> bool:
+        """Whether an entry is retrievable for a prompt about `stage` (None: now)."""
+        if entry_id in self.past:
+            _, since, until = self.past[entry_id]
+            return stage is not None and since <= stage < until
+        return stage is None or self.since.get(entry_id, 0) <= stage
 
     def _search(self, prompts: Sequence[str]) -> list[list[str]]:
         """The ids of the `top_k` entries whose keys best match each prompt (BM25), best
@@ -204,12 +232,12 @@ class RAG(Method):
                     continue
                 query = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
                 when, args = "", ()
-                if self.config.history:
-                    year = prompt_year(prompt)
-                    if year is None:
+                if self.config.history:  # the filter `_true_at` states, in SQL
+                    stage = self._stage_asked(prompt)
+                    if stage is None:
                         when = " AND until IS NULL"
                     else:
-                        when, args = " AND since <= ? AND (until IS NULL OR until > ?)", (year - FIRST_YEAR,) * 2
+                        when, args = " AND since <= ? AND (until IS NULL OR until > ?)", (stage, stage)
                 rows = db.execute(f"SELECT fact_id FROM facts WHERE facts MATCH ?{when} ORDER BY bm25(facts), rowid LIMIT ?",
                                   (query, *args, self.config.top_k)).fetchall()
                 out.append([r[0] for r in rows])
@@ -287,6 +315,8 @@ class RAG(Method):
             self.past[entry[0]] = (entry[1], entry[2], entry[3])
         if (self.past or self.since) and not self.config.history:
             raise damaged("it keeps history, but this run's configuration has history off")
+        if self.config.history and set(self.since) != set(self.facts) - set(self.past):
+            raise damaged("the current versions and the stages they became true in do not match")
 
 
 register_method("rag", RagConfig, RAG, "retrieval over the fact store (SQLite FTS5, BM25): every probe gets its best-matching facts in the prompt; forgotten facts leave the index at once; no weight change", ["learn", "update", "edit", "forget"])

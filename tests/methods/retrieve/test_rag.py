@@ -187,3 +187,44 @@ def test_history_is_checked_and_hints_refuse_it():
         build_method("rag", {"rag": {"history": "yes"}})
     with pytest.raises(ValueError, match="history"):
         build_method("hints", {"hints": {"history": True}})
+
+
+def test_history_edge_cases_edits_keep_their_past_ids_never_collide_and_empty_versions_are_dropped(dated_world):
+    from ckl.data.facts import AS_OF, ChangeRecord, Fact
+    from ckl.data.stream import Change, superseded
+    from ckl.methods.base import StageContext
+
+    method = _run_stages({"history": True, "top_k": 3}, dated_world, dated_world.stages)
+    ctx = lambda change: StageContext(dated_world.relations, dated_world.base, change.stage, 0, None, None, change=change)  # noqa: E731
+    # an edit corrects a fact: asked as of 2020, the corrected fact is still found
+    updated = {r.fact.id for ch in dated_world.stages for r in ch.update}
+    base = next(f for f in dated_world.base if f.id not in updated and dated_world.relations[f.relation].dated)
+    fixed = Fact(base.id, base.subject, base.relation, "Corrected Co", 3)
+    edit = Change(stage=3, edit=(ChangeRecord(3, "edit", fixed, base.object),))
+    method.apply(torch.nn.Linear(1, 1), edit, ctx(edit))
+    (asked,) = [p for p in dated_world.probes((AS_OF,)) if p.fact_id == base.id and p.cohort == "invariant"]
+    assert base.id in method.retrieve([asked.prompt])[0] and method.since[base.id] == 0
+    # a new fact whose id is a past version's entry id: the past entry moves aside, both stay
+    taken = next(iter(method.past))
+    fact_id, since, until = method.past[taken]
+    newcomer = Fact(taken, "Newcomer Person", base.relation, "Somewhere Co", 4)
+    method.apply(torch.nn.Linear(1, 1), Change(stage=4, learn=(newcomer,)), ctx(Change(stage=4, learn=(newcomer,))))
+    assert method.facts[taken][1] == "Somewhere Co" and taken not in method.past
+    assert sorted(v for v in method.past.values() if v[0] == fact_id) == [(fact_id, since, until)]
+    again = build_method("rag", {"rag": {"history": True}})
+    again.load_state_dict(method.state_dict())
+    assert (again.facts, again.past, again.since) == (method.facts, method.past, method.since)
+    # a version dated at or after its own update was never true: it leaves no past
+    record = dated_world.stages[0].update[0]
+    late = {record.fact.id: Fact(record.fact.id, record.fact.subject, record.fact.relation, record.old_object, 5)}
+    assert superseded([record], dated_world.relations, late) == []
+    # a walk (hops: 2) from a dated prompt reaches only entries true in its year
+    walker = _run_stages({"history": True, "top_k": 3, "hops": 2}, dated_world, dated_world.stages)
+    probes = [p for p in dated_world.probes((AS_OF,))]
+    for p, ids in zip(probes, walker.retrieve([p.prompt for p in probes])):
+        stage = walker._stage_asked(p.prompt)
+        assert all(walker._true_at(i, stage) for i in ids), p.prompt
+    state = walker.state_dict()
+    state["rag"]["since"].pop(next(iter(state["rag"]["since"])))
+    with pytest.raises(ValueError, match="damaged"):
+        build_method("rag", {"rag": {"history": True, "hops": 2}}).load_state_dict(state)
